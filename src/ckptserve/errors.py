@@ -1,0 +1,56 @@
+"""The errors ckptserve raises, as one tree with one base class to catch.
+
+CkptServeError
+├── ModelNotAvailable        no live model to serve (cold start, or every load failed)
+├── WouldBlock               get(block=False) would have to load in the calling thread
+├── CheckpointError          a checkpoint could not be loaded: unreadable, corrupt, unknown format
+│   ├── IntegrityError       the bytes are not the ones published: zip CRC, sha256 or signature
+│   └── ValidationError      it loaded, but the probe or the user's validate() rejected it
+├── PathNotAllowed           a pinned name escapes the model's directory
+└── PublishError             publish() could not write or export the checkpoint
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CkptServeError",
+    "IntegrityError",
+    "ModelNotAvailable",
+    "PathNotAllowed",
+    "PublishError",
+    "ValidationError",
+    "WouldBlock",
+]
+
+
+class CkptServeError(Exception):
+    """Base class of every error raised by ckptserve."""
+
+
+class ModelNotAvailable(CkptServeError):
+    """Raised when a model is requested but no version is live."""
+
+
+class WouldBlock(CkptServeError):
+    """Raised by `ModelRegistry.get(block=False)` when only a load in this thread can answer."""
+
+
+class CheckpointError(CkptServeError):
+    """Raised when a checkpoint cannot be read or loaded."""
+
+
+class IntegrityError(CheckpointError):
+    """Raised when a checkpoint's bytes do not match their CRCs, hash or signature."""
+
+
+class ValidationError(CheckpointError):
+    """Raised when a loaded model fails the probe or the user's validate() check."""
+
+
+class PathNotAllowed(CkptServeError):
+    """Raised when a checkpoint name resolves outside the directory it must stay in."""
+
+
+class PublishError(CkptServeError):
+    """Raised when publish() cannot export or write a checkpoint."""

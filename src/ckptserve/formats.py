@@ -1,0 +1,331 @@
+"""LOAD: read a checkpoint's bytes as a callable policy, whatever format it was saved in.
+
+`sniff` looks inside the bytes, never at the suffix:
+
+    export        torch.export archive (`torch.export.save`, usually .pt2)
+    torchscript   TorchScript archive (`torch.jit.save`): runs code on load, treat as executable
+    state_dict    `torch.save(state_dict)` zip, read with `weights_only=True`; needs a factory
+    safetensors   safetensors weights; needs a factory; loading can never run code
+
+Zip-based files have every record's CRC-32 checked first: PyTorch does not, so a torn or mixed
+file would otherwise load with wrong weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import json
+import os
+import struct
+import threading
+import zipfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .errors import CheckpointError, IntegrityError
+from .manifest import METADATA_FILE, METADATA_KEY
+
+__all__ = [
+    "FORMATS",
+    "ExportedPolicy",
+    "Loaded",
+    "Loader",
+    "check_zip",
+    "load_checkpoint",
+    "sniff",
+    "state_dict_loader",
+]
+
+FORMATS = ("export", "torchscript", "state_dict", "safetensors")
+
+Factory = Callable[..., torch.nn.Module]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A model as loaded, with its format and the metadata that travelled inside it."""
+
+    model: Any
+    format: str
+    metadata: dict[str, Any]
+
+
+class Loader(Protocol):
+    """Turns a checkpoint file into a model. `loader="auto"` is `AutoLoader()`."""
+
+    def __call__(self, path: Path, fmt: str, device: str) -> Loaded: ...
+
+
+def sniff(data: bytes | memoryview) -> str:
+    """Name the checkpoint format of `data`; raise CheckpointError when it is none we know."""
+    head = bytes(data[:8])
+    if head[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except (zipfile.BadZipFile, ValueError) as exc:
+            raise CheckpointError(f"not a readable zip archive: {exc}") from None
+        inner = {n.split("/", 1)[1] for n in names if "/" in n}
+        if "archive_format" in inner or any(n.startswith("models/") for n in inner):
+            return "export"
+        if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
+            return "torchscript"
+        if "data.pkl" in inner:
+            return "state_dict"
+        raise CheckpointError("zip archive is not a PyTorch checkpoint")
+    if len(data) >= 10:
+        (header_len,) = struct.unpack("<Q", head)
+        if 0 < header_len <= len(data) - 8 and bytes(data[8:9]) == b"{":
+            return "safetensors"
+    if head[:2] == b"\x80\x02":
+        raise CheckpointError(
+            "legacy (non-zip) torch.save pickle: re-save with torch.save(..., "
+            "_use_new_zipfile_serialization=True) or use publish()"
+        )
+    raise CheckpointError(
+        "unknown checkpoint format (not export, TorchScript, state_dict or safetensors)"
+    )
+
+
+def check_zip(data: bytes | memoryview) -> None:
+    """Raise IntegrityError unless every record of the zip matches its CRC-32 in the directory."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise IntegrityError(f"zip archive is damaged: {exc}") from None
+    if bad is not None:
+        raise IntegrityError(f"zip record {bad} fails its CRC-32 check (torn or corrupt write)")
+
+
+class ExportedPolicy(torch.nn.Module):
+    """A `torch.export` program callable as `policy(state)` or `policy(state, deterministic)`.
+
+    It calls the program's graph with its lifted parameters directly, skipping the input guards of
+    `ExportedProgram.module()` (about 3x the forward cost of a small actor). The graph is the one
+    exported, so `deterministic` is accepted for the calling convention and otherwise ignored.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, device: str) -> None:
+        super().__init__()
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        self.program = program
+        self.graph = program.graph_module
+        sig = program.graph_signature
+        lifted: list[torch.Tensor] = []
+        for spec in sig.input_specs:
+            if spec.kind == InputKind.USER_INPUT:
+                continue
+            if spec.kind not in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                raise CheckpointError(f"exported program has an unsupported input kind {spec.kind}")
+            target = str(spec.target)
+            value = program.state_dict.get(target)
+            if value is None:
+                value = program.constants[target]
+            lifted.append(value.detach().to(device))
+        self._lifted = tuple(lifted)
+        self._user_outputs = [
+            i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT
+        ]
+        self._n_user_inputs = sum(1 for s in sig.input_specs if s.kind == InputKind.USER_INPUT)
+        self._out_spec = program.call_spec.out_spec
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
+        flat = self.graph(*self._lifted, state)
+        outs = [flat[i] for i in self._user_outputs]
+        if self._out_spec is None:
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        return torch.utils._pytree.tree_unflatten(outs, self._out_spec)
+
+    # Bypass nn.Module's hook machinery on the hot path: this wrapper has no hooks.
+    __call__ = forward
+
+
+def _metadata_from_json(raw: str | bytes | None, where: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where} metadata is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} metadata is not a JSON object")
+    return data
+
+
+def _load_export(path: Path, device: str) -> Loaded:
+    extra = {METADATA_FILE: ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return Loaded(
+        ExportedPolicy(program, device),
+        "export",
+        _metadata_from_json(extra[METADATA_FILE], "export"),
+    )
+
+
+def _load_torchscript(path: Path, device: str) -> Loaded:
+    extra = {METADATA_FILE: ""}
+    model = torch.jit.load(str(path), map_location=device, _extra_files=extra)  # type: ignore[no-untyped-call]
+    model.eval()
+    return Loaded(model, "torchscript", _metadata_from_json(extra[METADATA_FILE], "TorchScript"))
+
+
+class AutoLoader:
+    """Loads the self-contained formats (export, TorchScript); weights formats need a factory."""
+
+    def __call__(self, path: Path, fmt: str, device: str) -> Loaded:
+        if fmt == "export":
+            return _load_export(path, device)
+        if fmt == "torchscript":
+            return _load_torchscript(path, device)
+        raise CheckpointError(
+            f"a {fmt} checkpoint holds weights only: configure "
+            "loader=state_dict_loader('package.module:make_model') to build the module"
+        )
+
+
+def _resolve_factory(factory: str | Factory) -> Factory:
+    if callable(factory):
+        return factory
+    module_name, sep, attr = factory.partition(":")
+    if not sep:
+        raise ValueError(f"factory {factory!r} must look like 'package.module:function'")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"factory {factory!r} is not callable")
+    return obj
+
+
+class StateDictLoader(AutoLoader):
+    """Builds the module from a factory, then loads state_dict or safetensors weights into it.
+
+    The module is built on the meta device and the weights are assigned, not copied, so a large
+    model costs one read of its weights and no second allocation.
+    """
+
+    def __init__(self, factory: str | Factory) -> None:
+        self._spec = factory
+        self._factory: Factory | None = None
+
+    def _build(self, metadata: Mapping[str, Any]) -> torch.nn.Module:
+        if self._factory is None:
+            self._factory = _resolve_factory(self._spec)
+        takes_metadata = bool(inspect.signature(self._factory).parameters)
+        with torch.device("meta"):
+            module = self._factory(dict(metadata)) if takes_metadata else self._factory()
+        if not isinstance(module, torch.nn.Module):
+            raise CheckpointError(f"factory returned {type(module).__name__}, not an nn.Module")
+        return module
+
+    def __call__(self, path: Path, fmt: str, device: str) -> Loaded:
+        if fmt == "safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            metadata = _metadata_from_json(header.get(METADATA_KEY), "safetensors")
+            state = load_file(str(path), device=device)
+        elif fmt == "state_dict":
+            try:
+                state = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+            except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+                raise CheckpointError(
+                    f"state_dict refused by weights_only loading: {exc}"
+                ) from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"state_dict file holds {type(state).__name__}, not a dict")
+            raw = state.pop(METADATA_KEY, None)
+            if raw is not None and not isinstance(raw, str):
+                raise CheckpointError(f"{METADATA_KEY} in a state_dict must be a JSON string")
+            metadata = _metadata_from_json(raw, "state_dict")
+        else:
+            return super().__call__(path, fmt, device)
+        module = self._build(metadata)
+        try:
+            module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit the factory's module: {exc}") from None
+        return Loaded(module.to(device).eval(), fmt, metadata)
+
+    def __repr__(self) -> str:
+        return f"state_dict_loader({self._spec!r})"
+
+
+def state_dict_loader(factory: str | Factory) -> Loader:
+    """A loader for `state_dict` and `safetensors` checkpoints (export and TorchScript too).
+
+    Args:
+        factory: `"package.module:make_actor"` or a callable returning the `nn.Module` to load the
+            weights into; it is passed the checkpoint's metadata dict if it takes an argument.
+
+    Example:
+        registry = ModelRegistry("actor_latest.pt", loader=state_dict_loader("mypkg.nets:Actor"))
+    """
+    return StateDictLoader(factory)
+
+
+_SUFFIX = {
+    "export": ".pt2",
+    "torchscript": ".pt",
+    "state_dict": ".pt",
+    "safetensors": ".safetensors",
+}
+
+
+def _private_copy(data: bytes, target: Path) -> Path:
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return target
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    data: bytes | None = None,
+    device: str = "cpu",
+    loader: Loader | str = "auto",
+    allow_formats: Collection[str] | None = None,
+    copy_to: Path | None = None,
+) -> Loaded:
+    """Check and load one checkpoint file.
+
+    Args:
+        path: the file to load (the registry passes a private copy of `data`).
+        data: the file's bytes if already read; they are sniffed and CRC-checked.
+        device: where to put the model.
+        loader: `"auto"` or a Loader such as `state_dict_loader(...)`.
+        allow_formats: if given, formats outside it are refused before anything is loaded.
+        copy_to: load from a private copy of `data` at this path (suffix set by format), so what
+            is loaded is exactly the bytes that were checked, whatever happens to `path`.
+    """
+    path = Path(path)
+    if data is None:
+        data = path.read_bytes()
+    fmt = sniff(data)
+    if allow_formats is not None and fmt not in allow_formats:
+        allowed = ", ".join(sorted(allow_formats))
+        raise CheckpointError(f"{fmt} checkpoints are not allowed here (allowed: {allowed})")
+    if fmt != "safetensors":
+        check_zip(data)
+    if copy_to is not None:
+        path = _private_copy(data, copy_to.with_suffix(_SUFFIX[fmt]))
+    impl: Loader = AutoLoader() if loader == "auto" else loader  # type: ignore[assignment]
+    if isinstance(impl, str):
+        raise ValueError(f"unknown loader {impl!r}: use 'auto' or state_dict_loader(...)")
+    try:
+        return impl(path, fmt, device)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # torch raises many types for a bad archive
+        raise CheckpointError(f"{fmt} load failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,558 @@
+"""SWAP: the ModelRegistry owns the live model and decides when a new checkpoint replaces it.
+
+One cheap check per call (or per `check_interval`) compares the source's token with the last one
+seen. On a change the checkpoint is read once, CRC-checked and hashed, loaded from a private copy
+of exactly those bytes, probed, and only then swapped in. A failure leaves the live model serving
+and is recorded once; the same token is retried only after `retry_after` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Collection, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
+from .formats import Loaded, Loader, load_checkpoint
+from .manifest import SIGNING_KEY_ENV
+from .sources import FileSource, Snapshot, Source, make_source
+from .validation import BoundSpec, Expectations, expectations_for, run_checks
+from .versions import LoadAttempt, LoadResult, ModelVersion
+
+__all__ = ["LiveModel", "ModelRegistry", "RegistryOptions"]
+
+log = logging.getLogger("ckptserve.registry")
+
+SwapMode = Literal["sync", "background"]
+_UNSEEN = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How a registry detects, loads, validates and swaps. All fields have working defaults.
+
+    check_interval: 0 = one stat per call (the original); > 0 = at most one per interval (s).
+    swap: "sync" loads in the calling thread; "background" loads on a worker thread while
+        callers keep getting the live model (a cold start still waits for the first load).
+    loader: "auto" (export, TorchScript) or `state_dict_loader(...)` for weights formats.
+    validate: called with a freshly loaded model; raising rejects it.
+    retry_after: seconds before a checkpoint that failed is tried again (unless it changes).
+    verify_interval: seconds between full re-reads of the manifest, catching changes a stat key
+        misses (coarse timestamps, NFS attribute caches); None = 5 s for manifests, off for files.
+    obs_dim, action_dim, obs_low/high, action_low/high: expectations; the checkpoint's metadata
+        fills what is not configured, and a contradiction rejects the checkpoint.
+    allow_formats: formats that may load (names as in publish's `format=`); None = all.
+    signing_key / require_signature: manifest HMAC key (default `$CKPTSERVE_SIGNING_KEY`).
+    history: how many load attempts `status()` keeps.
+    cache_dir: where private copies of checkpoints are loaded from (default: a temp dir).
+    """
+
+    check_interval: float = 0.0
+    swap: SwapMode = "sync"
+    loader: Loader | str = "auto"
+    validate: Callable[[Any], object] | None = None
+    retry_after: float = 5.0
+    verify_interval: float | None = None
+    obs_dim: int | None = None
+    action_dim: int | None = None
+    obs_low: BoundSpec = None
+    obs_high: BoundSpec = None
+    action_low: BoundSpec = None
+    action_high: BoundSpec = None
+    allow_formats: Collection[str] | None = None
+    signing_key: str | bytes | None = None
+    require_signature: bool = False
+    history: int = 20
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.swap not in ("sync", "background"):
+            raise ValueError(f"swap must be 'sync' or 'background', not {self.swap!r}")
+        if self.check_interval < 0 or self.retry_after < 0:
+            raise ValueError("check_interval and retry_after must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveModel:
+    """The handle a request uses from start to end: the model and the version it came from."""
+
+    model: Any
+    version: ModelVersion
+    expect: Expectations = field(repr=False)
+
+
+class ModelRegistry:
+    """A thread-safe, hot-reloading holder of the newest good checkpoint.
+
+    Args:
+        model_path: a checkpoint file, a `{name}_latest.json` manifest, or a directory.
+        device: where models are loaded ("cpu", "cuda:0", ...).
+        name: the model's name in logs and status (default: the file stem's first part).
+        options: a RegistryOptions; keyword overrides (check_interval=..., swap=...) apply on top.
+
+    Example:
+        registry = ModelRegistry("models/actor_latest.pt", swap="background")
+        action, _ = registry.get_model()(state, True)
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        device: str = "cpu",
+        *,
+        name: str | None = None,
+        options: RegistryOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.options = replace(options or RegistryOptions(), **overrides)
+        self.model_path = Path(model_path)
+        self.device = device
+        self.name = name or self.model_path.stem.split("_")[0] or "model"
+        key = self.options.signing_key or os.environ.get(SIGNING_KEY_ENV) or None
+        self._watched: Source = make_source(
+            model_path, name=self.name, signing_key=key,
+            require_signature=self.options.require_signature,
+        )  # fmt: skip
+        self._source: Source = self._watched
+        verify = self.options.verify_interval
+        if verify is None:
+            verify = 5.0 if self._watched.kind == "manifest" else 0.0
+        self._verify_every = verify
+        self._pinned: Path | None = None
+
+        # _lock serialises loads and guards the decision state below. Readers on the hot path
+        # never take it: they read `_live` (an immutable LiveModel) in one attribute access.
+        self._lock = threading.Lock()
+        self._live: LiveModel | None = None
+        self._seen: Hashable | object = _UNSEEN  # token of the last content decided on
+        self._recheck_at = 0.0  # monotonic time when an unchanged token must be looked at again
+        self._next_check = 0.0  # check_interval gate
+        self._failed_sha: str | None = None
+        self._file_missing = False
+        self._load_count = 0
+        self._last_error: dict[str, Any] | None = None
+        self._last_exc: CheckpointError | None = None
+        self._history: deque[LoadAttempt] = deque(maxlen=self.options.history)
+        self._listeners: list[Callable[[ModelRegistry, LoadAttempt], None]] = []
+        self._pending: Future[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._own_cache = self.options.cache_dir is None
+        self._cache = Path(self.options.cache_dir or tempfile.mkdtemp(prefix="ckptserve-"))
+        self._cache.mkdir(parents=True, exist_ok=True)
+        self._finalizer = weakref.finalize(self, _cleanup, self._cache, self._own_cache)
+
+    # ---- the original API -------------------------------------------------------------------
+
+    def get_model(self, force_reload: bool = False) -> Any:
+        """Return the live model, loading a new checkpoint first if one appeared.
+
+        Raises:
+            ModelNotAvailable: no model is live and none could be loaded.
+        """
+        return self.get(force_reload=force_reload).model
+
+    @property
+    def load_count(self) -> int:
+        """Successful loads so far (forced reloads included, unchanged content not)."""
+        return self._load_count
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._live is not None
+
+    # ---- the handle ---------------------------------------------------------------------------
+
+    @property
+    def current(self) -> LiveModel | None:
+        """The live model and version, without checking the source."""
+        return self._live
+
+    @property
+    def version(self) -> ModelVersion | None:
+        live = self._live
+        return live.version if live is not None else None
+
+    def get(self, *, force_reload: bool = False, block: bool = True) -> LiveModel:
+        """Check the source (at most once per `check_interval`) and return the live handle.
+
+        With `block=False` a call that would have to load in this thread returns the live
+        handle if there is one and raises `WouldBlock` otherwise (a server then loads off its
+        event loop); background swaps never block once a model is live.
+        """
+        if force_reload:
+            return self._force()
+        live = self._live
+        if live is not None and self.options.check_interval:
+            now = time.monotonic()
+            if now < self._next_check:
+                return live
+            self._next_check = now + self.options.check_interval
+        token = self._source.token()
+        if token == self._seen and live is not None and time.monotonic() < self._recheck_at:
+            return live
+        return self._changed(block)
+
+    def check(self) -> LoadAttempt | None:
+        """Look at the source now and load in this thread if needed; return the attempt made.
+
+        Ignores `check_interval` and the swap mode: tests and admin tools step detection with it.
+        """
+        with self._lock:
+            before = len(self._history), self._load_count
+            self._decide(time.monotonic(), load_here=True, force=False)
+            if (len(self._history), self._load_count) == before:
+                return None
+            return self._history[-1]
+
+    # ---- pinning ------------------------------------------------------------------------------
+
+    def pin(self, path: str | os.PathLike[str]) -> LiveModel:
+        """Serve the checkpoint at `path` (e.g. an older timestamped one) until `unpin()`.
+
+        Raises:
+            CheckpointError: it cannot be loaded or is rejected; the live model stays.
+        """
+        source = FileSource(path)
+        with self._lock:
+            self._load(source, force=True, raise_errors=True)
+            self._source, self._pinned = source, Path(path)
+            return self._require_live()
+
+    def unpin(self) -> LiveModel | None:
+        """Follow the watched path again, loading what it points at now."""
+        with self._lock:
+            self._source, self._pinned = self._watched, None
+            self._seen, self._recheck_at = _UNSEEN, 0.0
+            with contextlib.suppress(ModelNotAvailable):
+                self._decide(time.monotonic(), load_here=True, force=False)
+            return self._live
+
+    @property
+    def pinned(self) -> Path | None:
+        return self._pinned
+
+    # ---- observing -----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[ModelRegistry, LoadAttempt], None]) -> None:
+        """Call `listener(registry, attempt)` after every load attempt (metrics, logs)."""
+        self._listeners.append(listener)
+
+    @property
+    def history(self) -> list[LoadAttempt]:
+        return list(self._history)
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self._last_error
+
+    @property
+    def file_missing(self) -> bool:
+        return self._file_missing
+
+    @property
+    def loading(self) -> bool:
+        pending = self._pending
+        return pending is not None and not pending.done()
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
+        live = self._live
+        version = live.version if live is not None else None
+        return {
+            "name": self.name,
+            "loaded": live is not None,
+            "model_path": str(self.model_path),
+            "load_count": self._load_count,
+            "last_mtime": version.mtime if version is not None else 0.0,
+            "version": version.to_dict() if version is not None else None,
+            "last_error": self._last_error,
+            "file_missing": self._file_missing,
+            "pinned": str(self._pinned) if self._pinned is not None else None,
+            "source": self._source.kind,
+            "swap": self.options.swap,
+            "loading": self.loading,
+            "history": [a.to_dict() for a in self._history],
+        }
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background load is in flight; True if idle within `timeout`."""
+        pending = self._pending
+        if pending is None:
+            return True
+        try:
+            pending.result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Stop the background worker and remove the private copies."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._finalizer()
+
+    def __enter__(self) -> ModelRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.name!r}, {self._source!r}, load_count={self._load_count})"
+
+    # ---- the slow path --------------------------------------------------------------------------
+
+    def _changed(self, block: bool) -> LiveModel:
+        background = self.options.swap == "background" and self._live is not None
+        if not block and not background:
+            if not self._lock.acquire(blocking=False):
+                raise WouldBlock(self.name)
+            try:
+                return self._decide(time.monotonic(), load_here=False, force=False)
+            finally:
+                self._lock.release()
+        if background:
+            # Never wait behind a load in flight: the live model answers meanwhile.
+            if not self._lock.acquire(blocking=False):
+                return self._require_live()
+            try:
+                return self._decide(time.monotonic(), load_here=False, force=False)
+            finally:
+                self._lock.release()
+        with self._lock:
+            return self._decide(time.monotonic(), load_here=True, force=False)
+
+    def _decide(self, now: float, *, load_here: bool, force: bool) -> LiveModel:
+        """With the lock held: look at the source and load, schedule or refuse. Returns the handle."""
+        live = self._live
+        token = self._source.token()
+        if token is None:
+            if not self._file_missing:
+                log.warning(
+                    "checkpoint missing", extra={"model": self.name, "path": str(self._source.path)}
+                )
+            self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+            return self._require_live()
+        self._file_missing = False
+        if token == self._seen and now < self._recheck_at:
+            return self._require_live()
+        if token == self._seen and live is not None and self._verify_every:
+            # Same stat key: only the periodic re-read of the manifest is due.
+            digest = self._source.digest()
+            if digest in (live.version.sha256, self._failed_sha) or digest is None:
+                self._recheck_at = now + self._verify_every
+                return live
+        if live is not None and self.options.swap == "background" and not load_here:
+            self._schedule()
+            return live
+        if not load_here:
+            if live is not None:
+                return live
+            raise WouldBlock(self.name)
+        self._load(self._source, force=force, raise_errors=False)
+        return self._require_live()
+
+    def _force(self) -> LiveModel:
+        with self._lock:
+            self._load(self._source, force=True, raise_errors=False)
+            return self._require_live()
+
+    def _schedule(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ckptserve-{self.name}")
+        self._recheck_at = math.inf  # until the worker decides, the hot path need not look again
+        self._pending = self._executor.submit(self._background_load)
+
+    def _background_load(self) -> None:
+        with self._lock:
+            self._recheck_at = 0.0
+            with contextlib.suppress(ModelNotAvailable):
+                self._decide(time.monotonic(), load_here=True, force=False)
+
+    def _load(self, source: Source, *, force: bool, raise_errors: bool) -> None:
+        """Read, verify, load, validate and swap one checkpoint. Caller holds the lock."""
+        started = time.perf_counter()
+        now = time.monotonic()
+        live = self._live
+        snapshot: Snapshot | None = None
+        try:
+            snapshot = source.fetch()
+            if not force and live is not None and snapshot.sha256 == live.version.sha256:
+                # A touch or a copy of the same bytes: adopt the new key, keep the model.
+                self._seen, self._recheck_at = (
+                    snapshot.token,
+                    now + (self._verify_every or math.inf),
+                )
+                self._record("unchanged", snapshot, None, started, force)
+                return
+            loaded = self._load_snapshot(snapshot)
+            expect = expectations_for(
+                {**snapshot.metadata, **loaded.metadata},
+                obs_dim=self.options.obs_dim, action_dim=self.options.action_dim,
+                obs_low=self.options.obs_low, obs_high=self.options.obs_high,
+                action_low=self.options.action_low, action_high=self.options.action_high,
+            )  # fmt: skip
+            probed = run_checks(loaded.model, expect, self.options.validate)
+            if expect.obs_dim is None and probed is not None:
+                expect = replace(expect, obs_dim=probed)
+        except FileNotFoundError:
+            self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+            if raise_errors:
+                raise CheckpointError(f"{source.path} does not exist") from None
+            return
+        except CheckpointError as exc:
+            self._fail(exc, snapshot, source, started, force, now)
+            if raise_errors:
+                raise
+            return
+        # The stat key read again after the load: if the file moved while we read it (a slow
+        # writer, or a replace racing us), what we loaded may be a mix; discard it and retry.
+        if source.token() != snapshot.token:
+            self._fail(
+                CheckpointError("checkpoint changed while it was being loaded (torn write); will retry"),
+                snapshot, source, started, force, now, retry=True,
+            )  # fmt: skip
+            if raise_errors:
+                raise CheckpointError("checkpoint changed while it was being loaded")
+            return
+        duration = time.perf_counter() - started
+        version = ModelVersion(
+            path=str(source.path),
+            resolved=str(snapshot.resolved),
+            key=snapshot.key,
+            mtime=snapshot.key.mtime_ns / 1e9,
+            size=len(snapshot.data),
+            sha256=snapshot.sha256,
+            format=loaded.format,
+            metadata={**snapshot.metadata, **loaded.metadata},
+            loaded_at=time.time(),
+            load_seconds=duration,
+        )
+        self._live = LiveModel(loaded.model, version, expect)
+        self._load_count += 1
+        self._seen, self._failed_sha = snapshot.token, None
+        self._recheck_at = now + (self._verify_every or math.inf)
+        self._last_error, self._last_exc = None, None
+        self._record("ok", snapshot, None, started, force)
+        self._prune_cache(keep=version.sha256)
+
+    def _load_snapshot(self, snapshot: Snapshot) -> Loaded:
+        return load_checkpoint(
+            snapshot.path,
+            data=snapshot.data,
+            device=self.device,
+            loader=self.options.loader,
+            allow_formats=self.options.allow_formats,
+            copy_to=self._cache / snapshot.sha256,
+        )
+
+    def _prune_cache(self, keep: str) -> None:
+        for entry in self._cache.iterdir():
+            if not entry.name.startswith(keep):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def _fail(
+        self,
+        exc: CheckpointError,
+        snapshot: Snapshot | None,
+        source: Source,
+        started: float,
+        force: bool,
+        now: float,
+        *,
+        retry: bool = False,
+    ) -> None:
+        result: LoadResult = "rejected" if isinstance(exc, ValidationError) else "failed"
+        token = snapshot.token if snapshot is not None else source.token()
+        self._seen = token
+        self._recheck_at = now if retry else now + self.options.retry_after
+        self._failed_sha = snapshot.sha256 if snapshot is not None else None
+        key = snapshot.key.to_dict() if snapshot is not None else None
+        self._last_exc = exc
+        self._last_error = {
+            "result": result,
+            "reason": str(exc),
+            "checkpoint": snapshot.resolved.name if snapshot is not None else source.path.name,
+            "sha256": snapshot.sha256 if snapshot is not None else None,
+            "key": key,
+            "at": time.time(),
+        }
+        self._record(result, snapshot, str(exc), started, force, source=source)
+
+    def _record(
+        self,
+        result: LoadResult,
+        snapshot: Snapshot | None,
+        reason: str | None,
+        started: float,
+        force: bool,
+        *,
+        source: Source | None = None,
+    ) -> None:
+        attempt = LoadAttempt(
+            result=result,
+            checkpoint=snapshot.resolved.name
+            if snapshot
+            else (source.path.name if source else None),
+            sha256=snapshot.sha256 if snapshot else None,
+            reason=reason,
+            duration=time.perf_counter() - started,
+            at=time.time(),
+            forced=force,
+        )
+        self._history.append(attempt)
+        level = logging.INFO if result in ("ok", "unchanged") else logging.WARNING
+        log.log(
+            level,
+            "load %s: %s %s",
+            result,
+            attempt.checkpoint,
+            reason or f"sha256={(attempt.sha256 or '')[:12]} in {attempt.duration * 1000:.1f} ms",
+            extra={
+                "model": self.name, "checkpoint": attempt.checkpoint, "sha256": attempt.sha256,
+                "result": result, "duration": round(attempt.duration, 6), "reason": reason,
+            },
+        )  # fmt: skip
+        for listener in self._listeners:
+            try:
+                listener(self, attempt)
+            except Exception:
+                log.exception("load listener failed")
+
+    def _require_live(self) -> LiveModel:
+        live = self._live
+        if live is not None:
+            return live
+        if self._file_missing:
+            raise ModelNotAvailable(f"{self.name}: no checkpoint at {self._source.path} yet")
+        exc = self._last_exc
+        reason = str(exc) if exc is not None else "no checkpoint loaded yet"
+        raise ModelNotAvailable(f"{self.name}: no model is live ({reason})") from exc
+
+
+def _cleanup(cache: Path, owned: bool) -> None:
+    if owned:
+        shutil.rmtree(cache, ignore_errors=True)
+    else:
+        for entry in cache.glob("*.ckpt"):
+            with contextlib.suppress(OSError):
+                entry.unlink()

@@ -1,0 +1,171 @@
+"""VALIDATE: decide whether a loaded model may go live.
+
+The probe runs the model once on zeros of the observation size and demands finite actions of the
+expected shape inside the action bounds; the user's `validate(model)` may add checks. Anything
+that fails raises ValidationError, and the registry treats the model as rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ValidationError
+from .inference import act
+
+__all__ = ["Bounds", "Expectations", "expectations_for", "probe", "run_checks"]
+
+Number = float | int
+BoundSpec = Number | Sequence[Number] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Elementwise [low, high] limits for a vector of `size` values (None: unbounded)."""
+
+    low: tuple[float, ...] | None
+    high: tuple[float, ...] | None
+
+    @classmethod
+    def build(cls, low: BoundSpec, high: BoundSpec, size: int | None, what: str) -> Bounds | None:
+        if low is None and high is None:
+            return None
+        return cls(_expand(low, size, f"{what}_low"), _expand(high, size, f"{what}_high"))
+
+    def first_violation(self, values: Sequence[float]) -> tuple[int, float] | None:
+        """The first (index, value) outside the bounds, or None."""
+        low, high = self.low, self.high
+        for i, v in enumerate(values):
+            if (low is not None and v < low[i if len(low) > 1 else 0]) or (
+                high is not None and v > high[i if len(high) > 1 else 0]
+            ):
+                return i, v
+        return None
+
+    def tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        low = torch.tensor(self.low, dtype=torch.float32) if self.low is not None else None
+        high = torch.tensor(self.high, dtype=torch.float32) if self.high is not None else None
+        return low, high
+
+
+def _expand(spec: BoundSpec, size: int | None, name: str) -> tuple[float, ...] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, (int, float)):
+        values: tuple[float, ...] = (float(spec),)
+    else:
+        values = tuple(float(v) for v in spec)
+        if size is not None and len(values) not in (1, size):
+            raise ValidationError(f"{name} has {len(values)} values, expected 1 or {size}")
+    if any(math.isnan(v) for v in values):
+        raise ValidationError(f"{name} contains NaN")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Expectations:
+    """What a model must look like to be served: sizes and bounds, from config or metadata."""
+
+    obs_dim: int | None
+    action_dim: int
+    obs_bounds: Bounds | None
+    action_bounds: Bounds | None
+
+
+def _pick(configured: Any, metadata: Mapping[str, Any], key: str) -> Any:
+    return configured if configured is not None else metadata.get(key)
+
+
+def expectations_for(
+    metadata: Mapping[str, Any],
+    *,
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
+    obs_low: BoundSpec = None,
+    obs_high: BoundSpec = None,
+    action_low: BoundSpec = None,
+    action_high: BoundSpec = None,
+) -> Expectations:
+    """Combine configured expectations with a checkpoint's metadata; configuration wins, and a
+    checkpoint whose metadata contradicts the configuration is rejected."""
+    for key, configured in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+        declared = metadata.get(key)
+        if configured is not None and declared is not None and int(declared) != configured:
+            raise ValidationError(
+                f"checkpoint declares {key}={declared}, server expects {configured}"
+            )
+    o = _pick(obs_dim, metadata, "obs_dim")
+    a = _pick(action_dim, metadata, "action_dim")
+    o = int(o) if o is not None else None
+    a = int(a) if a is not None else 1
+    return Expectations(
+        obs_dim=o,
+        action_dim=a,
+        obs_bounds=Bounds.build(
+            _pick(obs_low, metadata, "obs_low"), _pick(obs_high, metadata, "obs_high"), o, "obs"
+        ),
+        action_bounds=Bounds.build(
+            _pick(action_low, metadata, "action_low"),
+            _pick(action_high, metadata, "action_high"),
+            a,
+            "action",
+        ),
+    )
+
+
+def _infer_obs_dim(model: Any) -> int | None:
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    for p in params():
+        return int(p.shape[-1]) if p.dim() == 2 else None
+    return None
+
+
+def probe(model: Any, expect: Expectations) -> int | None:
+    """Run the model on zeros (batch 1 and 2) and check its actions; return the obs size used."""
+    obs_dim = expect.obs_dim or _infer_obs_dim(model)
+    if obs_dim is None:
+        return None
+    for batch in (1, 2):
+        try:
+            action = act(model, torch.zeros(batch, obs_dim))
+        except Exception as exc:
+            raise ValidationError(
+                f"probe with a [{batch}, {obs_dim}] zero state failed: {type(exc).__name__}: {exc}"
+            ) from None
+        want = (batch, expect.action_dim)
+        if tuple(action.shape) != want:
+            raise ValidationError(f"probe action shape {list(action.shape)}, expected {list(want)}")
+        if not bool(torch.isfinite(action).all()):
+            raise ValidationError("probe action is not finite (NaN or infinity)")
+        if expect.action_bounds is not None:
+            hit = expect.action_bounds.first_violation(action[0].tolist())
+            if hit is not None:
+                raise ValidationError(
+                    f"probe action[{hit[0]}]={hit[1]:.6g} is outside the action bounds"
+                )
+    return obs_dim
+
+
+def run_checks(
+    model: Any,
+    expect: Expectations,
+    validate: Callable[[Any], object] | None = None,
+) -> int | None:
+    """The whole validate stage: the probe, then the user's check. Returns the probed obs size."""
+    obs_dim = probe(model, expect)
+    if validate is not None:
+        try:
+            validate(model)
+        except ValidationError:
+            raise
+        except Exception as exc:
+            raise ValidationError(
+                f"validate() rejected the model: {type(exc).__name__}: {exc}"
+            ) from None
+    return obs_dim

@@ -204,6 +204,19 @@ def _resolve_factory(factory: str | Factory) -> Factory:
     return obj
 
 
+def _takes_metadata(factory: Factory) -> bool:
+    """True when the factory takes the metadata: a required positional parameter, or `metadata`."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind in positional and (p.name == "metadata" or p.default is inspect.Parameter.empty)
+        for p in params
+    )
+
+
 class StateDictLoader(AutoLoader):
     """Builds the module from a factory, then loads state_dict or safetensors weights into it.
 
@@ -218,7 +231,7 @@ class StateDictLoader(AutoLoader):
     def _build(self, metadata: Mapping[str, Any]) -> torch.nn.Module:
         if self._factory is None:
             self._factory = _resolve_factory(self._spec)
-        takes_metadata = bool(inspect.signature(self._factory).parameters)
+        takes_metadata = _takes_metadata(self._factory)
         with torch.device("meta"):
             module = self._factory(dict(metadata)) if takes_metadata else self._factory()
         if not isinstance(module, torch.nn.Module):
@@ -254,6 +267,11 @@ class StateDictLoader(AutoLoader):
             module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise CheckpointError(f"weights do not fit the factory's module: {exc}") from None
+        unset = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+        if unset:
+            raise CheckpointError(
+                f"the factory's module has tensors the checkpoint does not fill: {', '.join(unset)}"
+            )
         return Loaded(module.to(device).eval(), fmt, metadata)
 
     def __repr__(self) -> str:
@@ -265,7 +283,9 @@ def state_dict_loader(factory: str | Factory) -> Loader:
 
     Args:
         factory: `"package.module:make_actor"` or a callable returning the `nn.Module` to load the
-            weights into; it is passed the checkpoint's metadata dict if it takes an argument.
+            weights into; it is passed the checkpoint's metadata dict if it has a required
+            positional parameter (or one named `metadata`), and is called with no arguments
+            otherwise.
 
     Example:
         registry = ModelRegistry("actor_latest.pt", loader=state_dict_loader("mypkg.nets:Actor"))

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -20,14 +21,15 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
-from .formats import Loaded, Loader, load_checkpoint
+from .formats import FORMATS, Loaded, Loader, load_checkpoint
 from .manifest import SIGNING_KEY_ENV
-from .sources import FileSource, Snapshot, Source, make_source
+from .sources import FileSource, Snapshot, Source, latest_in_directory, make_source
 from .validation import BoundSpec, Expectations, expectations_for, run_checks
 from .versions import LoadAttempt, LoadResult, ModelVersion
 
@@ -37,6 +39,10 @@ log = logging.getLogger("ckptserve.registry")
 
 SwapMode = Literal["sync", "background"]
 _UNSEEN = object()
+_monotonic = time.monotonic
+#: Private copies in the cache are named by their sha256; nothing else there is ours.
+_CACHED = re.compile(r"^\.?[0-9a-f]{64}")
+_STAMPED = re.compile(r"_(latest|\d{8}_\d{6}(_\d+)?)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,16 @@ class RegistryOptions:
             raise ValueError(f"swap must be 'sync' or 'background', not {self.swap!r}")
         if self.check_interval < 0 or self.retry_after < 0:
             raise ValueError("check_interval and retry_after must be >= 0")
+        if self.verify_interval is not None and self.verify_interval < 0:
+            raise ValueError("verify_interval must be >= 0 (or None for the default)")
+        if self.history < 1:
+            raise ValueError("history must keep at least one load attempt")
+        if self.allow_formats is not None:
+            if isinstance(self.allow_formats, str):
+                raise ValueError("allow_formats is a collection of names, not one string")
+            unknown = sorted(set(self.allow_formats) - set(FORMATS))
+            if unknown:
+                raise ValueError(f"unknown formats {unknown} in allow_formats: use {FORMATS}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +135,20 @@ class ModelRegistry:
         self.options = replace(options or RegistryOptions(), **overrides)
         self.model_path = Path(model_path)
         self.device = device
-        self.name = name or self.model_path.stem.split("_")[0] or "model"
         key = self.options.signing_key or os.environ.get(SIGNING_KEY_ENV) or None
-        self._watched: Source = make_source(
-            model_path, name=self.name, signing_key=key,
-            require_signature=self.options.require_signature,
-        )  # fmt: skip
+        if self.options.require_signature and not key:
+            raise ValueError(
+                f"require_signature needs a key: pass signing_key= or set ${SIGNING_KEY_ENV}"
+            )
+        self._signing_key = key
+        # A directory is looked into again while it has nothing published (see _decide).
+        self._directory = self.model_path if self.model_path.is_dir() else None
+        self._lookup_name = name or "actor"
+        self._watched: Source = self._make_source(self.model_path)
+        self.name = name or _model_name(self._watched.path)
         self._source: Source = self._watched
+        self._token = self._source.token  # the hot path's one bound-method lookup
+        self._interval = self.options.check_interval
         verify = self.options.verify_interval
         if verify is None:
             verify = 5.0 if self._watched.kind == "manifest" else 0.0
@@ -145,6 +168,7 @@ class ModelRegistry:
         self._last_error: dict[str, Any] | None = None
         self._last_exc: CheckpointError | None = None
         self._history: deque[LoadAttempt] = deque(maxlen=self.options.history)
+        self._attempts = 0  # load attempts recorded so far (history is bounded)
         self._listeners: list[Callable[[ModelRegistry, LoadAttempt], None]] = []
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -187,21 +211,28 @@ class ModelRegistry:
     def get(self, *, force_reload: bool = False, block: bool = True) -> LiveModel:
         """Check the source (at most once per `check_interval`) and return the live handle.
 
-        With `block=False` a call that would have to load in this thread returns the live
-        handle if there is one and raises `WouldBlock` otherwise (a server then loads off its
-        event loop); background swaps never block once a model is live.
+        With `block=False` a call that would have to load (or wait for a load) in this thread
+        raises `WouldBlock` instead, so a server can make the same call in a worker thread; in
+        background mode with a live model the load is scheduled and the live handle returned.
+        A forced reload always loads, so `force_reload=True, block=False` raises `WouldBlock`.
+
+        Raises:
+            ModelNotAvailable: no model is live and none could be loaded.
+            WouldBlock: only with `block=False`, as above.
         """
-        if force_reload:
-            return self._force()
         live = self._live
-        if live is not None and self.options.check_interval:
-            now = time.monotonic()
-            if now < self._next_check:
+        if live is not None and not force_reload:
+            if self._interval:
+                now = _monotonic()
+                if now < self._next_check:
+                    return live
+                self._next_check = now + self._interval
+            if self._token() == self._seen and _monotonic() < self._recheck_at:
                 return live
-            self._next_check = now + self.options.check_interval
-        token = self._source.token()
-        if token == self._seen and live is not None and time.monotonic() < self._recheck_at:
-            return live
+        if force_reload:
+            if not block:
+                raise WouldBlock(self.name)
+            return self._force()
         return self._changed(block)
 
     def check(self) -> LoadAttempt | None:
@@ -210,11 +241,10 @@ class ModelRegistry:
         Ignores `check_interval` and the swap mode: tests and admin tools step detection with it.
         """
         with self._lock:
-            before = len(self._history), self._load_count
-            self._decide(time.monotonic(), load_here=True, force=False)
-            if (len(self._history), self._load_count) == before:
-                return None
-            return self._history[-1]
+            before = self._attempts
+            with contextlib.suppress(ModelNotAvailable):
+                self._decide(time.monotonic(), load_here=True, force=False)
+            return self._history[-1] if self._attempts != before else None
 
     # ---- pinning ------------------------------------------------------------------------------
 
@@ -226,14 +256,22 @@ class ModelRegistry:
         """
         source = FileSource(path)
         with self._lock:
-            self._load(source, force=True, raise_errors=True)
-            self._source, self._pinned = source, Path(path)
+            # A pin that fails must not disturb what is known about the watched source.
+            state = self._seen, self._recheck_at, self._failed_sha, self._file_missing
+            try:
+                self._load(source, force=True, raise_errors=True)
+            except CheckpointError:
+                self._seen, self._recheck_at, self._failed_sha, self._file_missing = state
+                raise
+            self._set_source(source)
+            self._pinned = Path(path)
             return self._require_live()
 
     def unpin(self) -> LiveModel | None:
         """Follow the watched path again, loading what it points at now."""
         with self._lock:
-            self._source, self._pinned = self._watched, None
+            self._set_source(self._watched)
+            self._pinned = None
             self._seen, self._recheck_at = _UNSEEN, 0.0
             with contextlib.suppress(ModelNotAvailable):
                 self._decide(time.monotonic(), load_here=True, force=False)
@@ -297,7 +335,7 @@ class ModelRegistry:
             return True
         try:
             pending.result(timeout)
-        except TimeoutError:
+        except FutureTimeout:
             return False
         return True
 
@@ -320,17 +358,13 @@ class ModelRegistry:
 
     def _changed(self, block: bool) -> LiveModel:
         background = self.options.swap == "background" and self._live is not None
-        if not block and not background:
+        if background or not block:
+            # Never wait behind a load in flight: in background mode the live model answers
+            # meanwhile; with block=False the caller is told to ask again from a worker thread.
             if not self._lock.acquire(blocking=False):
+                if background:
+                    return self._require_live()
                 raise WouldBlock(self.name)
-            try:
-                return self._decide(time.monotonic(), load_here=False, force=False)
-            finally:
-                self._lock.release()
-        if background:
-            # Never wait behind a load in flight: the live model answers meanwhile.
-            if not self._lock.acquire(blocking=False):
-                return self._require_live()
             try:
                 return self._decide(time.monotonic(), load_here=False, force=False)
             finally:
@@ -340,8 +374,17 @@ class ModelRegistry:
 
     def _decide(self, now: float, *, load_here: bool, force: bool) -> LiveModel:
         """With the lock held: look at the source and load, schedule or refuse. Returns the handle."""
+        self._next_check = now + self._interval  # this is a look at the source
         live = self._live
         token = self._source.token()
+        if token is None and self._directory is not None and self._source is self._watched:
+            # Nothing was published when we looked into the directory: look again, so a
+            # checkpoint copied in by hand (no manifest) is found too.
+            found = latest_in_directory(self._directory, self._lookup_name)
+            if found != self._watched.path:
+                self._watched = self._make_source(found)
+                self._set_source(self._watched)
+                token = self._source.token()
         if token is None:
             if not self._file_missing:
                 log.warning(
@@ -358,11 +401,9 @@ class ModelRegistry:
             if digest in (live.version.sha256, self._failed_sha) or digest is None:
                 self._recheck_at = now + self._verify_every
                 return live
-        if live is not None and self.options.swap == "background" and not load_here:
-            self._schedule()
-            return live
         if not load_here:
-            if live is not None:
+            if live is not None and self.options.swap == "background":
+                self._schedule()
                 return live
             raise WouldBlock(self.name)
         self._load(self._source, force=force, raise_errors=False)
@@ -384,16 +425,23 @@ class ModelRegistry:
     def _background_load(self) -> None:
         with self._lock:
             self._recheck_at = 0.0
-            with contextlib.suppress(ModelNotAvailable):
+            try:
                 self._decide(time.monotonic(), load_here=True, force=False)
+            except ModelNotAvailable:
+                pass
+            except Exception:  # the worker must never die silently; _load records failures
+                log.exception("background load failed", extra={"model": self.name})
 
     def _load(self, source: Source, *, force: bool, raise_errors: bool) -> None:
         """Read, verify, load, validate and swap one checkpoint. Caller holds the lock."""
         started = time.perf_counter()
         now = time.monotonic()
         live = self._live
+        before = source.token()
         snapshot: Snapshot | None = None
         try:
+            if before is None:
+                raise FileNotFoundError(str(source.path))
             snapshot = source.fetch()
             if not force and live is not None and snapshot.sha256 == live.version.sha256:
                 # A touch or a copy of the same bytes: adopt the new key, keep the model.
@@ -413,25 +461,26 @@ class ModelRegistry:
             probed = run_checks(loaded.model, expect, self.options.validate)
             if expect.obs_dim is None and probed is not None:
                 expect = replace(expect, obs_dim=probed)
-        except FileNotFoundError:
-            self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+        except Exception as exc:
+            if isinstance(exc, FileNotFoundError) and source.token() is None:
+                self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+                if raise_errors:
+                    raise CheckpointError(f"{source.path} does not exist") from None
+                return
+            # Whatever went wrong (bad bytes, odd metadata, a loader bug), the request that
+            # triggered the load must still get the live model: record it as a failed load.
+            error = exc if isinstance(exc, CheckpointError) else _as_checkpoint_error(exc)
+            self._fail(error, snapshot, source, before, started, force, now)
             if raise_errors:
-                raise CheckpointError(f"{source.path} does not exist") from None
-            return
-        except CheckpointError as exc:
-            self._fail(exc, snapshot, source, started, force, now)
-            if raise_errors:
-                raise
+                raise error  # noqa: B904 (its __cause__ is already set)
             return
         # The stat key read again after the load: if the file moved while we read it (a slow
         # writer, or a replace racing us), what we loaded may be a mix; discard it and retry.
         if source.token() != snapshot.token:
-            self._fail(
-                CheckpointError("checkpoint changed while it was being loaded (torn write); will retry"),
-                snapshot, source, started, force, now, retry=True,
-            )  # fmt: skip
+            error = CheckpointError("checkpoint changed while it was being loaded (torn write)")
+            self._fail(error, snapshot, source, before, started, force, now, retry=True)
             if raise_errors:
-                raise CheckpointError("checkpoint changed while it was being loaded")
+                raise error
             return
         duration = time.perf_counter() - started
         version = ModelVersion(
@@ -466,15 +515,26 @@ class ModelRegistry:
 
     def _prune_cache(self, keep: str) -> None:
         for entry in self._cache.iterdir():
-            if not entry.name.startswith(keep):
+            if _CACHED.match(entry.name) and not entry.name.startswith(keep):
                 with contextlib.suppress(OSError):
                     entry.unlink()
+
+    def _make_source(self, path: Path) -> Source:
+        return make_source(
+            path, name=self._lookup_name, signing_key=self._signing_key,
+            require_signature=self.options.require_signature,
+        )  # fmt: skip
+
+    def _set_source(self, source: Source) -> None:
+        self._source = source
+        self._token = source.token
 
     def _fail(
         self,
         exc: CheckpointError,
         snapshot: Snapshot | None,
         source: Source,
+        before: Hashable | None,
         started: float,
         force: bool,
         now: float,
@@ -482,8 +542,9 @@ class ModelRegistry:
         retry: bool = False,
     ) -> None:
         result: LoadResult = "rejected" if isinstance(exc, ValidationError) else "failed"
-        token = snapshot.token if snapshot is not None else source.token()
-        self._seen = token
+        # The token read before the attempt: if the source moved since, the next call sees a
+        # new token and tries again at once instead of waiting out retry_after.
+        self._seen = snapshot.token if snapshot is not None else before
         self._recheck_at = now if retry else now + self.options.retry_after
         self._failed_sha = snapshot.sha256 if snapshot is not None else None
         key = snapshot.key.to_dict() if snapshot is not None else None
@@ -520,6 +581,7 @@ class ModelRegistry:
             forced=force,
         )
         self._history.append(attempt)
+        self._attempts += 1
         level = logging.INFO if result in ("ok", "unchanged") else logging.WARNING
         log.log(
             level,
@@ -552,7 +614,20 @@ class ModelRegistry:
 def _cleanup(cache: Path, owned: bool) -> None:
     if owned:
         shutil.rmtree(cache, ignore_errors=True)
-    else:
-        for entry in cache.glob("*.ckpt"):
-            with contextlib.suppress(OSError):
-                entry.unlink()
+        return
+    with contextlib.suppress(OSError):
+        for entry in cache.iterdir():
+            if _CACHED.match(entry.name):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _as_checkpoint_error(exc: Exception) -> CheckpointError:
+    error = CheckpointError(f"load failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _model_name(path: Path) -> str:
+    """`actor` for actor_latest.pt, actor_latest.json and actor_20260412_143022.pt."""
+    return _STAMPED.sub("", path.stem) or "model"

@@ -55,12 +55,21 @@ class Bounds:
 def _expand(spec: BoundSpec, size: int | None, name: str) -> tuple[float, ...] | None:
     if spec is None:
         return None
-    if isinstance(spec, (int, float)):
-        values: tuple[float, ...] = (float(spec),)
-    else:
-        values = tuple(float(v) for v in spec)
-        if size is not None and len(values) not in (1, size):
-            raise ValidationError(f"{name} has {len(values)} values, expected 1 or {size}")
+    try:
+        if isinstance(spec, str):
+            raise TypeError(spec)
+        if isinstance(spec, (int, float)):
+            values: tuple[float, ...] = (float(spec),)
+        else:
+            values = tuple(float(v) for v in spec)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"{name} must be a number or a list of numbers, not {spec!r}"
+        ) from None
+    if not values:
+        raise ValidationError(f"{name} is empty")
+    if size is not None and len(values) not in (1, size):
+        raise ValidationError(f"{name} has {len(values)} values, expected 1 or {size}")
     if any(math.isnan(v) for v in values):
         raise ValidationError(f"{name} contains NaN")
     return values
@@ -74,6 +83,16 @@ class Expectations:
     action_dim: int
     obs_bounds: Bounds | None
     action_bounds: Bounds | None
+
+
+def _dimension(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValidationError(f"{key} must be a whole number, not {value!r}")
+    if value < 1:
+        raise ValidationError(f"{key} must be at least 1, not {value!r}")
+    return int(value)
 
 
 def _pick(configured: Any, metadata: Mapping[str, Any], key: str) -> Any:
@@ -93,15 +112,13 @@ def expectations_for(
     """Combine configured expectations with a checkpoint's metadata; configuration wins, and a
     checkpoint whose metadata contradicts the configuration is rejected."""
     for key, configured in (("obs_dim", obs_dim), ("action_dim", action_dim)):
-        declared = metadata.get(key)
-        if configured is not None and declared is not None and int(declared) != configured:
+        declared = _dimension(metadata.get(key), key)
+        if configured is not None and declared is not None and declared != configured:
             raise ValidationError(
                 f"checkpoint declares {key}={declared}, server expects {configured}"
             )
-    o = _pick(obs_dim, metadata, "obs_dim")
-    a = _pick(action_dim, metadata, "action_dim")
-    o = int(o) if o is not None else None
-    a = int(a) if a is not None else 1
+    o = _dimension(_pick(obs_dim, metadata, "obs_dim"), "obs_dim")
+    a = _dimension(_pick(action_dim, metadata, "action_dim"), "action_dim") or 1
     return Expectations(
         obs_dim=o,
         action_dim=a,

@@ -303,6 +303,7 @@ _SUFFIX = {
 
 def _private_copy(data: bytes, target: Path) -> Path:
     if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_bytes(data)
         os.replace(tmp, target)

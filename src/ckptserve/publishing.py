@@ -60,7 +60,11 @@ def _infer_obs_dim(model: Any) -> int | None:
 
 
 def _callable_of(model: Any) -> Any:
-    return model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    if isinstance(model, torch.export.ExportedProgram):
+        # A program accepts only the inputs it was exported with: (state,), not (state, True).
+        module = model.module()
+        return lambda state, deterministic=True: module(state)
+    return model
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

@@ -63,3 +63,17 @@ def action_of(model: Any, seed_state: float = 0.5) -> float:
     with torch.inference_mode():
         out = model(torch.full((1, 4), seed_state), True)
     return float(out[0][0, 0])
+
+
+def record_span(data: bytes, suffix: str) -> tuple[int, int]:
+    """The [start, end) byte range of the data of the zip record whose name ends with `suffix`."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
+    header = data[info.header_offset : info.header_offset + 30]
+    name_len = int.from_bytes(header[26:28], "little")
+    extra_len = int.from_bytes(header[28:30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    return start, start + info.compress_size

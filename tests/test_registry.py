@@ -32,6 +32,7 @@ from core_helpers import (
     SWAPS,
     action_of,
     loader_for,
+    record_span,
     refresh,
     wait_for,
     write_atomic,
@@ -288,15 +289,7 @@ def test_failed_key_is_retried_after_retry_after(ckpt_path, checkpoint_bytes, ma
 def mixed_zip(old: bytes, new: bytes) -> bytes:
     """The new file's first weight record over the old file: old zip directory, old CRCs."""
     assert len(old) == len(new)
-    with zipfile.ZipFile(io.BytesIO(new)) as zf:
-        info = next(i for i in zf.infolist() if i.filename.endswith("/data/0"))
-        with zf.open(info) as f:
-            f.read()
-        # Local header (30 bytes + name + extra) precedes the record's data.
-        header = new[info.header_offset : info.header_offset + 30]
-        name_len = int.from_bytes(header[26:28], "little")
-        extra_len = int.from_bytes(header[28:30], "little")
-        end = info.header_offset + 30 + name_len + extra_len + info.compress_size
+    _, end = record_span(new, "/data/0")
     return new[:end] + old[end:]
 
 

@@ -1,0 +1,173 @@
+"""LOAD: every checkpoint format is recognised by its bytes and loads as a callable policy."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+from ckptserve import (
+    CheckpointError,
+    ExportedPolicy,
+    IntegrityError,
+    load_checkpoint,
+    publish,
+    sniff,
+    state_dict_loader,
+)
+from ckptserve.formats import check_zip
+from core_helpers import FORMATS, WEIGHTS_FORMATS, action_of, loader_for, record_span
+from policies import Actor, make_actor, make_actor_from, seeded_actor
+
+
+def load(data: bytes, tmp_path: Path, **kwargs) -> object:
+    path = tmp_path / "checkpoint.bin"
+    path.write_bytes(data)
+    return load_checkpoint(path, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sniff_names_every_format_from_its_bytes(fmt, checkpoint_bytes):
+    """The format is read from inside the file, whatever its suffix."""
+    assert sniff(checkpoint_bytes(fmt, 0)) == fmt
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_loads_as_a_policy(fmt, tmp_path, checkpoint_bytes):
+    """Each format loads into a model callable as model(state) and model(state, True)."""
+    loaded = load(checkpoint_bytes(fmt, 0), tmp_path, loader=loader_for(fmt))
+    assert loaded.format == fmt
+    assert loaded.metadata["obs_dim"] == 4 and loaded.metadata["format"] == fmt
+    reference = seeded_actor(0)
+    for batch in (1, 64):
+        state = torch.randn(batch, 4)
+        with torch.inference_mode():
+            want = reference(state)[0]
+            got = loaded.model(state)[0]
+            got_det = loaded.model(state, True)[0]
+        assert got.shape == (batch, 1)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_det, want)
+
+
+def test_exported_program_is_served_through_exported_policy(tmp_path, checkpoint_bytes):
+    """An export checkpoint loads as ExportedPolicy, which skips the program's input guards."""
+    loaded = load(checkpoint_bytes("export", 0), tmp_path)
+    assert isinstance(loaded.model, ExportedPolicy)
+    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(0)))
+
+
+def test_state_dict_loader_accepts_a_module_factory_string(tmp_path, checkpoint_bytes):
+    """`state_dict_loader("module:factory")` imports the factory and fills in the weights."""
+    loaded = load(
+        checkpoint_bytes("state_dict", 0),
+        tmp_path,
+        loader=state_dict_loader("policies:make_actor"),
+    )
+    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(0)))
+
+
+@pytest.mark.parametrize("factory", [make_actor, make_actor_from, Actor], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fmt", WEIGHTS_FORMATS)
+def test_state_dict_loader_accepts_a_callable(fmt, factory, tmp_path, checkpoint_bytes):
+    """A callable factory works, with no argument or with the checkpoint's metadata."""
+    loaded = load(checkpoint_bytes(fmt, 0), tmp_path, loader=state_dict_loader(factory))
+    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(0)))
+    assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+@pytest.mark.parametrize("fmt", WEIGHTS_FORMATS)
+def test_weights_without_a_factory_say_what_to_configure(fmt, tmp_path, checkpoint_bytes):
+    """A weights-only file under loader="auto" names state_dict_loader in the error."""
+    with pytest.raises(CheckpointError, match="state_dict_loader"):
+        load(checkpoint_bytes(fmt, 0), tmp_path)
+
+
+def test_weights_that_do_not_fit_the_factory_are_refused(tmp_path, checkpoint_bytes):
+    """A state_dict for another architecture is a CheckpointError, not a half-loaded module."""
+    loader = state_dict_loader(lambda: Actor(hidden=16))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load(checkpoint_bytes("state_dict", 0), tmp_path, loader=loader)
+
+
+def test_state_dict_is_read_without_running_pickled_code(tmp_path):
+    """A torch.save file holding arbitrary objects is refused by weights_only loading."""
+    buf = io.BytesIO()
+    torch.save({"weights": torch.zeros(1), "payload": pickle.loads(pickle.dumps(Path("/x")))}, buf)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load(buf.getvalue(), tmp_path, loader=state_dict_loader(make_actor))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"garbage", b"\x80\x02legacy pickle", b"PK\x03\x04broken zip", b"{not safetensors"],
+    ids=["empty", "garbage", "legacy-pickle", "broken-zip", "text"],
+)
+def test_garbage_is_a_checkpoint_error(data, tmp_path):
+    """Anything that is not a known checkpoint raises CheckpointError."""
+    with pytest.raises(CheckpointError):
+        load(data, tmp_path)
+
+
+def test_zip_that_is_not_a_checkpoint_is_refused(tmp_path):
+    """A valid zip archive without PyTorch records is not a checkpoint."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/readme.txt", "hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load(buf.getvalue(), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript", "state_dict"])
+def test_flipped_bit_in_a_zip_record_fails_the_crc_check(fmt, checkpoint_bytes):
+    """A single flipped bit inside a zip-based checkpoint's weights is an IntegrityError."""
+    data = bytearray(checkpoint_bytes(fmt, 0))
+    start, end = record_span(bytes(data), "0")  # the first weight tensor's record
+    data[(start + end) // 2] ^= 0x01
+    check_zip(checkpoint_bytes(fmt, 0))
+    with pytest.raises(IntegrityError, match="CRC-32"):
+        check_zip(bytes(data))
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])
+def test_allow_formats_refuses_before_loading(fmt, tmp_path, checkpoint_bytes):
+    """A format outside allow_formats is refused without being loaded."""
+    with pytest.raises(CheckpointError, match="not allowed"):
+        load(checkpoint_bytes(fmt, 0), tmp_path, allow_formats={"safetensors"})
+
+
+def test_private_copy_is_what_gets_loaded(tmp_path, checkpoint_bytes):
+    """With copy_to, the checked bytes are loaded from a private copy, not the original path."""
+    original = tmp_path / "actor_latest.pt"
+    original.write_bytes(b"replaced by a writer after the read")
+    data = checkpoint_bytes("torchscript", 1)
+    loaded = load_checkpoint(original, data=data, copy_to=tmp_path / "cache" / "abc")
+    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(1)))
+    assert (tmp_path / "cache" / "abc.pt").read_bytes() == data
+
+
+def test_safetensors_file_written_by_hand_loads_with_a_factory(tmp_path):
+    """Plain safetensors weights (no ckptserve metadata) load through a factory."""
+    actor = seeded_actor(3)
+    data = save_safetensors({k: v.contiguous() for k, v in actor.state_dict().items()})
+    assert sniff(data) == "safetensors"
+    loaded = load(data, tmp_path, loader=state_dict_loader(make_actor))
+    assert loaded.metadata == {}
+    assert action_of(loaded.model) == pytest.approx(action_of(actor))
+
+
+def test_publish_then_load_round_trips_an_exported_program(tmp_path):
+    """An ExportedProgram given to publish() is served like an exported module."""
+    actor = seeded_actor(4)
+    program = torch.export.export(
+        actor, (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    path = publish(program, tmp_path)
+    loaded = load_checkpoint(path)
+    assert loaded.format == "export"
+    assert action_of(loaded.model) == pytest.approx(action_of(actor))

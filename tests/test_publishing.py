@@ -1,0 +1,214 @@
+"""PUBLISH: the trainer writes checkpoints atomically, keeps a few, and carries metadata inside."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from datetime import datetime, timezone
+
+import pytest
+import torch
+
+import ckptserve.publishing as publishing
+from ckptserve import (
+    CheckpointError,
+    PublishError,
+    list_checkpoints,
+    load_checkpoint,
+    publish,
+    sniff,
+)
+from ckptserve.formats import check_zip
+from core_helpers import FORMATS, loader_for
+from policies import ConstantActor, seeded_actor
+
+
+def freeze_clock(monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:
+    """Make publish() believe it is `when` (UTC)."""
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return when if tz is None else when.astimezone(tz)
+
+    monkeypatch.setattr(publishing, "datetime", Frozen)
+
+
+def test_publish_writes_checkpoint_latest_link_and_manifest(tmp_path):
+    """publish() returns the timestamped file; `_latest.pt` and `_latest.json` point at it."""
+    directory = tmp_path / "models"  # created on demand
+    path = publish(seeded_actor(0), directory, format="torchscript")
+
+    assert path.parent == directory
+    assert re.fullmatch(r"actor_\d{8}_\d{6}\.pt", path.name)
+    latest = directory / "actor_latest.pt"
+    assert latest.is_symlink() and os.readlink(latest) == path.name
+    manifest = json.loads((directory / "actor_latest.json").read_text())
+    data = path.read_bytes()
+    assert manifest["checkpoint"] == path.name
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["size"] == len(data)
+    assert manifest["format"] == "torchscript"
+    assert manifest["created_at"] == manifest["metadata"]["created_at"]
+    assert "signature" not in manifest
+    assert not [p for p in directory.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_default_format_is_export_for_modules_and_torchscript_for_script_modules(tmp_path):
+    """An nn.Module is exported by default; a ScriptModule stays TorchScript."""
+    assert sniff(publish(seeded_actor(0), tmp_path / "a").read_bytes()) == "export"
+    scripted = torch.jit.script(seeded_actor(0))
+    assert sniff(publish(scripted, tmp_path / "b").read_bytes()) == "torchscript"
+
+
+def test_two_publishes_in_one_second_get_unique_names(tmp_path, monkeypatch):
+    """A second publish within the same second gets its own file, newest listed first."""
+    freeze_clock(monkeypatch, datetime(2026, 4, 12, 14, 30, 22, tzinfo=timezone.utc))
+    first = publish(seeded_actor(0), tmp_path, format="state_dict")
+    second = publish(seeded_actor(1), tmp_path, format="state_dict")
+
+    assert first != second
+    assert first.name.startswith("actor_20260412_") and second.name == f"{first.stem}_1.pt"
+    assert list_checkpoints(tmp_path) == [second, first]
+    assert os.readlink(tmp_path / "actor_latest.pt") == second.name
+
+
+def test_retention_keeps_the_newest(tmp_path):
+    """Only the `keep` newest timestamped checkpoints stay on disk."""
+    published = [publish(seeded_actor(i), tmp_path, keep=2, format="state_dict") for i in range(5)]
+    assert list_checkpoints(tmp_path) == published[:-3:-1]
+    assert all(not p.exists() for p in published[:3])
+
+
+def test_retention_never_removes_the_live_checkpoint(tmp_path, monkeypatch):
+    """Even when the new checkpoint sorts oldest (clock went back), it is not removed."""
+    future = tmp_path / "actor_29991231_235959.pt"
+    future.write_bytes(b"a checkpoint from a clock that ran ahead")
+    freeze_clock(monkeypatch, datetime(2001, 1, 1, tzinfo=timezone.utc))
+    live = publish(seeded_actor(0), tmp_path, keep=1, format="state_dict")
+    assert live.exists()
+    assert os.readlink(tmp_path / "actor_latest.pt") == live.name
+
+
+def test_reader_polling_during_publishes_never_sees_a_partial_file(tmp_path):
+    """A reader that polls the latest link and manifest while publish() runs always reads whole files."""
+    publish(seeded_actor(0), tmp_path, format="state_dict", keep=100)
+    stop = threading.Event()
+    problems: list[str] = []
+    reads = {"checkpoint": 0, "manifest": 0}
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = (tmp_path / "actor_latest.pt").read_bytes()
+                sniff(data)
+                check_zip(data)
+                reads["checkpoint"] += 1
+                manifest = json.loads((tmp_path / "actor_latest.json").read_bytes())
+                named = (tmp_path / manifest["checkpoint"]).read_bytes()
+                if hashlib.sha256(named).hexdigest() != manifest["sha256"]:
+                    problems.append(f"{manifest['checkpoint']} does not match its manifest")
+                reads["manifest"] += 1
+            except (OSError, ValueError, CheckpointError) as exc:
+                problems.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(30):
+            publish(seeded_actor(i % 3), tmp_path, format="state_dict", keep=100)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not problems, problems[:3]
+    assert reads["checkpoint"] > 0 and reads["manifest"] > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_metadata_round_trips_through_every_format(fmt, tmp_path):
+    """Metadata travels inside the checkpoint in every format, plus the keys publish() fills in."""
+    extra = {"step": 50_000, "eval_return": 12.5, "run": "sac-7", "obs_low": -10.0}
+    path = publish(seeded_actor(0), tmp_path, format=fmt, metadata=extra)
+    loaded = load_checkpoint(path, loader=loader_for(fmt))
+    assert loaded.metadata == {
+        **extra,
+        "obs_dim": 4,
+        "action_dim": 1,
+        "format": fmt,
+        "created_at": loaded.metadata["created_at"],
+    }
+    assert datetime.fromisoformat(loaded.metadata["created_at"]).tzinfo is not None
+    manifest = json.loads((tmp_path / "actor_latest.json").read_text())
+    assert manifest["metadata"] == loaded.metadata
+
+
+class NumpyActor(torch.nn.Module):
+    """Leaves torch for numpy in forward: neither exportable nor scriptable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, state, deterministic=True):
+        return torch.from_numpy(self.linear(state).detach().numpy().copy()), None
+
+
+def test_a_module_that_cannot_be_exported_is_told_which_format_to_pick(tmp_path):
+    """The export error names the formats that will work instead."""
+    with pytest.raises(PublishError, match="format='state_dict' or 'safetensors'"):
+        publish(NumpyActor(), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_module_that_cannot_be_scripted_is_told_which_format_to_pick(tmp_path):
+    """The TorchScript error names the formats that will work instead."""
+    with pytest.raises(PublishError, match="format='export'"):
+        publish(NumpyActor(), tmp_path, format="torchscript")
+
+
+def test_weights_formats_publish_any_module(tmp_path):
+    """A module that cannot be exported still publishes as state_dict or safetensors."""
+    for fmt in ("state_dict", "safetensors"):
+        path = publish(NumpyActor(), tmp_path / fmt, format=fmt)
+        assert sniff(path.read_bytes()) == fmt
+
+
+def test_publish_refuses_bad_arguments(tmp_path):
+    """keep < 1, metadata that is not JSON and an unknown observation size are refused."""
+    with pytest.raises(ValueError, match="keep"):
+        publish(seeded_actor(0), tmp_path, keep=0)
+    with pytest.raises(PublishError, match="JSON"):
+        publish(seeded_actor(0), tmp_path, format="state_dict", metadata={"when": object()})
+    with pytest.raises(PublishError, match="obs_dim"):
+        publish(ConstantActor(0.0), tmp_path, format="state_dict")
+    with pytest.raises(PublishError, match="unknown format"):
+        publish(seeded_actor(0), tmp_path, format="onnx")  # type: ignore[arg-type]
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".pt"]
+
+
+def test_publish_leaves_a_training_model_in_training_mode(tmp_path):
+    """publish() evaluates the model for its probe but gives it back as it found it."""
+    actor = seeded_actor(0).train()
+    publish(actor, tmp_path, format="state_dict")
+    assert actor.training
+
+
+def test_list_checkpoints_ignores_other_files(tmp_path):
+    """Only `{name}_YYYYmmdd_HHMMSS[_N].pt` files are checkpoints of that name."""
+    for name in (
+        "actor_20260101_000000.pt",
+        "actor_20260101_000000_2.pt",
+        "critic_20260101_000000.pt",
+    ):
+        (tmp_path / name).write_bytes(b"x")
+    for name in ("actor_latest.pt", "actor_notes.pt", ".tmp-actor_20260101_000001.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "actor_20260101_000000_2.pt",
+        "actor_20260101_000000.pt",
+    ]

@@ -1,0 +1,85 @@
+"""The ASGI application: `create_app(settings)` builds it, its lifespan starts and stops the models.
+
+    FastLane (raw ASGI: model routes, body limit)  ->  FastAPI (routes, OpenAPI, other routes)
+
+`app_from_env` is the factory uvicorn calls in each worker process under `--workers N`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import __version__
+from ..errors import CkptServeError
+from .errors import ApiError, Style, error_reply
+from .fastlane import FastLane
+from .routes.common import to_response
+from .routes.oip import oip_router
+from .routes.ops import ops_router
+from .routes.rl import rl_router
+from .settings import Settings
+from .state import Runtime
+
+__all__ = ["SETTINGS_ENV", "app_from_env", "create_app"]
+
+#: Environment variable through which the CLI hands its settings to worker processes.
+SETTINGS_ENV = "CKPTSERVE_SERVE_SETTINGS_JSON"
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        exc = ApiError(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+    style: Style = "oip" if request.url.path.startswith("/v2/") else "detail"
+    return to_response(error_reply(exc, style))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app for `settings`; the models are opened and loaded by its lifespan.
+
+    Example:
+        app = create_app(Settings(models=[ModelSpec(name="actor", path="models/")]))
+        uvicorn.run(app)
+    """
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="ckptserve",
+        version=__version__,
+        summary="Serve a model that is still being trained: hot-reloaded, verified checkpoints.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.include_router(rl_router(settings.prefix))
+    app.include_router(oip_router())
+    app.include_router(ops_router())
+    for exc_type in (ApiError, CkptServeError, FileNotFoundError, RequestValidationError):
+        app.add_exception_handler(exc_type, _error)
+    app.add_middleware(FastLane, runtime=runtime)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory for worker processes: settings from `$CKPTSERVE_SERVE_SETTINGS_JSON`."""
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set: start the server with `ckptserve serve`")
+    # Through __init__, so fields left out (the admin token) still come from the environment.
+    return create_app(Settings(**json.loads(raw)))

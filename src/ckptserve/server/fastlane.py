@@ -1,0 +1,145 @@
+"""The fast lane: a raw ASGI middleware that answers the model routes without FastAPI's routing,
+dependency injection or pydantic, and enforces the body limit for every route.
+
+It matches exact paths (`{prefix}/predict`, `{prefix}/{name}/predict`, `/v2/models/{name}/infer`)
+with one dict lookup and calls the same `handle_model_request` the FastAPI routes call, so the
+behaviour is one implementation whichever way a request arrives. Everything else passes through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .errors import ApiError, Reply, Style, error_reply
+from .predict import handle_model_request
+from .state import Runtime
+
+__all__ = ["FastLane", "read_body"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` (never read to the end)."""
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(
+                    413, f"request body of {int(declared)} bytes is over the {limit}-byte limit"
+                )
+        except ValueError:
+            raise ApiError(400, "Content-Length is not an integer") from None
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over the {limit}-byte limit")
+        return body
+    chunks = [body]
+    total = len(body)
+    while True:
+        if total > limit:
+            raise ApiError(413, f"request body is over the {limit}-byte limit")
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        total += len(chunk)
+        if not message.get("more_body", False):
+            break
+    if total > limit:
+        raise ApiError(413, f"request body is over the {limit}-byte limit")
+    return b"".join(chunks)
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+class FastLane:
+    """ASGI middleware: model routes straight to `handle_model_request`, body limits for all."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.limit = runtime.settings.max_body_bytes
+        prefix = runtime.settings.prefix
+        routes: dict[str, tuple[str, str | None]] = {f"{prefix}/predict": ("rl", None)}
+        for spec in runtime.settings.models:
+            routes[f"{prefix}/{spec.name}/predict"] = ("rl", spec.name)
+            routes[f"/v2/models/{spec.name}/infer"] = ("oip", spec.name)
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        route = self.routes.get(scope["path"]) if method == "POST" else None
+        if route is None and method in _NO_BODY:
+            await self.app(scope, receive, send)
+            return
+        length = authorization = header_length = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"authorization":
+                authorization = value
+            elif key == b"inference-header-content-length":
+                header_length = value
+        style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
+        started = time.perf_counter()
+        try:
+            body = await read_body(receive, self.limit, length)
+        except ClientGone:
+            return
+        except ApiError as exc:
+            reply = error_reply(exc, style, [(b"connection", b"close")])
+            if route is not None:
+                self.runtime.metrics.observe(route[1] or self.runtime.default or "", reply.status,
+                                             time.perf_counter() - started)  # fmt: skip
+            await send_reply(send, reply)
+            return
+        if route is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        reply = await handle_model_request(
+            self.runtime,
+            route[0],
+            route[1],
+            body,
+            scope["query_string"],
+            authorization,
+            header_length,
+        )
+        await send_reply(send, reply)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the already-read body to the app, then defers to the client."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,167 @@
+"""Prometheus metrics (prometheus-client), correct with one process or several workers.
+
+With `--workers` > 1 the CLI points `PROMETHEUS_MULTIPROC_DIR` at a temporary directory before the
+workers start: counters and histograms are then summed over workers, the info-style gauge uses a
+`livemax` mode (dead workers drop out via `mark_process_dead`), and checkpoint age and lag are
+computed at scrape time from the files on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ..registry import ModelRegistry
+    from ..versions import LoadAttempt
+
+__all__ = ["MULTIPROC_ENV", "Metrics", "prune_dead_workers"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+Staleness = Callable[[], Iterable[tuple[str, float | None, float | None]]]
+
+
+class _StalenessCollector(Collector):
+    """Checkpoint age and lag, computed when /metrics is scraped."""
+
+    def __init__(self, staleness: Staleness) -> None:
+        self._staleness = staleness
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "ckptserve_checkpoint_age_seconds",
+            "Seconds since the live checkpoint's file was written (now - its mtime).",
+            labels=["model"],
+        )
+        lag = GaugeMetricFamily(
+            "ckptserve_checkpoint_lag_seconds",
+            "How far the live checkpoint is behind the newest checkpoint on disk (mtime difference).",
+            labels=["model"],
+        )
+        for model, age_s, lag_s in self._staleness():
+            if age_s is not None:
+                age.add_metric([model], age_s)
+            if lag_s is not None:
+                lag.add_metric([model], lag_s)
+        yield age
+        yield lag
+
+
+class Metrics:
+    """The server's metrics, owned by one app (no module-level registry state)."""
+
+    def __init__(self, staleness: Staleness, *, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        own = CollectorRegistry()
+        reg = None if multiprocess_dir else own
+        self.requests = Counter(
+            "ckptserve_requests", "Model requests by model and status code.",
+            ["model", "code"], registry=reg,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "ckptserve_request_duration_seconds", "Model request latency by model and status code.",
+            ["model", "code"], buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "ckptserve_reloads", "Checkpoint load attempts by result (ok, failed, rejected, unchanged).",
+            ["model", "result"], registry=reg,
+        )  # fmt: skip
+        self.load_duration = Histogram(
+            "ckptserve_load_duration_seconds", "Time to read, verify, load and validate a checkpoint.",
+            ["model"], buckets=LOAD_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.info = Gauge(
+            "ckptserve_model_info", "The live checkpoint of each model (value 1).",
+            ["model", "checkpoint", "sha256"], registry=reg, multiprocess_mode="livemax",
+        )  # fmt: skip
+        if multiprocess_dir:
+            exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        else:
+            exposed = own
+        exposed.register(_StalenessCollector(staleness))
+        self._exposed = exposed
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._info_labels: dict[str, tuple[str, str]] = {}
+
+    def observe(self, model: str, code: int, seconds: float) -> None:
+        """Count one model request and its latency (label children are cached: hot path)."""
+        key = (model, code)
+        pair = self._children.get(key)
+        if pair is None:
+            labels = (model, str(code))
+            pair = (self.requests.labels(*labels), self.latency.labels(*labels))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def on_load(self, registry: ModelRegistry, attempt: LoadAttempt) -> None:
+        """A registry listener: count the attempt and move the info gauge to the live version."""
+        self.reloads.labels(registry.name, attempt.result).inc()
+        if attempt.result == "unchanged":
+            return
+        self.load_duration.labels(registry.name).observe(attempt.duration)
+        self.set_live(registry)
+
+    def set_live(self, registry: ModelRegistry) -> None:
+        version = registry.version
+        if version is None:
+            return
+        new = (version.checkpoint, version.sha256)
+        old = self._info_labels.get(registry.name)
+        if old == new:
+            return
+        if old is not None:
+            if self.multiprocess_dir:
+                self.info.labels(registry.name, *old).set(0)
+            else:
+                with contextlib.suppress(KeyError):
+                    self.info.remove(registry.name, *old)
+        self.info.labels(registry.name, *new).set(1)
+        self._info_labels[registry.name] = new
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text for /metrics and its content type."""
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """Mark this worker's live gauges dead (multiprocess mode)."""
+        if self.multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
+
+
+def prune_dead_workers(directory: str) -> None:
+    """Drop the live-gauge files of workers that died without cleaning up (kill -9)."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            m = _LIVE_FILE.match(entry)
+            if m is None:
+                continue
+            pid = int(m.group(1))
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            except PermissionError:
+                pass

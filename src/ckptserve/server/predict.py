@@ -1,0 +1,364 @@
+"""The model routes' one implementation, used by the fast lane and by the FastAPI routes alike:
+`POST {prefix}/predict` (the original API) and OIP v2 `POST /v2/models/{name}/infer`.
+
+Built for the hot path: orjson parsing, validation by hand (booleans are not numbers, NaN and
+infinities are refused, float32 range, bounds), one tensor built from the list, the registry read
+once per request without a thread hop, and the response written with orjson.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+import numpy as np
+import orjson
+import torch
+
+from ..inference import act
+from ..registry import LiveModel
+from ..validation import Bounds
+from .errors import ApiError, Reply, Style, error_reply, json_headers
+from .state import ModelHandle, Runtime
+
+__all__ = ["handle_model_request", "infer", "parse_json", "predict"]
+
+F32_MAX = 3.4028234663852886e38
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body: malformed is a 400, the non-standard NaN/Infinity literals a 422."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN/Infinity literals, 1e400 and huge integers; tell those apart.
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except _NonFinite as exc:
+        raise ApiError(422, f"{exc} is not a finite number") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, bool):
+        return f"a boolean ({'true' if v else 'false'}), not a number"
+    if isinstance(v, (int, float)):
+        return f"{v!r}, not a finite float32 number"
+    return f"a {type(v).__name__ if v is not None else 'null'}, not a number"
+
+
+def check_row(row: Any, obs_dim: int | None, where: str) -> list[float]:
+    """A list of finite numbers of the expected length, or a 422 that says what is wrong."""
+    if type(row) is not list:
+        raise ApiError(422, f"{where} must be a list of numbers, not {_json_type(row)}")
+    if obs_dim is not None and len(row) != obs_dim:
+        raise ApiError(422, f"{where} has {len(row)} values, expected {obs_dim}")
+    if not row:
+        raise ApiError(422, f"{where} is empty")
+    for v in row:
+        t = type(v)
+        if (t is not float and t is not int) or not (-F32_MAX <= v <= F32_MAX):
+            break
+    else:
+        return row
+    for i, v in enumerate(row):
+        t = type(v)
+        if (t is not float and t is not int) or not (-F32_MAX <= v <= F32_MAX):
+            raise ApiError(422, f"{where}[{i}] is {_describe(v)}")
+    return row  # pragma: no cover
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {dict: "an object", str: "a string", bool: "a boolean", list: "a list"}.get(
+        type(v), "a number"
+    )
+
+
+def _check_bounds(bounds: Bounds | None, rows: list[list[float]], where: str) -> None:
+    if bounds is None:
+        return
+    for b, row in enumerate(rows):
+        hit = bounds.first_violation(row)
+        if hit is not None:
+            i, v = hit
+            at = f"{where}[{b}][{i}]" if len(rows) > 1 or where == "states" else f"{where}[{i}]"
+            raise ApiError(422, f"{at}={v!r} is outside the observation bounds{_range(bounds, i)}")
+
+
+def _range(bounds: Bounds, i: int) -> str:
+    def pick(values: tuple[float, ...] | None) -> float | None:
+        return None if values is None else values[i if len(values) > 1 else 0]
+
+    return f" [{pick(bounds.low)}, {pick(bounds.high)}]"
+
+
+def _force_reload(query: bytes) -> bool:
+    force = False
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == "force_reload":
+            low = value.lower()
+            if low in _TRUE:
+                force = True
+            elif low not in _FALSE:
+                raise ApiError(422, f"force_reload must be true or false, not {value!r}")
+    return force
+
+
+def _forward(live: LiveModel, x: torch.Tensor) -> list[list[float]]:
+    try:
+        action = act(live.model, x)
+    except Exception as exc:
+        raise ApiError(
+            422, f"the model cannot run on this input: {type(exc).__name__}: {exc}"
+        ) from None
+    want = live.expect.action_dim
+    if action.dim() == 1:
+        action = action.unsqueeze(-1)
+    if action.dim() != 2 or action.shape[0] != x.shape[0] or action.shape[1] != want:
+        raise ApiError(
+            500,
+            f"model returned an action of shape {list(action.shape)}, expected [{x.shape[0]}, {want}]",
+        )
+    values: list[list[float]] = action.tolist()
+    for row in values:
+        for a in row:
+            if not -math.inf < a < math.inf:
+                raise ApiError(422, "the model's action for this state is not finite")
+    return values
+
+
+async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: bytes,
+                  authorization: bytes | None) -> tuple[Reply, bytes]:  # fmt: skip
+    """`POST {prefix}/predict`: `{"state": [...]}` or `{"states": [[...], ...]}`."""
+    force = _force_reload(query) if query else False
+    if force:
+        runtime.require_admin(authorization)
+    payload = parse_json(body)
+    live = await handle.live(force_reload=force)
+    meta = handle.meta(live)
+    try:
+        expect = live.expect
+        if type(payload) is not dict:
+            raise ApiError(
+                422,
+                f'the body must be a JSON object with "state" or "states", not {_json_type(payload)}',
+            )
+        state = payload.get("state")
+        if state is not None:
+            rows = [check_row(state, expect.obs_dim, "state")]
+            batched = False
+        elif "states" in payload:
+            states = payload["states"]
+            if type(states) is not list:
+                raise ApiError(422, f'"states" must be a list of states, not {_json_type(states)}')
+            if not states:
+                raise ApiError(422, '"states" is an empty batch')
+            if len(states) > runtime.settings.max_batch:
+                raise ApiError(
+                    422,
+                    f'"states" has {len(states)} states, at most {runtime.settings.max_batch} allowed',
+                )
+            rows = [check_row(s, expect.obs_dim, f"states[{b}]") for b, s in enumerate(states)]
+            if expect.obs_dim is None and len({len(r) for r in rows}) > 1:
+                raise ApiError(422, "the states in a batch must all have the same length")
+            batched = True
+        else:
+            raise ApiError(
+                422, 'the body needs a "state" (list of numbers) or "states" (list of lists)'
+            )
+        _check_bounds(expect.obs_bounds, rows, "states" if batched else "state")
+        values = _forward(live, torch.tensor(rows, dtype=torch.float32))
+    except ApiError as exc:
+        return error_reply(exc, "detail", [(b"x-model-version", meta.tag)]), meta.tag
+    out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
+    out["model_version"] = meta.mtime
+    out["load_count"] = handle.registry.load_count
+    out["checkpoint"] = meta.checkpoint
+    out["sha256"] = meta.sha256
+    data = orjson.dumps(out)
+    return Reply(200, data, [*json_headers(data), (b"x-model-version", meta.tag)]), meta.tag
+
+
+# ---- Open Inference Protocol v2 -------------------------------------------------------------
+
+_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+
+
+def _flatten(data: Any) -> list[Any]:
+    if type(data) is not list:
+        raise ApiError(400, 'input "data" must be a list')
+    if data and type(data[0]) is list:
+        flat: list[Any] = []
+        for part in data:
+            flat.extend(_flatten(part))
+        return flat
+    return data
+
+
+def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
+    inputs = request.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
+        raise ApiError(400, 'the request needs exactly one input, named "state"')
+    spec = inputs[0]
+    if spec.get("name") != "state":
+        raise ApiError(400, f'unknown input {spec.get("name")!r}: the input is named "state"')
+    dtype = _DTYPES.get(str(spec.get("datatype")))
+    if dtype is None:
+        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {spec.get("datatype")!r}')
+    shape = spec.get("shape")
+    if (
+        type(shape) is not list
+        or not 1 <= len(shape) <= 2
+        or any(type(d) is not int or d < 0 for d in shape)
+    ):
+        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {shape!r}')
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    count = shape[0] * shape[1]
+    params = spec.get("parameters") or {}
+    size = params.get("binary_data_size") if type(params) is dict else None
+    if size is not None:
+        if type(size) is not int or size < 0 or size > len(binary):
+            raise ApiError(400, f"binary_data_size {size!r} does not fit the request body")
+        if size != count * dtype.itemsize:
+            raise ApiError(
+                422,
+                f'input "state" has {size} bytes, expected {count * dtype.itemsize} for shape {shape}',
+            )
+        array = np.frombuffer(binary[:size], dtype=dtype).astype(np.float32)
+        x = torch.from_numpy(array).reshape(shape)
+        bad = ~torch.isfinite(x) | (x.abs() > F32_MAX)
+        if bool(bad.any()):
+            b, i = (int(v) for v in bad.nonzero()[0])
+            raise ApiError(422, f'input "state"[{b}][{i}] is not a finite number')
+        return x
+    flat = _flatten(spec.get("data"))
+    if len(flat) != count:
+        raise ApiError(
+            422, f'input "state" has {len(flat)} values, expected {count} for shape {shape}'
+        )
+    check_row(flat, None, 'input "state" data') if flat else None
+    return torch.tensor(flat, dtype=torch.float32).reshape(shape)
+
+
+def _binary_output(request: dict[str, Any]) -> bool:
+    outputs = request.get("outputs")
+    if outputs is not None:
+        if type(outputs) is not list:
+            raise ApiError(400, '"outputs" must be a list')
+        binary = False
+        for o in outputs:
+            if type(o) is not dict or o.get("name") != "action":
+                raise ApiError(400, 'unknown output requested: the output is named "action"')
+            params = o.get("parameters") or {}
+            binary = binary or bool(type(params) is dict and params.get("binary_data"))
+        return binary
+    params = request.get("parameters") or {}
+    return bool(type(params) is dict and params.get("binary_data_output"))
+
+
+async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
+                header_length: bytes | None) -> tuple[Reply, bytes]:  # fmt: skip
+    """`POST /v2/models/{name}/infer`, JSON or with the binary tensor extension."""
+    view = memoryview(body)
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ApiError(400, "Inference-Header-Content-Length is not an integer") from None
+        if not 0 <= n <= len(body):
+            raise ApiError(400, "Inference-Header-Content-Length is larger than the body")
+        request, binary = parse_json(bytes(view[:n])), view[n:]
+    else:
+        request, binary = parse_json(body), view[len(body) :]
+    if type(request) is not dict:
+        raise ApiError(400, "the inference request must be a JSON object")
+    x = _oip_input(request, binary)
+    want_binary = _binary_output(request)
+    live = await handle.live()
+    meta = handle.meta(live)
+    try:
+        expect = live.expect
+        if x.shape[0] == 0:
+            raise ApiError(422, 'input "state" is an empty batch')
+        if x.shape[0] > runtime.settings.max_batch:
+            raise ApiError(
+                422, f"batch of {x.shape[0]} states, at most {runtime.settings.max_batch} allowed"
+            )
+        if expect.obs_dim is not None and x.shape[1] != expect.obs_dim:
+            raise ApiError(
+                422, f'input "state" has shape {list(x.shape)}, expected [batch, {expect.obs_dim}]'
+            )
+        if expect.obs_bounds is not None:
+            _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
+        values = _forward(live, x)
+    except ApiError as exc:
+        return error_reply(exc, "oip", [(b"x-model-version", meta.tag)]), meta.tag
+    shape = [len(values), len(values[0])]
+    output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
+    tail = b""
+    if want_binary:
+        tail = np.asarray(values, dtype="<f4").tobytes()
+        output["parameters"] = {"binary_data_size": len(tail)}
+    else:
+        output["data"] = [a for row in values for a in row]
+    response: dict[str, Any] = {
+        "model_name": handle.name,
+        "model_version": meta.tag.decode(),
+        "outputs": [output],
+        "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
+                       "load_count": handle.registry.load_count},
+    }  # fmt: skip
+    if "id" in request:
+        response["id"] = request["id"]
+    head = orjson.dumps(response)
+    data = head + tail
+    headers = [(b"content-type", b"application/octet-stream" if tail else b"application/json"),
+               (b"content-length", str(len(data)).encode()), (b"x-model-version", meta.tag)]  # fmt: skip
+    if tail:
+        headers.append((b"inference-header-content-length", str(len(head)).encode()))
+    return Reply(200, data, headers), meta.tag
+
+
+async def handle_model_request(
+    runtime: Runtime,
+    kind: str,
+    name: str | None,
+    body: bytes,
+    query: bytes,
+    authorization: bytes | None,
+    header_length: bytes | None,
+) -> Reply:
+    """Answer one predict (`kind="rl"`) or infer (`kind="oip"`) request and record its metrics.
+    Every error becomes a JSON reply here; nothing escapes as a 500 page."""
+    started = time.perf_counter()
+    style: Style = "oip" if kind == "oip" else "detail"
+    label = "unknown"
+    try:
+        handle = runtime.model(name)
+        label = handle.name
+        if kind == "oip":
+            reply, _ = await infer(runtime, handle, body, header_length)
+        else:
+            reply, _ = await predict(runtime, handle, body, query, authorization)
+    except Exception as exc:
+        reply = error_reply(exc, style)
+    runtime.metrics.observe(label, reply.status, time.perf_counter() - started)
+    return reply

@@ -1,0 +1,1 @@
+"""The routes: the original API under the prefix (`rl`), OIP v2 (`oip`), operations (`ops`)."""

@@ -1,0 +1,187 @@
+"""The original API under the prefix (default `/rl`), for the default model and, under
+`{prefix}/{model}/...`, for every model.
+
+`predict` is normally answered by the fast lane before FastAPI routes it; the route declared here
+calls the same implementation, so it documents (and, reached directly, behaves as) the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Query
+from pydantic import ValidationError as PydanticValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ...errors import CheckpointError
+from ...sources import confine
+from ..errors import ApiError
+from ..predict import handle_model_request
+from ..schemas import (
+    ADMIN,
+    PIN_BODY,
+    PREDICT_BODY,
+    PinRequest,
+    PredictResponse,
+    error_responses,
+    json_body,
+)
+from ..state import ModelHandle, Runtime
+from .common import runtime_of, to_response
+
+__all__ = ["rl_router"]
+
+
+_FORCE = Query(False, description="Reload before answering (needs the admin token)")
+
+
+async def predict(request: Request, force_reload: bool = _FORCE) -> Response:
+    """Run the default policy on one state (`{"state": [...]}`) or a batch (`{"states": [[...]]}`).
+
+    Every response from a model carries `X-Model-Version: <checkpoint>@<sha256[:12]>`.
+    """
+    return await _predict(request, None)
+
+
+async def predict_named(request: Request, model: str, force_reload: bool = _FORCE) -> Response:
+    """Run the named model's policy; the same body and response as the default model's route."""
+    return await _predict(request, model)
+
+
+async def _predict(request: Request, model: str | None) -> Response:
+    reply = await handle_model_request(
+        runtime_of(request), "rl", model, await request.body(),
+        request.scope["query_string"], request.headers.get("authorization", "").encode() or None, None,
+    )  # fmt: skip
+    return to_response(reply)
+
+
+def status_of(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
+    status = handle.registry.status()
+    age, lag = handle.staleness()
+    status.update(default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag)
+    return status
+
+
+async def status(request: Request, model: str | None = None) -> dict[str, Any]:
+    """The registry's status (original fields plus version, last_error, history, pinned)."""
+    runtime = runtime_of(request)
+    return status_of(runtime, runtime.model(model))
+
+
+async def versions(request: Request, model: str | None = None) -> dict[str, Any]:
+    """Timestamped checkpoints in the model's directory, newest first, marking the live one."""
+    handle = runtime_of(request).model(model)
+    found = await anyio.to_thread.run_sync(handle.versions)
+    live = handle.registry.version
+    return {
+        "model": handle.name,
+        "directory": str(handle.directory),
+        "live": live.checkpoint if live is not None else None,
+        "pinned": str(handle.registry.pinned) if handle.registry.pinned else None,
+        "versions": found,
+    }
+
+
+def _admin(request: Request, model: str | None) -> tuple[Runtime, ModelHandle]:
+    runtime = runtime_of(request)
+    runtime.require_admin(request.headers.get("authorization", "").encode() or None)
+    return runtime, runtime.model(model)
+
+
+async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
+    """Load the watched checkpoint again now, even if it looks unchanged (admin)."""
+    runtime, handle = _admin(request, model)
+    await anyio.to_thread.run_sync(partial(handle.registry.get, force_reload=True))
+    return status_of(runtime, handle)
+
+
+async def pin(request: Request, model: str | None = None) -> dict[str, Any]:
+    """Serve a given checkpoint from the model's own directory until unpinned (admin)."""
+    runtime, handle = _admin(request, model)
+    try:
+        body = PinRequest.model_validate_json(await request.body())
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(
+            422, f'pin needs {{"checkpoint": "<file name>"}}: {where}: {first["msg"]}'
+        ) from None
+    path = confine(handle.directory, body.checkpoint)  # PathNotAllowed -> 400, before existence
+    if not path.is_file():
+        raise ApiError(404, f"no checkpoint named {body.checkpoint!r} in {handle.directory}")
+    try:
+        await anyio.to_thread.run_sync(handle.registry.pin, path)
+    except CheckpointError as exc:
+        raise ApiError(422, f"{body.checkpoint} cannot be served: {exc}") from None
+    return status_of(runtime, handle)
+
+
+async def unpin(request: Request, model: str | None = None) -> dict[str, Any]:
+    """Follow the watched path again (admin)."""
+    runtime, handle = _admin(request, model)
+    await anyio.to_thread.run_sync(handle.registry.unpin)
+    return status_of(runtime, handle)
+
+
+Handler = Callable[[Request, "str | None"], Awaitable[Any]]
+
+
+def _default(fn: Handler) -> Callable[[Request], Awaitable[Any]]:
+    async def endpoint(request: Request) -> Any:
+        return await fn(request, None)
+
+    endpoint.__name__, endpoint.__doc__ = fn.__name__, fn.__doc__
+    return endpoint
+
+
+def _named(fn: Handler) -> Callable[[Request, str], Awaitable[Any]]:
+    async def endpoint(request: Request, model: str) -> Any:
+        return await fn(request, model)
+
+    endpoint.__name__, endpoint.__doc__ = f"{fn.__name__}_named", fn.__doc__
+    return endpoint
+
+
+def rl_router(prefix: str) -> APIRouter:
+    """The routes for the default model under `prefix` and for each model under `prefix/{model}`."""
+    router = APIRouter(tags=["rl"])
+    admin = error_responses(*ADMIN, 404)
+    for base, suffix in ((prefix, ""), (f"{prefix}/{{model}}", " (named model)")):
+        named = bool(suffix)
+        bind = _named if named else _default
+        router.add_api_route(
+            f"{base}/predict", predict_named if named else predict, methods=["POST"], response_class=JSONResponse,
+            summary="Predict" + suffix, response_model=None,
+            responses={200: {"model": PredictResponse}, **error_responses(400, 401, 403, 404, 413, 422, 503)},
+            openapi_extra=json_body(PREDICT_BODY),
+        )  # fmt: skip
+        router.add_api_route(
+            f"{base}/status", bind(status), methods=["GET"], summary="Status" + suffix,
+            responses=error_responses(404),
+        )  # fmt: skip
+        router.add_api_route(
+            f"{base}/versions", bind(versions), methods=["GET"], summary="Versions" + suffix,
+            responses=error_responses(404),
+        )  # fmt: skip
+        router.add_api_route(
+            f"{base}/reload", bind(reload), methods=["POST"], summary="Reload" + suffix,
+            responses={**admin, **error_responses(503)},
+        )  # fmt: skip
+        router.add_api_route(
+            f"{base}/pin", bind(pin), methods=["POST"], summary="Pin" + suffix,
+            responses={**admin, **error_responses(400, 413, 422)},
+            openapi_extra=json_body(PIN_BODY),
+        )  # fmt: skip
+        router.add_api_route(
+            f"{base}/pin",
+            bind(unpin),
+            methods=["DELETE"],
+            summary="Unpin" + suffix,
+            responses=admin,
+        )
+    return router

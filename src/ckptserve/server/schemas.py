@@ -1,0 +1,135 @@
+"""Request and response shapes, for the OpenAPI document. The model routes parse by hand (see
+`predict.py`); these models describe what they accept and return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ADMIN",
+    "ErrorResponse",
+    "InferResponse",
+    "OipError",
+    "PinRequest",
+    "PredictResponse",
+    "error_responses",
+    "json_body",
+]
+
+_number_list = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+
+PREDICT_BODY: dict[str, Any] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "title": "One state",
+            "required": ["state"],
+            "properties": {"state": _number_list},
+        },
+        {
+            "type": "object",
+            "title": "A batch of states",
+            "required": ["states"],
+            "properties": {"states": {"type": "array", "items": _number_list, "minItems": 1}},
+        },
+    ]
+}
+
+INFER_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["state"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
+                    "parameters": {"type": "object"},
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+PIN_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["checkpoint"],
+    "properties": {"checkpoint": {"type": "string", "minLength": 1}},
+}
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON request body the route reads itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class OipError(BaseModel):
+    error: str
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(min_length=1)
+
+
+class PredictResponse(BaseModel):
+    """`action` for `{"state"}`, `actions` for `{"states"}`; the version fields always."""
+
+    action: list[float] | None = None
+    actions: list[list[float]] | None = None
+    model_version: float = Field(description="mtime of the live checkpoint")
+    load_count: int
+    checkpoint: str
+    sha256: str
+
+
+class OipTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[OipTensor]
+
+
+_MEANING = {
+    400: "Malformed request (JSON, binary framing, a pin name outside the model's directory)",
+    401: "Missing or wrong admin token",
+    403: "Admin actions are disabled (no CKPTSERVE_ADMIN_TOKEN)",
+    404: "Unknown model or checkpoint",
+    413: "Request body over the limit",
+    422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch",
+    503: "No live model yet (see Retry-After)",
+}
+
+ADMIN = (401, 403)
+
+
+def error_responses(*codes: int, oip: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting each error status a route returns."""
+    model = OipError if oip else ErrorResponse
+    return {code: {"model": model, "description": _MEANING[code]} for code in codes}

@@ -1,0 +1,235 @@
+"""The server's state, built by `create_app` and started by its lifespan: one ModelRegistry per
+model, the metrics, and the admin check. No module-level globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from ..errors import ModelNotAvailable, WouldBlock
+from ..publishing import list_checkpoints
+from ..registry import LiveModel, ModelRegistry
+from .errors import ApiError
+from .metrics import Metrics, prune_dead_workers
+from .settings import ModelSpec, Settings
+
+__all__ = ["ModelHandle", "Runtime", "checkpoint_prefix"]
+
+log = logging.getLogger("ckptserve.server")
+
+
+def checkpoint_prefix(path: Path) -> str:
+    """`actor` for `actor_latest.pt`, `actor_latest.json` or `actor_20260412_143022.pt`."""
+    name = path.name
+    for marker in ("_latest.", "_latest"):
+        if marker in name:
+            return name.split(marker, 1)[0]
+    return path.stem.split("_")[0]
+
+
+@dataclass(slots=True)
+class _LiveMeta:
+    live: LiveModel
+    tag: bytes
+    checkpoint: str
+    sha256: str
+    mtime: float
+
+
+@dataclass(slots=True)
+class ModelHandle:
+    """One served model: its registry, where its checkpoints live, and hot-path caches."""
+
+    name: str
+    registry: ModelRegistry
+    watched: Path
+    directory: Path
+    prefix: str
+    _meta: _LiveMeta | None = field(default=None, repr=False)
+
+    async def live(self, *, force_reload: bool = False) -> LiveModel:
+        """The live handle; a load that is needed runs in a worker thread, never on the loop."""
+        registry = self.registry
+        if force_reload:
+            return await anyio.to_thread.run_sync(partial(registry.get, force_reload=True))
+        try:
+            return registry.get(block=False)
+        except WouldBlock:
+            return await anyio.to_thread.run_sync(registry.get)
+
+    def meta(self, live: LiveModel) -> _LiveMeta:
+        """Header and response fields of a live version, computed once per version."""
+        meta = self._meta
+        if meta is not None and meta.live is live:
+            return meta
+        v = live.version
+        meta = _LiveMeta(live, v.tag.encode(), v.checkpoint, v.sha256, v.mtime)
+        self._meta = meta
+        return meta
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Timestamped checkpoints in the model's directory, newest first, marking the live one."""
+        live = self.registry.version
+        out = []
+        try:
+            found = list_checkpoints(self.directory, self.prefix)
+        except OSError:
+            found = []
+        for path in found:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            is_live = live is not None and live.checkpoint == path.name
+            out.append({
+                "checkpoint": path.name, "mtime": st.st_mtime, "size": st.st_size,
+                "live": is_live, "sha256": live.sha256 if is_live and live else None,
+            })  # fmt: skip
+        return out
+
+    def newest_mtime(self) -> float | None:
+        """The newest checkpoint on disk (timestamped files or the watched path), by mtime."""
+        best: float | None = None
+        with contextlib.suppress(OSError):
+            found = list_checkpoints(self.directory, self.prefix)
+            if found:
+                best = found[0].stat().st_mtime
+        with contextlib.suppress(OSError):
+            watched = self.watched.stat().st_mtime
+            best = watched if best is None else max(best, watched)
+        return best
+
+    def staleness(self, now: float | None = None) -> tuple[float | None, float | None]:
+        """(age, lag): seconds since the live file was written, and how far it trails the newest."""
+        live = self.registry.version
+        if live is None:
+            return None, None
+        now = time.time() if now is None else now
+        newest = self.newest_mtime()
+        lag = max(0.0, newest - live.mtime) if newest is not None else 0.0
+        return max(0.0, now - live.mtime), lag
+
+
+class Runtime:
+    """Everything a request needs, created per app; `start()`/`close()` run in the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, ModelHandle] = {}
+        self.default = settings.default_model
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        self._admin_token = token.encode() or None
+        self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
+        self._watcher: asyncio.Task[None] | None = None
+        self.started_at = time.time()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def open_models(self) -> None:
+        """Build one registry per configured model (nothing is loaded yet)."""
+        options = self.settings.registry_options()
+        for spec in self.settings.models:
+            self.models[spec.name] = self._handle(spec, options)
+
+    def _handle(self, spec: ModelSpec, options: Any) -> ModelHandle:
+        registry = ModelRegistry(spec.path, self.settings.device, name=spec.name, options=options)
+        registry.add_listener(self.metrics.on_load)
+        watched = Path(registry.source.path)
+        directory = Path(spec.path) if Path(spec.path).is_dir() else watched.parent
+        return ModelHandle(spec.name, registry, watched, directory, checkpoint_prefix(watched))
+
+    async def start(self) -> None:
+        if self.metrics.multiprocess_dir:
+            prune_dead_workers(self.metrics.multiprocess_dir)
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self.open_models()
+        self._watcher = asyncio.create_task(self._watch(), name="ckptserve-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for handle in self.models.values():
+            handle.registry.close()
+        self.metrics.close()
+
+    async def _watch(self) -> None:
+        """Keep every model fresh without traffic: the first load at start-up, a checkpoint that
+        appears later, and background swaps when nobody asks."""
+        while True:
+            for handle in list(self.models.values()):
+                try:
+                    handle.registry.get(block=False)
+                except WouldBlock:
+                    with contextlib.suppress(ModelNotAvailable):
+                        await anyio.to_thread.run_sync(handle.registry.get, abandon_on_cancel=True)
+                except ModelNotAvailable:
+                    pass
+                except Exception:
+                    log.exception("watching %s failed", handle.name)
+            await asyncio.sleep(self.settings.watch_interval)
+
+    # ---- per request -----------------------------------------------------------------------
+
+    def model(self, name: str | None) -> ModelHandle:
+        """The handle for `name` (None: the default model); unknown names are a 404."""
+        handle = self.models.get(name or self.default or "")
+        if handle is None:
+            known = ", ".join(self.models) or "none"
+            raise ApiError(404, f"unknown model {name!r} (served: {known})")
+        return handle
+
+    def require_admin(self, authorization: bytes | None) -> None:
+        """Raise 403 when no admin token is configured, 401 when the bearer token is wrong."""
+        if self._admin_token is None:
+            raise ApiError(
+                403,
+                "admin actions are disabled: set CKPTSERVE_ADMIN_TOKEN in the server's "
+                "environment and send 'Authorization: Bearer <token>'",
+            )
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._admin_token):
+            raise ApiError(
+                401, "a valid admin token is required", [(b"www-authenticate", b"Bearer")]
+            )
+
+    def not_ready(self) -> dict[str, str]:
+        """Why each model without a live version is not live (empty when all are ready)."""
+        reasons = {}
+        for name, handle in self.models.items():
+            registry = handle.registry
+            if registry.current is not None:
+                continue
+            error = registry.last_error
+            if registry.file_missing:
+                reasons[name] = f"no checkpoint at {registry.source.path} yet"
+            elif error is not None:
+                reasons[name] = f"last load {error['result']}: {error['reason']}"
+            else:
+                reasons[name] = "loading"
+        if not self.models:
+            reasons["*"] = "starting"
+        return reasons
+
+    def _staleness(self) -> list[tuple[str, float | None, float | None]]:
+        now = time.time()
+        return [(name, *h.staleness(now)) for name, h in self.models.items()]
+
+
+def _multiprocess_dir() -> str | None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return path if path and os.path.isdir(path) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,14 @@ def record_span(data: bytes, suffix: str) -> tuple[int, int]:
     extra_len = int.from_bytes(header[28:30], "little")
     start = info.header_offset + 30 + name_len + extra_len
     return start, start + info.compress_size
+
+
+def freeze_clock(monkeypatch: Any, when: datetime) -> None:
+    """Make publish() believe it is `when` (UTC)."""
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return when if tz is None else when.astimezone(tz)
+
+    monkeypatch.setattr("ckptserve.publishing.datetime", Frozen)

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 import pytest
 import torch
 
-import ckptserve.publishing as publishing
 from ckptserve import (
     CheckpointError,
     PublishError,
@@ -22,19 +21,8 @@ from ckptserve import (
     sniff,
 )
 from ckptserve.formats import check_zip
-from core_helpers import FORMATS, loader_for
+from core_helpers import FORMATS, freeze_clock, loader_for
 from policies import ConstantActor, seeded_actor
-
-
-def freeze_clock(monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:
-    """Make publish() believe it is `when` (UTC)."""
-
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz=None):  # type: ignore[override]
-            return when if tz is None else when.astimezone(tz)
-
-    monkeypatch.setattr(publishing, "datetime", Frozen)
 
 
 def test_publish_writes_checkpoint_latest_link_and_manifest(tmp_path):

@@ -1,0 +1,302 @@
+"""Verified checkpoints: the `{name}_latest.json` manifest, its sha256 and its signature."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from ckptserve import (
+    CheckpointError,
+    IntegrityError,
+    ManifestSource,
+    ModelNotAvailable,
+    ModelRegistry,
+    publish,
+)
+from ckptserve.manifest import (
+    SIGNING_KEY_ENV,
+    canonical_bytes,
+    parse_manifest,
+    sign_manifest,
+    verify_signature,
+)
+from core_helpers import action_of, freeze_clock, wait_for
+from policies import seeded_actor
+
+
+def manifest_of(directory: Path) -> dict:
+    return json.loads((directory / "actor_latest.json").read_text())
+
+
+def publish_ts(directory: Path, seed: int, **kwargs) -> Path:
+    kwargs.setdefault("format", "torchscript")
+    return publish(seeded_actor(seed), directory, **kwargs)
+
+
+def expected(seed: int) -> float:
+    return action_of(seeded_actor(seed))
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_environment(monkeypatch):
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+
+
+# ---- 1. the manifest pointer ---------------------------------------------------------------
+
+
+def test_manifest_is_written_after_the_checkpoint_it_names(tmp_path, monkeypatch):
+    """The manifest appears only once its checkpoint is complete and linked in place."""
+    events: list[str] = []
+    real_link, real_replace = os.link, os.replace
+
+    def link(src, dst, *args, **kwargs):
+        events.append(f"link {Path(dst).name}")
+        return real_link(src, dst, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == "actor_latest.json":
+            named = json.loads(Path(src).read_text())["checkpoint"]
+            assert (tmp_path / named).exists(), "manifest published before its checkpoint"
+        events.append(f"replace {Path(dst).name}")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint = publish_ts(tmp_path, 0)
+    assert events == [
+        f"link {checkpoint.name}",
+        "replace actor_latest.pt",
+        "replace actor_latest.json",
+    ]
+
+
+def test_manifest_is_signed_with_the_key_from_the_environment(tmp_path, monkeypatch):
+    """With CKPTSERVE_SIGNING_KEY set, publish() adds an HMAC-SHA256 signature."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "s3cret")
+    publish_ts(tmp_path, 0)
+    manifest = manifest_of(tmp_path)
+    assert manifest["signature"] == sign_manifest(manifest, "s3cret")
+    verify_signature(manifest, "s3cret", required=True)
+    with pytest.raises(IntegrityError, match="does not match"):
+        verify_signature(manifest, "another key")
+
+
+def test_signing_key_argument_overrides_the_environment(tmp_path, monkeypatch):
+    """`signing_key=` wins over the environment variable."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "from-env")
+    publish_ts(tmp_path, 0, signing_key=b"from-arg")
+    verify_signature(manifest_of(tmp_path), b"from-arg")
+
+
+def test_canonical_bytes_ignore_order_whitespace_and_the_signature():
+    """The signed bytes do not depend on key order, indentation or the signature field."""
+    a = {"checkpoint": "x.pt", "sha256": "0" * 64, "size": 1, "metadata": {"b": 1, "a": 2}}
+    b = json.loads(json.dumps(dict(reversed(list(a.items()))), indent=4))
+    b["signature"] = "whatever"
+    assert canonical_bytes(a) == canonical_bytes(b)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"checkpoint": "x.pt"}', "lacks sha256, size"),
+        (json.dumps({"checkpoint": "../x.pt", "sha256": "0" * 64, "size": 1}).encode(), "invalid"),
+        (json.dumps({"checkpoint": "a/x.pt", "sha256": "0" * 64, "size": 1}).encode(), "invalid"),
+        (json.dumps({"checkpoint": "x.pt", "sha256": "abc", "size": 1}).encode(), "hex digest"),
+        (
+            json.dumps(
+                {"checkpoint": "x.pt", "sha256": "0" * 64, "size": 1, "metadata": []}
+            ).encode(),
+            "metadata",
+        ),
+    ],
+    ids=["json", "object", "fields", "dotdot", "slash", "sha", "metadata"],
+)
+def test_malformed_manifests_are_integrity_errors(raw, message):
+    """A manifest that is not one is refused with a reason."""
+    with pytest.raises(IntegrityError, match=message):
+        parse_manifest(raw)
+
+
+# ---- 2. manifest mode in the registry ----------------------------------------------------------
+
+
+def test_directory_with_a_manifest_is_served_through_it(tmp_path, make_registry):
+    """Given a directory, the registry prefers the manifest and carries its metadata."""
+    checkpoint = publish_ts(tmp_path, 0, metadata={"step": 10})
+    registry = make_registry(tmp_path)
+    assert registry.source.kind == "manifest"
+    assert action_of(registry.get_model()) == pytest.approx(expected(0))
+    assert registry.version.checkpoint == checkpoint.name
+    assert registry.version.metadata["step"] == 10
+
+
+def test_bit_flipped_checkpoint_behind_a_correct_manifest_is_rejected(tmp_path, make_registry):
+    """A flipped bit fails the manifest's sha256; the live model keeps serving."""
+    publish_ts(tmp_path, 0)
+    registry = make_registry(tmp_path / "actor_latest.json")
+    first = registry.get_model()
+
+    flip_a_bit(publish_ts(tmp_path, 1))
+    assert registry.get_model() is first
+    assert "sha256" in registry.last_error["reason"]
+    assert registry.history[-1].result == "failed"
+    assert registry.load_count == 1
+
+
+def test_bit_flipped_checkpoint_on_cold_start_is_an_integrity_error(tmp_path, make_registry):
+    """With nothing live, the sha256 mismatch is the cause of ModelNotAvailable."""
+    flip_a_bit(publish_ts(tmp_path, 0))
+    registry = make_registry(tmp_path)
+    with pytest.raises(ModelNotAvailable) as info:
+        registry.get_model()
+    assert isinstance(info.value.__cause__, IntegrityError)
+
+
+def test_manifest_naming_a_missing_checkpoint_keeps_the_live_model(tmp_path, make_registry):
+    """A manifest whose checkpoint is gone is a failed load with a reason, not a crash."""
+    publish_ts(tmp_path, 0)
+    registry = make_registry(tmp_path)
+    first = registry.get_model()
+    manifest = manifest_of(tmp_path)
+    manifest["checkpoint"] = "actor_20000101_000000.pt"
+    (tmp_path / "actor_latest.json").write_text(json.dumps(manifest))
+    assert registry.get_model() is first
+    assert "does not exist" in registry.last_error["reason"]
+
+
+def test_forged_manifest_without_the_key_is_rejected(tmp_path, make_registry):
+    """With a signing key configured, unsigned and wrongly signed manifests never load."""
+    publish_ts(tmp_path, 0, signing_key="key")
+    registry = make_registry(tmp_path, signing_key="key")
+    first = registry.get_model()
+
+    publish_ts(tmp_path, 1)  # someone who can write the directory but has no key
+    assert registry.get_model() is first
+    assert "not signed" in registry.last_error["reason"]
+
+    publish_ts(tmp_path, 2, signing_key="guessed")
+    assert registry.get_model() is first
+    assert "signature does not match" in registry.last_error["reason"]
+
+    publish_ts(tmp_path, 3, signing_key="key")
+    assert action_of(registry.get_model()) == pytest.approx(expected(3))
+
+
+def test_require_signature_rejects_unsigned_manifests(tmp_path, make_registry, monkeypatch):
+    """require_signature with the key from the environment refuses an unsigned manifest."""
+    publish_ts(tmp_path, 0)
+    monkeypatch.setenv(SIGNING_KEY_ENV, "key")
+    registry = make_registry(tmp_path, require_signature=True)
+    with pytest.raises(ModelNotAvailable) as info:
+        registry.get_model()
+    assert isinstance(info.value.__cause__, IntegrityError)
+
+
+def test_require_signature_without_a_key_fails_at_construction(tmp_path):
+    """Requiring signatures with no key to check them is a configuration error up front."""
+    publish_ts(tmp_path, 0)
+    with pytest.raises(ValueError, match="signing_key"):
+        ModelRegistry(tmp_path, require_signature=True)
+
+
+def test_require_signature_needs_a_manifest(tmp_path):
+    """A plain checkpoint file has no signature to check, so require_signature refuses it."""
+    publish_ts(tmp_path, 0)
+    with pytest.raises(CheckpointError, match="manifest"):
+        ModelRegistry(tmp_path / "actor_latest.pt", require_signature=True, signing_key="key")
+
+
+# ---- 3. plain-file fixes and the coarse-timestamp case ---------------------------------------------
+
+
+def test_touching_the_manifest_does_not_reload(tmp_path, make_registry):
+    """A touch of the manifest re-reads it, finds the same sha256 and keeps the model."""
+    publish_ts(tmp_path, 0)
+    registry = make_registry(tmp_path)
+    first = registry.get_model()
+    os.utime(tmp_path / "actor_latest.json", ns=(1, 10**18))
+    assert registry.get_model() is first
+    assert registry.load_count == 1
+    assert registry.history[-1].result == "unchanged"
+
+
+def test_same_second_double_publish_on_coarse_timestamps_is_served_after_verify_interval(
+    tmp_path, make_registry, monkeypatch
+):
+    """When a second publish leaves the manifest's stat key unchanged, the periodic re-read finds it."""
+
+    def coarse_token(self):  # a file system with 1 s timestamps and no inode/ctime to tell
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns // 10**9, st.st_size)
+
+    monkeypatch.setattr(ManifestSource, "token", coarse_token)
+    freeze_clock(monkeypatch, datetime(2026, 4, 12, 16, 5, 11, tzinfo=timezone.utc))
+    manifest = tmp_path / "actor_latest.json"
+    publish_ts(tmp_path, 0, metadata={"pad": "xx"})  # the second name is 2 characters longer
+    before = os.stat(manifest)
+    registry = make_registry(tmp_path, verify_interval=0.05)
+    first = registry.get_model()
+
+    publish_ts(tmp_path, 1, metadata={"pad": ""})
+    os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(manifest).st_size == before.st_size
+    assert coarse_token(registry.source) == (before.st_mtime_ns // 10**9, before.st_size)
+
+    wait_for(
+        lambda: registry.get_model() is not first,
+        what="the verify interval to catch the second publish",
+    )
+    assert action_of(registry.get_model()) == pytest.approx(expected(1))
+    assert registry.load_count == 2
+
+
+def test_manifest_replaced_during_a_failed_load_is_loaded_at_once(tmp_path, make_registry):
+    """A failure does not block the manifest that replaced the failing one (no retry_after wait)."""
+    publish_ts(tmp_path, 0)
+    registry = make_registry(tmp_path, retry_after=3600)
+    first = registry.get_model()
+    manifest = manifest_of(tmp_path)
+    manifest["checkpoint"] = "actor_20000101_000000.pt"  # removed by retention, say
+    (tmp_path / "actor_latest.json").write_text(json.dumps(manifest))
+
+    source = registry.source
+    real_fetch = source.fetch
+    raced: list[Path] = []
+
+    def fetch_while_the_trainer_publishes():
+        try:
+            return real_fetch()
+        finally:
+            if not raced:
+                raced.append(publish_ts(tmp_path, 1))
+
+    source.fetch = fetch_while_the_trainer_publishes  # type: ignore[method-assign]
+    assert registry.get_model() is first  # this attempt fails: its checkpoint is gone
+    assert registry.history[-1].result == "failed"
+    assert action_of(registry.get_model()) == pytest.approx(expected(1))
+
+
+def test_manifest_digest_is_none_when_unreadable(tmp_path):
+    """digest() is a cheap re-read; a missing or broken manifest gives None, not an error."""
+    source = ManifestSource(tmp_path / "actor_latest.json")
+    assert source.token() is None and source.digest() is None
+    (tmp_path / "actor_latest.json").write_text("{broken")
+    assert source.digest() is None

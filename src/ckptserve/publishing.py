@@ -153,7 +153,12 @@ def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
 def _place_unique(tmp: Path, directory: Path, name: str, when: datetime) -> Path:
     """Link `tmp` under a fresh timestamped name; a second call in the same second gets `_1`, ..."""
     stem = f"{name}_{when.strftime(_STAMP)}"
-    for n in range(10_000):
+    # Number after the highest suffix of this second still on disk, so a name that retention
+    # freed is never reused and names keep sorting in publish order.
+    taken = re.compile(rf"^{re.escape(stem)}(?:_(\d+))?\.pt$")
+    used = [int(m.group(1) or 0) for e in os.scandir(directory) if (m := taken.match(e.name))]
+    first = max(used) + 1 if used else 0
+    for n in range(first, first + 10_000):
         target = directory / (f"{stem}.pt" if n == 0 else f"{stem}_{n}.pt")
         try:
             os.link(tmp, target)

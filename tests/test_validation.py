@@ -1,0 +1,89 @@
+"""VALIDATE: expectations from configuration and metadata, the probe, and the user's check."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ckptserve import ValidationError
+from ckptserve.validation import Bounds, expectations_for, probe, run_checks
+from policies import Actor, ConstantActor, seeded_actor
+
+
+def test_metadata_fills_what_is_not_configured():
+    """obs/action sizes and bounds come from metadata unless configured."""
+    expect = expectations_for({"obs_dim": 4, "action_dim": 2, "action_low": -1, "action_high": 1})
+    assert (expect.obs_dim, expect.action_dim) == (4, 2)
+    assert expect.action_bounds == Bounds((-1.0,), (1.0,))
+    assert expectations_for({}).action_dim == 1  # the original's single position signal
+
+
+def test_configuration_wins_and_contradictions_are_rejected():
+    """A configured bound overrides metadata; a configured size that disagrees rejects."""
+    expect = expectations_for({"action_high": 5.0}, action_high=1.0)
+    assert expect.action_bounds.high == (1.0,)
+    with pytest.raises(ValidationError, match="obs_dim=4"):
+        expectations_for({"obs_dim": 4}, obs_dim=8)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"obs_dim": "four"},
+        {"obs_dim": 2.5},
+        {"action_dim": 0},
+        {"obs_low": "low"},
+        {"obs_dim": 3, "obs_low": [0, 0]},
+        {"action_high": [math.nan]},
+        {"action_low": []},
+    ],
+)
+def test_malformed_expectations_are_validation_errors(metadata):
+    """Sizes and bounds that make no sense are rejected with a ValidationError."""
+    with pytest.raises(ValidationError):
+        expectations_for(metadata)
+
+
+def test_bounds_report_the_first_violation():
+    """first_violation gives the index and value of the first element outside the bounds."""
+    bounds = Bounds.build([-1, -2, -3], 1.0, 3, "obs")
+    assert bounds.first_violation([0.0, -2.0, 0.5]) is None
+    assert bounds.first_violation([0.0, -2.5, 9.0]) == (1, -2.5)
+    assert bounds.first_violation([0.0, 0.0, 1e30]) == (2, 1e30)
+
+
+def test_probe_accepts_a_good_model_and_infers_the_observation_size():
+    """A model with finite [batch, 1] actions passes; obs size comes from its first weight."""
+    assert probe(seeded_actor(0), expectations_for({})) == 4
+
+
+@pytest.mark.parametrize(
+    ("model", "metadata", "message"),
+    [
+        (Actor(action_dim=2), {"obs_dim": 4}, "shape"),
+        (ConstantActor(math.nan), {"obs_dim": 4}, "not finite"),
+        (ConstantActor(math.inf), {"obs_dim": 4}, "not finite"),
+        (ConstantActor(3.0), {"obs_dim": 4, "action_high": 1.0}, "action bounds"),
+        (Actor(obs_dim=4), {"obs_dim": 6}, "probe with a \\[1, 6\\] zero state failed"),
+    ],
+    ids=["shape", "nan", "inf", "bounds", "obs-size"],
+)
+def test_probe_rejects_bad_models(model, metadata, message):
+    """Wrong shape, non-finite actions, actions out of bounds and a failing forward are rejected."""
+    with pytest.raises(ValidationError, match=message):
+        probe(model.eval(), expectations_for(metadata))
+
+
+def test_user_validate_errors_become_validation_errors():
+    """Any exception from validate() rejects the model with its message."""
+
+    def validate(model: torch.nn.Module) -> None:
+        raise AssertionError("return below 100")
+
+    with pytest.raises(ValidationError, match="return below 100"):
+        run_checks(seeded_actor(0), expectations_for({}), validate)
+    calls = []
+    run_checks(seeded_actor(0), expectations_for({}), calls.append)
+    assert len(calls) == 1

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import InProcessServer, ServerProcess, seeded, wait_for
+from serverkit import ADMIN_TOKEN, InProcessServer, ServerProcess, seeded, torch_script, wait_for
 
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings, create_app
-
-ADMIN_TOKEN = "s3cret-token"
 
 
 @pytest.fixture
@@ -22,12 +20,6 @@ def model_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "models"
     publish(torch_script(seeded(0)), directory)
     return directory
-
-
-def torch_script(module: Any) -> Any:
-    import torch
-
-    return torch.jit.script(module)
 
 
 @pytest.fixture

@@ -34,6 +34,13 @@ class TinyActor(torch.nn.Module):
         return torch.tanh(self.mu(self.body(state))), torch.zeros(state.shape[0], 1)
 
 
+def torch_script(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    return torch.jit.script(module)
+
+
+ADMIN_TOKEN = "s3cret-token"
+
+
 def make_tiny_actor() -> TinyActor:
     """Factory for `--factory serverkit:make_tiny_actor` (weights formats)."""
     return TinyActor()
@@ -152,3 +159,12 @@ class InProcessServer:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(15)
+
+
+SLOW_LOAD_SECONDS = 1.0
+
+
+def slow_tiny_actor() -> TinyActor:
+    """A factory that takes SLOW_LOAD_SECONDS (without holding the GIL): a slow reload."""
+    time.sleep(SLOW_LOAD_SECONDS)
+    return TinyActor()

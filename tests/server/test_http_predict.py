@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import OBS_DIM, ServerProcess, seeded, state
+from serverkit import OBS_DIM, ServerProcess, seeded, state, torch_script
 
 from ckptserve import publish
-from conftest import torch_script
 
 pytestmark = pytest.mark.slow
 

@@ -91,14 +91,16 @@ def _json_type(v: Any) -> str:
     )
 
 
-def _check_bounds(bounds: Bounds | None, rows: list[list[float]], where: str) -> None:
+def _check_bounds(
+    bounds: Bounds | None, rows: list[list[float]], where: str, batched: bool = True
+) -> None:
     if bounds is None:
         return
     for b, row in enumerate(rows):
         hit = bounds.first_violation(row)
         if hit is not None:
             i, v = hit
-            at = f"{where}[{b}][{i}]" if len(rows) > 1 or where == "states" else f"{where}[{i}]"
+            at = f"{where}[{b}][{i}]" if batched else f"{where}[{i}]"
             raise ApiError(422, f"{at}={v!r} is outside the observation bounds{_range(bounds, i)}")
 
 
@@ -183,7 +185,7 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             raise ApiError(
                 422, 'the body needs a "state" (list of numbers) or "states" (list of lists)'
             )
-        _check_bounds(expect.obs_bounds, rows, "states" if batched else "state")
+        _check_bounds(expect.obs_bounds, rows, "states" if batched else "state", batched)
         values = _forward(live, torch.tensor(rows, dtype=torch.float32))
     except ApiError as exc:
         return error_reply(exc, "detail", [(b"x-model-version", meta.tag)]), meta.tag

@@ -7,6 +7,7 @@ calls the same implementation, so it documents (and, reached directly, behaves a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -63,7 +64,9 @@ async def _predict(request: Request, model: str | None) -> Response:
 def status_of(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
     status = handle.registry.status()
     age, lag = handle.staleness()
-    status.update(default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag)
+    status.update(
+        default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag, pid=os.getpid()
+    )
     return status
 
 

@@ -1,0 +1,196 @@
+"""The command line: start-up problems as one clear line, starting not ready, `--workers 2`,
+`inspect` on every format, and `demo` handing its options to the demo runner."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serverkit import OBS_DIM, ServerProcess, seeded, state, torch_script, wait_for
+
+from ckptserve import publish
+from ckptserve.cli import default_name, main, parse_models
+
+pytestmark = pytest.mark.slow
+
+
+def run_main(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--swap", "fast"], "--swap"),
+        (["--obs-dim", "0"], "--obs-dim"),
+        (["--allow-formats", "pickle"], "unknown format"),
+        (["--obs-low", "low"], "--obs-low"),
+        (["--prefix", "/v2"], "--prefix"),
+        (["--require-signature"], "signature"),
+        (["--factory", "nowhere_module:make"], "--factory"),
+        (["--workers", "0"], "--workers"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_bad_options_are_one_line(
+    model_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    """A bad option exits non-zero with one `ckptserve: error:` line and no traceback."""
+    code = run_main(["serve", str(model_dir / "actor_latest.pt"), *args])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("ckptserve: error:") and says in err, err
+
+
+def test_path_under_a_file_is_a_startup_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_main(["serve", str(blocker / "actor_latest.pt")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_no_model_is_a_startup_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["serve"]) == 1
+    assert "no model" in capsys.readouterr().err
+
+
+def test_port_in_use_is_one_line_without_traceback(model_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ckptserve", "serve", str(model_dir), "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        == f"ckptserve: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+
+
+def test_model_names_from_arguments(tmp_path: Path) -> None:
+    assert default_name(Path("models/actor_latest.pt")) == "actor"
+    assert default_name(Path("critic_20260412_143022.pt")) == "critic"
+    specs = parse_models(["a/actor_latest.pt", "risk=b/r.pt"])
+    assert [s["name"] for s in specs] == ["actor", "risk"]
+    assert specs[1]["path"] == "b/r.pt"
+
+
+def test_missing_checkpoint_starts_not_ready(tmp_path: Path) -> None:
+    """No checkpoint yet: live but not ready (503 + reason, Retry-After); ready after publish."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    with ServerProcess([str(directory), "--obs-dim", str(OBS_DIM)], log=tmp_path / "log") as server:
+        server.wait_ready(path="/healthz")
+        ready = server.client.get("/readyz")
+        assert ready.status_code == 503 and "no checkpoint" in ready.json()["detail"]
+        r = server.client.post("/rl/predict", json=state())
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert server.client.get("/rl/status").json()["loaded"] is False
+        publish(torch_script(seeded(3)), directory)
+        server.wait_ready(timeout=20)
+        assert server.client.post("/rl/predict", json=state()).status_code == 200
+
+
+def test_two_workers_both_serve_a_new_publish(tmp_path: Path) -> None:
+    """--workers 2: after a publish, every worker answers with the new sha256; metrics sum."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    with ServerProcess([str(directory), "--workers", "2"], log=tmp_path / "log") as server:
+        server.wait_ready()
+        publish(torch_script(seeded(5)), directory)
+        sha = json.loads((directory / "actor_latest.json").read_text())["sha256"]
+        seen: dict[int, str] = {}
+
+        def both_new() -> bool:
+            # A fresh connection each time, so the kernel may hand it to either worker.
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                r = c.post("/rl/predict", json=state())
+                assert r.status_code == 200 and r.json()["sha256"] == sha
+                status = c.get("/rl/status").json()
+                seen[status["pid"]] = status["version"]["sha256"]
+            return len(seen) == 2
+
+        wait_for(both_new, 60, "both workers to answer")
+        assert set(seen.values()) == {sha}
+        text = server.client.get("/metrics").text
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('ckptserve_requests_total{code="200",model="actor"}')
+        )
+        assert total >= 2
+        info = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("ckptserve_model_info{") and ln.endswith(" 1.0")
+        ]
+        assert len(info) == 1 and sha in info[0], info
+
+
+FORMATS = ["export", "torchscript", "state_dict", "safetensors"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_each_format(tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    path = publish(seeded(1), tmp_path, format=fmt)  # type: ignore[arg-type]
+    args = ["inspect", str(path), "--json"]
+    if fmt in ("state_dict", "safetensors"):
+        args += ["--factory", "serverkit:make_tiny_actor"]
+    assert run_main(args) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == fmt
+    assert info["probe"] == "ok" and info["input_shape"] == [1, OBS_DIM]
+    assert info["output_shape"] == [1, 1]
+    assert info["parameters"] == sum(p.numel() for p in seeded(1).parameters())
+    assert len(info["sha256"]) == 64 and info["load_ms"] > 0
+    assert info["metadata"]["obs_dim"] == OBS_DIM
+
+
+def test_inspect_weights_without_factory_and_garbage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = publish(seeded(1), tmp_path, format="safetensors")
+    assert run_main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "safetensors" in out and "--factory" in out
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert run_main(["inspect", str(garbage)]) == 1
+    assert "unknown checkpoint format" in capsys.readouterr().out
+
+
+def test_python_dash_m_inspect(tmp_path: Path) -> None:
+    path = publish(torch_script(seeded(1)), tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "ckptserve", "inspect", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "torchscript" in result.stdout and "probe" in result.stdout
+
+
+def test_demo_calls_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    fake = types.ModuleType("ckptserve.demo.runner")
+    fake.run_demo = lambda **kw: calls.append(kw) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ckptserve.demo.runner", fake)
+    code = run_main(["demo", "--port", "8123", "--directory", "/tmp/d", "--duration", "2"])
+    assert code == 0
+    assert calls == [{"host": "127.0.0.1", "port": 8123, "directory": "/tmp/d", "duration": 2.0}]

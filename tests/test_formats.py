@@ -171,3 +171,27 @@ def test_publish_then_load_round_trips_an_exported_program(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.format == "export"
     assert action_of(loaded.model) == pytest.approx(action_of(actor))
+
+
+class BareActor(torch.nn.Module):
+    """Returns the action alone, without a log-prob."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return torch.tanh(self.linear(state))
+
+
+def test_exported_policy_keeps_the_output_structure(tmp_path):
+    """An exported model returning a bare tensor is served returning a bare tensor."""
+    torch.manual_seed(5)
+    actor = BareActor().eval()
+    loaded = load_checkpoint(publish(actor, tmp_path), copy_to=tmp_path / "cache" / "x")
+    state = torch.randn(3, 4)
+    with torch.inference_mode():
+        got = loaded.model(state, True)
+        want = actor(state)
+    assert isinstance(got, torch.Tensor)
+    torch.testing.assert_close(got, want)

@@ -135,9 +135,18 @@ class ExportedPolicy(torch.nn.Module):
         ]
         self._n_user_inputs = sum(1 for s in sig.input_specs if s.kind == InputKind.USER_INPUT)
         self._out_spec = program.call_spec.out_spec
+        # The generated forward, without nn.Module.__call__ around it (~2 us of a ~30 us call).
+        self._graph_forward = self.graph.forward
+        # The common case, `return action, log_prob`: the graph's outputs are the result as is.
+        n = len(sig.output_specs)
+        self._plain_tuple = len(self._user_outputs) == n and self._out_spec == (
+            torch.utils._pytree.tree_structure((0,) * n)
+        )
 
     def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
-        flat = self.graph(*self._lifted, state)
+        flat = self._graph_forward(*self._lifted, state)
+        if self._plain_tuple:
+            return tuple(flat)
         outs = [flat[i] for i in self._user_outputs]
         if self._out_spec is None:
             return outs[0] if len(outs) == 1 else tuple(outs)

@@ -96,7 +96,8 @@ def test_missing_checkpoint_starts_not_ready(tmp_path: Path) -> None:
     """No checkpoint yet: live but not ready (503 + reason, Retry-After); ready after publish."""
     directory = tmp_path / "models"
     directory.mkdir()
-    with ServerProcess([str(directory), "--obs-dim", str(OBS_DIM)], log=tmp_path / "log") as server:
+    args = [str(directory), "--obs-dim", str(OBS_DIM), "--log-format", "json"]
+    with ServerProcess(args, log=tmp_path / "log") as server:
         server.wait_ready(path="/healthz")
         ready = server.client.get("/readyz")
         assert ready.status_code == 503 and "no checkpoint" in ready.json()["detail"]
@@ -106,6 +107,10 @@ def test_missing_checkpoint_starts_not_ready(tmp_path: Path) -> None:
         publish(torch_script(seeded(3)), directory)
         server.wait_ready(timeout=20)
         assert server.client.post("/rl/predict", json=state()).status_code == 200
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        loads = [line for line in lines if line.get("result") == "ok"]
+        assert len(loads) == 1, lines
+        assert {"model", "checkpoint", "sha256", "duration", "reason"} <= set(loads[0])
 
 
 def test_two_workers_both_serve_a_new_publish(tmp_path: Path) -> None:

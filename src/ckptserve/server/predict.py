@@ -186,7 +186,11 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
                 422, 'the body needs a "state" (list of numbers) or "states" (list of lists)'
             )
         _check_bounds(expect.obs_bounds, rows, "states" if batched else "state", batched)
-        values = _forward(live, torch.tensor(rows, dtype=torch.float32))
+        try:
+            x = torch.tensor(rows, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
+        values = _forward(live, x)
     except ApiError as exc:
         return error_reply(exc, "detail", [(b"x-model-version", meta.tag)]), meta.tag
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}

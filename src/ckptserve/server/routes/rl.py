@@ -100,7 +100,9 @@ async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
     """Load the watched checkpoint again now, even if it looks unchanged (admin)."""
     runtime, handle = _admin(request, model)
     await anyio.to_thread.run_sync(partial(handle.registry.get, force_reload=True))
-    return status_of(runtime, handle)
+    status = status_of(runtime, handle)
+    status["attempt"] = status["history"][-1] if status["history"] else None
+    return status
 
 
 async def pin(request: Request, model: str | None = None) -> dict[str, Any]:

@@ -439,6 +439,17 @@ def test_missing_file_keeps_serving_and_reappearing_file_is_loaded(
     assert not registry.status()["file_missing"]
 
 
+def test_unreadable_path_is_a_missing_file_not_a_crash(ckpt_path, checkpoint_bytes, make_registry):
+    """A path that cannot be stat'ed (here a symlink loop) reads as missing; the model stays."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    registry = make_registry(ckpt_path)
+    first = registry.get_model()
+    ckpt_path.unlink()
+    ckpt_path.symlink_to(ckpt_path.name)  # ELOOP, not FileNotFoundError
+    assert registry.get_model() is first
+    assert registry.file_missing
+
+
 # ---- 6. cold start ----------------------------------------------------------------------------------
 
 
@@ -500,7 +511,8 @@ def test_empty_directory_finds_a_checkpoint_copied_by_hand(
 def test_concurrent_gets_replacements_and_forced_reloads(
     swap, ckpt_path, checkpoint_bytes, make_registry
 ):
-    """Readers never fail or see a half-made model while files change and reloads are forced."""
+    """Readers never fail or see a half-made model while files change, reloads are forced and
+    status() is read."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
     registry = make_registry(ckpt_path, swap=swap)
     ok_loads = []
@@ -522,6 +534,13 @@ def test_concurrent_gets_replacements_and_forced_reloads(
         except BaseException as exc:
             errors.append(exc)
 
+    def observer() -> None:
+        try:
+            while not stop.is_set():
+                json.dumps(registry.status())
+        except BaseException as exc:
+            errors.append(exc)
+
     def forcer() -> None:
         try:
             for _ in range(10):
@@ -529,14 +548,15 @@ def test_concurrent_gets_replacements_and_forced_reloads(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=reader) for _ in range(6)]
-    threads += [threading.Thread(target=forcer) for _ in range(2)]
+    forcers = [threading.Thread(target=forcer) for _ in range(2)]
+    threads = [threading.Thread(target=reader) for _ in range(5)]
+    threads += [threading.Thread(target=observer), *forcers]
     for t in threads:
         t.start()
     for i in range(20):
         write_atomic(ckpt_path, checkpoint_bytes("torchscript", i % 2))
         time.sleep(0)  # let the readers run between replacements
-    for t in threads[6:]:
+    for t in forcers:
         t.join(60)
     stop.set()
     for t in threads:
@@ -715,6 +735,12 @@ def test_allow_formats_refuses_other_formats(ckpt_path, checkpoint_bytes, make_r
         registry.get_model()
     allowed = make_registry(ckpt_path, allow_formats=["torchscript"])
     assert allowed.get_model() is not None
+
+
+def test_a_factory_string_as_loader_is_a_configuration_error(ckpt_path):
+    """loader= takes "auto" or a Loader; a bare factory string says to wrap it."""
+    with pytest.raises(ValueError, match="state_dict_loader"):
+        ModelRegistry(ckpt_path, loader="policies:make_actor")
 
 
 def test_unknown_format_name_in_allow_formats_is_a_configuration_error(ckpt_path):

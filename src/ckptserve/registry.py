@@ -92,6 +92,11 @@ class RegistryOptions:
             raise ValueError("verify_interval must be >= 0 (or None for the default)")
         if self.history < 1:
             raise ValueError("history must keep at least one load attempt")
+        if isinstance(self.loader, str) and self.loader != "auto":
+            raise ValueError(
+                f"loader must be 'auto' or a Loader, not {self.loader!r}: for a factory use "
+                f"loader=state_dict_loader({self.loader!r})"
+            )
         if self.allow_formats is not None:
             if isinstance(self.allow_formats, str):
                 raise ValueError("allow_formats is a collection of names, not one string")
@@ -312,6 +317,7 @@ class ModelRegistry:
         """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
         live = self._live
         version = live.version if live is not None else None
+        history = list(self._history)  # one C-level copy: a load may append meanwhile
         return {
             "name": self.name,
             "loaded": live is not None,
@@ -325,7 +331,7 @@ class ModelRegistry:
             "source": self._source.kind,
             "swap": self.options.swap,
             "loading": self.loading,
-            "history": [a.to_dict() for a in self._history],
+            "history": [a.to_dict() for a in history],
         }
 
     def wait_idle(self, timeout: float | None = None) -> bool:

@@ -49,7 +49,8 @@ class Source(Protocol):
     path: Path
 
     def token(self) -> Hashable | None:
-        """A cheap value that changes when the checkpoint may have; None when there is none."""
+        """A cheap value that changes when the checkpoint may have; None when there is none
+        (or it cannot be stat'ed: a dangling link, no permission, a stale NFS handle)."""
 
     def fetch(self) -> Snapshot:
         """Read the checkpoint once. Raises FileNotFoundError or CheckpointError."""
@@ -62,7 +63,7 @@ def stat_token(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] |
     """The stat key of `path` (following symlinks) as a plain tuple, or None when it is missing."""
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
@@ -87,7 +88,7 @@ class FileSource:
     def token(self) -> Hashable | None:
         try:
             st = os.stat(self._str)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
@@ -136,7 +137,7 @@ class ManifestSource:
     def token(self) -> Hashable | None:
         try:
             st = os.stat(self._str)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 

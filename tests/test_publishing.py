@@ -19,6 +19,7 @@ from ckptserve import (
     load_checkpoint,
     publish,
     sniff,
+    state_dict_loader,
 )
 from ckptserve.formats import check_zip
 from core_helpers import FORMATS, freeze_clock, loader_for
@@ -200,3 +201,28 @@ def test_list_checkpoints_ignores_other_files(tmp_path):
         "actor_20260101_000000_2.pt",
         "actor_20260101_000000.pt",
     ]
+
+
+class TiedActor(torch.nn.Module):
+    """Two layers sharing one weight tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4, bias=False)
+        self.b = torch.nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, state, deterministic=True):
+        return self.b(self.a(state))[:, :1], None
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "safetensors"])
+def test_tied_weights_publish_and_load(fmt, tmp_path):
+    """A module with shared weights publishes in the weights formats and loads back equal."""
+    torch.manual_seed(0)
+    actor = TiedActor().eval()
+    path = publish(actor, tmp_path, format=fmt)
+    loaded = load_checkpoint(path, loader=state_dict_loader(TiedActor))
+    state = torch.randn(2, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(state)[0], actor(state)[0])

@@ -94,10 +94,22 @@ def _script(model: Any) -> Any:
         ) from exc
 
 
-def _weights(model: Any) -> dict[str, torch.Tensor]:
-    if isinstance(model, torch.export.ExportedProgram):
-        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict.items()}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _weights(model: Any, *, unshared: bool = False) -> dict[str, torch.Tensor]:
+    """The model's tensors on the CPU; `unshared` copies tied ones (safetensors refuses them)."""
+    state = (
+        model.state_dict if isinstance(model, torch.export.ExportedProgram) else model.state_dict()
+    )
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for k, v in state.items():
+        t = v.detach().cpu().contiguous()
+        if unshared:
+            where = (t.untyped_storage().data_ptr(),)
+            if where in seen:
+                t = t.clone()
+            seen.add(where)
+        weights[k] = t
+    return weights
 
 
 def _serialize(model: Any, fmt: str, meta_json: str, example: torch.Tensor) -> bytes:
@@ -120,7 +132,7 @@ def _serialize(model: Any, fmt: str, meta_json: str, example: torch.Tensor) -> b
     elif fmt == "safetensors":
         from safetensors.torch import save
 
-        return save(_weights(model), metadata={METADATA_KEY: meta_json})
+        return save(_weights(model, unshared=True), metadata={METADATA_KEY: meta_json})
     else:
         raise PublishError(
             f"unknown format {fmt!r}: choose export, torchscript, state_dict or safetensors"
@@ -243,14 +255,23 @@ def publish(
             meta_json = json.dumps(meta, sort_keys=True)
         except TypeError as exc:
             raise PublishError(f"metadata is not JSON-serialisable: {exc}") from None
-        data = _serialize(model, format, meta_json, example_input)
+        try:
+            data = _serialize(model, format, meta_json, example_input)
+        except PublishError:
+            raise
+        except Exception as exc:
+            raise PublishError(f"could not write a {format} checkpoint: {exc}") from exc
     finally:
         if was_training and isinstance(model, torch.nn.Module):
             model.train()
 
-    checkpoint = _place_unique(
-        _write_temp(directory, data, ".pt"), directory, name, when.astimezone()
-    )
+    tmp = _write_temp(directory, data, ".pt")
+    try:
+        checkpoint = _place_unique(tmp, directory, name, when.astimezone())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(directory)
     _replace_symlink(directory / f"{name}_latest.pt", checkpoint.name)
     manifest: dict[str, Any] = {

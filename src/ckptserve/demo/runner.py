@@ -1,0 +1,361 @@
+"""`ckptserve demo`: the trainer and the server on one model directory, and the swaps as they land.
+
+Two child processes, each in its own process group: the SAC trainer (`ckptserve.demo.trainer`),
+which publishes a checkpoint every `publish_every` steps, and `ckptserve serve` on the same
+directory with background swaps. The runner talks to the server only over HTTP, as a client would:
+it polls `GET /rl/status`, prints one line per hot swap, and asks `POST /rl/predict` what the newly
+served policy does in two fixed probe states. Ctrl-C, SIGTERM or `duration` stop both children
+(SIGTERM to the group, SIGKILL after a deadline) and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from .env import PairsTradingEnv
+
+__all__ = ["PROBE_Z", "probe_states", "run_demo"]
+
+PROBE_Z = (2.0, -2.0)
+"""The probe states: every z-score in the window at +2 (short is right), then at -2 (long)."""
+
+_POLL_SECONDS = 0.5
+_STOP_DEADLINE = 5.0
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: stop like Ctrl-C."""
+
+
+def probe_states() -> list[list[float]]:
+    """The fixed observations the runner asks the served policy about (position 0)."""
+    window = PairsTradingEnv().window
+    return [[z] * window + [0.0] for z in PROBE_Z]
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "wb") as out:
+            # A new session: Ctrl-C in the terminal reaches only the runner, which stops the
+            # whole group (the child and anything it started) in order.
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_children(children: Sequence[_Child], deadline: float = _STOP_DEADLINE) -> None:
+    """SIGTERM every child's process group, SIGKILL what is left after `deadline` seconds."""
+    started = [c for c in children if c.proc is not None]
+    for child in started:
+        _signal_group(child.pid, signal.SIGTERM)
+    end = time.monotonic() + deadline
+    for child in started:
+        assert child.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=max(0.0, end - time.monotonic()))
+    for child in started:
+        assert child.proc is not None
+        if _group_alive(child.pid):
+            _signal_group(child.pid, signal.SIGKILL)
+        if child.proc.poll() is None:
+            child.proc.kill()
+        child.proc.wait()
+    # Grandchildren that outlived their leader still carry its process group id.
+    end = time.monotonic() + deadline
+    while any(_group_alive(c.pid) for c in started) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """Inside: SIGTERM raises _Stop (Ctrl-C already raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Inside: a second Ctrl-C (or SIGTERM) cannot interrupt the shutdown half-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"{host}:{port} is already in use (pick another with --port)"
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def _http_json(url: str, body: Any = None, timeout: float = 3.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _curl_line(base: str, state: list[float]) -> str:
+    body = json.dumps({"state": state}, separators=(",", ":"))
+    return (
+        f"curl -s -X POST {base}/rl/predict -H 'content-type: application/json' "
+        f"-d {shlex.quote(body)}"
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Watcher:
+    """Polls the server and prints one line per new version it serves."""
+
+    def __init__(self, base: str, write: Callable[[str], None]) -> None:
+        self.base = base
+        self.write = write
+        self.states = probe_states()
+        self.seen: list[str] = []
+
+    def header(self) -> None:
+        z = "  ".join(f"action(z={p:+.0f})" for p in PROBE_Z)
+        self.write(
+            f"{'swap':>4}  {'step':>7}  {'sha256':<12}  {'load':>6}  {'eval_return':>11}  {z}"
+        )
+
+    def poll(self) -> None:
+        try:
+            # The predict call also lets the server notice a new checkpoint (it swaps in the
+            # background); the status call says what is live now.
+            answer = _http_json(f"{self.base}/rl/predict", {"states": self.states})
+            status = _http_json(f"{self.base}/rl/status")
+        except (OSError, ValueError):  # not up yet, no checkpoint yet (503), or mid-restart
+            return
+        version = status.get("version") or {}
+        sha = version.get("sha256")
+        if not sha or (self.seen and self.seen[-1] == sha):
+            return
+        if answer.get("sha256") != sha:
+            try:
+                answer = _http_json(f"{self.base}/rl/predict", {"states": self.states})
+            except (OSError, ValueError):
+                return
+        self.seen.append(sha)
+        meta = version.get("metadata") or {}
+        actions = "  ".join(
+            f"{_first(a):>+12.2f}" if answer.get("sha256") == sha else f"{'-':>12}"
+            for a in answer.get("actions") or [[None]] * len(PROBE_Z)
+        )
+        step = meta.get("step")
+        ret = meta.get("eval_return")
+        self.write(
+            f"{len(self.seen):>4}  {step if step is not None else '?':>7}  {sha[:12]:<12}  "
+            f"{float(version.get('load_seconds') or 0.0):>5.2f}s  "
+            f"{float(ret) if ret is not None else float('nan'):>+11.2f}  {actions}"
+        )
+
+
+def _first(action: Any) -> float:
+    while isinstance(action, list):
+        action = action[0]
+    return float(action) if action is not None else float("nan")
+
+
+def run_demo(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    directory: str | None = None,
+    duration: float | None = None,
+    steps: int = 50_000,
+    publish_every: int = 1_000,
+    seed: int = 0,
+    stream: TextIO | None = None,
+) -> int:
+    """Train SAC and serve it while it learns; print the URL, a curl line and every hot swap.
+
+    Args:
+        host, port: where the server listens.
+        directory: the model directory (default: a temporary one, removed afterwards).
+        duration: stop after this many seconds (default: run until Ctrl-C).
+        steps, publish_every, seed: passed to the trainer.
+        stream: where to print (default: stdout).
+
+    Returns:
+        0 when stopped by Ctrl-C, SIGTERM or `duration`; 1 when a child failed or the port is taken.
+
+    Example:
+        run_demo(port=8011, duration=60)
+    """
+    out = stream or sys.stdout
+
+    def write(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    problem = _port_problem(host, port)
+    if problem:
+        write(f"ckptserve demo: {problem}")
+        return 1
+    run_dir = Path(tempfile.mkdtemp(prefix="ckptserve-demo-"))
+    models = Path(directory) if directory else run_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    base = f"http://{_url_host(host)}:{port}"
+    trainer = _Child(
+        "trainer",
+        [
+            sys.executable, "-m", "ckptserve.demo.trainer", "--dir", str(models),
+            "--steps", str(steps), "--publish-every", str(publish_every), "--seed", str(seed),
+        ],
+        run_dir / "trainer.log",
+    )  # fmt: skip
+    server = _Child(
+        "server",
+        [
+            sys.executable, "-m", "ckptserve", "serve", str(models), "--host", host,
+            "--port", str(port), "--swap", "background",
+        ],
+        run_dir / "server.log",
+    )  # fmt: skip
+    children = [trainer, server]
+    watcher = _Watcher(base, write)
+    code = 0
+    try:
+        with _signals_stop():
+            for child in children:
+                child.start()
+            write("ckptserve demo: a SAC agent learns to trade a mean-reverting spread")
+            write("while the server hot-swaps each checkpoint it publishes.")
+            write(f"  model directory  {models}")
+            for child in children:
+                write(f"  {child.name:<16} pid {child.pid}  (log: {child.log})")
+            write(f"  URL              {base}")
+            write(f"  try it           {_curl_line(base, [0.0] * len(probe_states()[0]))}")
+            write(
+                f"  probe states     every z-score at {PROBE_Z[0]:+.0f} (short pays), then at "
+                f"{PROBE_Z[1]:+.0f} (long pays); position 0"
+            )
+            write("Ctrl-C to stop.\n")
+            watcher.header()
+            code = _watch(children, watcher, duration, write)
+    except (KeyboardInterrupt, _Stop):
+        code = 0
+    finally:
+        with _signals_ignored():
+            _stop_children(children)
+        write(f"stopped: {len(watcher.seen)} versions served; trainer and server have exited.")
+        if code == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            write(f"logs kept in {run_dir}")
+    return code
+
+
+def _watch(
+    children: Sequence[_Child],
+    watcher: _Watcher,
+    duration: float | None,
+    write: Callable[[str], None],
+) -> int:
+    trainer, server = children
+    end = None if duration is None else time.monotonic() + duration
+    trainer_done = False
+    while end is None or time.monotonic() < end:
+        assert trainer.proc is not None and server.proc is not None
+        if server.proc.poll() is not None:
+            write(f"the server exited with status {server.proc.returncode}; its log ends:")
+            write(server.tail())
+            return 1
+        if not trainer_done and trainer.proc.poll() is not None:
+            if trainer.proc.returncode != 0:
+                write(f"the trainer exited with status {trainer.proc.returncode}; its log ends:")
+                write(trainer.tail())
+                return 1
+            trainer_done = True
+            watcher.poll()
+            write("the trainer has finished; the server keeps serving its last checkpoint.")
+        watcher.poll()
+        time.sleep(
+            _POLL_SECONDS if end is None else max(0.0, min(_POLL_SECONDS, end - time.monotonic()))
+        )
+    return 0

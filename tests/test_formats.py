@@ -20,7 +20,7 @@ from ckptserve import (
     sniff,
     state_dict_loader,
 )
-from ckptserve.formats import check_zip
+from ckptserve.formats import check_safetensors, check_zip
 from core_helpers import FORMATS, WEIGHTS_FORMATS, action_of, loader_for, record_span
 from policies import Actor, make_actor, make_actor_from, seeded_actor
 
@@ -195,3 +195,35 @@ def test_exported_policy_keeps_the_output_structure(tmp_path):
         want = actor(state)
     assert isinstance(got, torch.Tensor)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_half_rewritten_file_never_loads_with_mixed_weights(fmt, tmp_path, checkpoint_bytes):
+    """A file caught between two writes of an in-place copy (new head, old tail) either fails
+    its checksum or loads exactly one of the two models, never a mix."""
+    old, new = checkpoint_bytes(fmt, 0), checkpoint_bytes(fmt, 1)
+    assert len(old) == len(new)
+    answers = [action_of(seeded_actor(0)), action_of(seeded_actor(1))]
+    for cut in range(0, len(new), max(1, len(new) // 24)):
+        try:
+            loaded = load(new[:cut] + old[cut:], tmp_path, loader=loader_for(fmt))
+        except CheckpointError:
+            continue
+        action = action_of(loaded.model)
+        assert any(action == pytest.approx(a) for a in answers), f"mixed weights at byte {cut}"
+
+
+def test_safetensors_published_by_ckptserve_carry_a_data_checksum(checkpoint_bytes):
+    """A flipped bit in the data of a published safetensors file fails its header's sha256."""
+    data = bytearray(checkpoint_bytes("safetensors", 0))
+    check_safetensors(bytes(data))
+    data[-3] ^= 0x01
+    with pytest.raises(IntegrityError, match="sha256"):
+        check_safetensors(bytes(data))
+
+
+def test_truncated_safetensors_without_checksum_is_refused(tmp_path):
+    """A third-party safetensors file cut short fails the length check."""
+    data = save_safetensors({k: v.contiguous() for k, v in seeded_actor(0).state_dict().items()})
+    with pytest.raises(IntegrityError, match="truncated"):
+        check_safetensors(data[:-4])

@@ -8,11 +8,13 @@
     safetensors   safetensors weights; needs a factory; loading can never run code
 
 Zip-based files have every record's CRC-32 checked first: PyTorch does not, so a torn or mixed
-file would otherwise load with wrong weights.
+file would otherwise load with wrong weights. Safetensors files written by `publish()` carry a
+sha256 of their data in the header, checked the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import io
@@ -29,13 +31,14 @@ from typing import Any, Protocol
 import torch
 
 from .errors import CheckpointError, IntegrityError
-from .manifest import METADATA_FILE, METADATA_KEY
+from .manifest import METADATA_FILE, METADATA_KEY, SAFETENSORS_SHA256_KEY
 
 __all__ = [
     "FORMATS",
     "ExportedPolicy",
     "Loaded",
     "Loader",
+    "check_safetensors",
     "check_zip",
     "load_checkpoint",
     "sniff",
@@ -101,6 +104,38 @@ def check_zip(data: bytes | memoryview) -> None:
         raise IntegrityError(f"zip archive is damaged: {exc}") from None
     if bad is not None:
         raise IntegrityError(f"zip record {bad} fails its CRC-32 check (torn or corrupt write)")
+
+
+def check_safetensors(data: bytes | memoryview) -> None:
+    """Raise IntegrityError unless a safetensors file is whole and matches its data checksum.
+
+    The format has no checksum of its own; files written by `publish()` carry the sha256 of
+    their data section in the header, so a torn copy (new header, partly old data) is caught.
+    Files without it are only checked for length.
+    """
+    (header_len,) = struct.unpack("<Q", bytes(data[:8]))
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"safetensors header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise IntegrityError("safetensors header is not a JSON object")
+    body = memoryview(data)[8 + header_len :]
+    ends = [
+        int(t["data_offsets"][1])
+        for k, t in header.items()
+        if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t
+    ]
+    if len(body) != max(ends, default=0):
+        raise IntegrityError(
+            f"safetensors data is {len(body)} bytes, its header describes {max(ends, default=0)}"
+            " (truncated or torn write)"
+        )
+    want = (header.get("__metadata__") or {}).get(SAFETENSORS_SHA256_KEY)
+    if want is not None and hashlib.sha256(body).hexdigest() != want:
+        raise IntegrityError(
+            "safetensors data does not match the sha256 in its header (torn or corrupt write)"
+        )
 
 
 class ExportedPolicy(torch.nn.Module):
@@ -346,7 +381,9 @@ def load_checkpoint(
     if allow_formats is not None and fmt not in allow_formats:
         allowed = ", ".join(sorted(allow_formats))
         raise CheckpointError(f"{fmt} checkpoints are not allowed here (allowed: {allowed})")
-    if fmt != "safetensors":
+    if fmt == "safetensors":
+        check_safetensors(data)
+    else:
         check_zip(data)
     if copy_to is not None:
         path = _private_copy(data, copy_to.with_suffix(_SUFFIX[fmt]))

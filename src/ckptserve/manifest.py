@@ -18,6 +18,7 @@ from .errors import IntegrityError
 __all__ = [
     "METADATA_FILE",
     "METADATA_KEY",
+    "SAFETENSORS_SHA256_KEY",
     "SIGNING_KEY_ENV",
     "canonical_bytes",
     "parse_manifest",
@@ -30,6 +31,9 @@ SIGNING_KEY_ENV = "CKPTSERVE_SIGNING_KEY"
 METADATA_FILE = "ckptserve.json"
 #: Reserved key holding the metadata JSON in a state_dict file and a safetensors header.
 METADATA_KEY = "__ckptserve_metadata__"
+#: Safetensors header key holding the sha256 of the file's data section. Safetensors has no
+#: checksum of its own: this one lets a reader reject a torn (partly rewritten) copy.
+SAFETENSORS_SHA256_KEY = "__ckptserve_data_sha256__"
 REQUIRED_FIELDS = ("checkpoint", "sha256", "size")
 
 

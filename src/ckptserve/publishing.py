@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import struct
 import tempfile
 import time
 from collections.abc import Mapping
@@ -25,7 +26,13 @@ import torch
 
 from .errors import PublishError
 from .inference import act
-from .manifest import METADATA_FILE, METADATA_KEY, SIGNING_KEY_ENV, sign_manifest
+from .manifest import (
+    METADATA_FILE,
+    METADATA_KEY,
+    SAFETENSORS_SHA256_KEY,
+    SIGNING_KEY_ENV,
+    sign_manifest,
+)
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
@@ -132,12 +139,24 @@ def _serialize(model: Any, fmt: str, meta_json: str, example: torch.Tensor) -> b
     elif fmt == "safetensors":
         from safetensors.torch import save
 
-        return save(_weights(model, unshared=True), metadata={METADATA_KEY: meta_json})
+        weights = _weights(model, unshared=True)
+        plain = save(weights, metadata={METADATA_KEY: meta_json})
+        data = _safetensors_data(plain)
+        digest = hashlib.sha256(data).hexdigest()
+        checked = save(weights, metadata={METADATA_KEY: meta_json, SAFETENSORS_SHA256_KEY: digest})
+        if _safetensors_data(checked) != data:  # the header is the only part that may differ
+            raise PublishError("safetensors wrote different data for the same weights")
+        return checked
     else:
         raise PublishError(
             f"unknown format {fmt!r}: choose export, torchscript, state_dict or safetensors"
         )
     return buf.getvalue()
+
+
+def _safetensors_data(blob: bytes) -> bytes:
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    return blob[8 + header_len :]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -48,6 +48,23 @@ def test_openapi_documents_every_status(model_dir: Path, make_server: MakeServer
     assert {"400", "401", "403", "404", "422"} <= set(pin["responses"])
 
 
+def test_openapi_follows_the_live_model(model_dir: Path, make_server: MakeServer) -> None:
+    """Once a model is live, the predict schema says how many values a state has."""
+    server = make_server(model_dir, obs_low=-5.0, obs_high=5.0)
+    schema = server.client.get("/openapi.json").json()
+    body = schema["paths"]["/rl/predict"]["post"]["requestBody"]["content"]["application/json"]
+    one = body["schema"]["oneOf"][0]["properties"]["state"]
+    assert one["minItems"] == one["maxItems"] == OBS_DIM
+    assert one["prefixItems"][0]["minimum"] == -5.0
+    names = schema["paths"]["/rl/{model}/predict"]["post"]["parameters"]
+    assert any(p.get("schema", {}).get("enum") == ["actor"] for p in names)
+
+
+def test_405_lists_every_method_of_the_path(model_dir: Path, make_server: MakeServer) -> None:
+    r = make_server(model_dir).client.put("/rl/pin")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, POST"
+
+
 def test_status_page(model_dir: Path, make_server: MakeServer) -> None:
     server = make_server(model_dir)
     sha = server.client.get("/rl/status").json()["version"]["sha256"]

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import CkptServeError
 from .errors import ApiError, Style, error_reply
 from .fastlane import FastLane
+from .openapi import install as install_openapi
 from .routes.common import to_response
 from .routes.oip import oip_router
 from .routes.ops import ops_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops_router())
     for exc_type in (ApiError, CkptServeError, FileNotFoundError, RequestValidationError):
         app.add_exception_handler(exc_type, _error)
+    install_openapi(app, runtime)
     app.add_middleware(FastLane, runtime=runtime)
     return app
 

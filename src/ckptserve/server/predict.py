@@ -22,11 +22,11 @@ from ..inference import act
 from ..registry import LiveModel
 from ..validation import Bounds
 from .errors import ApiError, Reply, Style, error_reply, json_headers
+from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
 
 __all__ = ["handle_model_request", "infer", "parse_json", "predict"]
 
-F32_MAX = 3.4028234663852886e38
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
@@ -162,6 +162,10 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
                 422,
                 f'the body must be a JSON object with "state" or "states", not {_json_type(payload)}',
             )
+        if len(payload) != 1:
+            extra = sorted(set(payload) - {"state", "states"})
+            raise ApiError(422, f"unknown field(s) {', '.join(map(repr, extra))}" if extra
+                           else 'send either "state" or "states", not both')  # fmt: skip
         state = payload.get("state")
         if state is not None:
             rows = [check_row(state, expect.obs_dim, "state")]

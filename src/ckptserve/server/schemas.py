@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ADMIN",
+    "F32_MAX",
     "ErrorResponse",
     "InferResponse",
     "OipError",
@@ -16,9 +17,23 @@ __all__ = [
     "PredictResponse",
     "error_responses",
     "json_body",
+    "number_schema",
 ]
 
-_number_list = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+#: The largest finite float32: a state value beyond it cannot be a model input.
+F32_MAX = 3.4028234663852886e38
+
+
+def number_schema(low: float | None, high: float | None) -> dict[str, Any]:
+    """A finite float32 number, within [low, high] when given."""
+    return {
+        "type": "number",
+        "minimum": -F32_MAX if low is None else max(low, -F32_MAX),
+        "maximum": F32_MAX if high is None else min(high, F32_MAX),
+    }
+
+
+_number_list = {"type": "array", "items": number_schema(None, None), "minItems": 1}
 
 PREDICT_BODY: dict[str, Any] = {
     "oneOf": [
@@ -26,12 +41,14 @@ PREDICT_BODY: dict[str, Any] = {
             "type": "object",
             "title": "One state",
             "required": ["state"],
+            "additionalProperties": False,
             "properties": {"state": _number_list},
         },
         {
             "type": "object",
             "title": "A batch of states",
             "required": ["states"],
+            "additionalProperties": False,
             "properties": {"states": {"type": "array", "items": _number_list, "minItems": 1}},
         },
     ]
@@ -50,23 +67,52 @@ INFER_BODY: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["name", "shape", "datatype"],
+                "anyOf": [
+                    {"required": ["data"]},
+                    {
+                        "required": ["parameters"],
+                        "properties": {"parameters": {"required": ["binary_data_size"]}},
+                    },
+                ],
                 "properties": {
                     "name": {"type": "string", "enum": ["state"]},
-                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "shape": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0},
+                        "minItems": 1,
+                        "maxItems": 2,
+                    },
                     "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
                     "parameters": {"type": "object"},
                     "data": {"type": "array"},
                 },
             },
         },
-        "outputs": {"type": "array", "items": {"type": "object"}},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["action"]},
+                    "parameters": {"type": "object"},
+                },
+            },
+        },
     },
 }
 
 PIN_BODY: dict[str, Any] = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["checkpoint"],
-    "properties": {"checkpoint": {"type": "string", "minLength": 1}},
+    "properties": {
+        "checkpoint": {
+            "type": "string",
+            "description": "A file name in the model's directory; a name that leaves it is a 400.",
+            "pattern": r"^(?!\.\.?$)[A-Za-z0-9._-]+$",
+        }
+    },
 }
 
 

@@ -813,6 +813,26 @@ def test_nonblocking_get_raises_would_block_when_a_load_is_needed(
     assert registry.get() is not live
 
 
+def test_would_block_then_blocking_get_loads_despite_check_interval(
+    ckpt_path, checkpoint_bytes, make_registry
+):
+    """After WouldBlock, the same call from a worker thread loads at once, interval or not."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    registry = make_registry(ckpt_path, check_interval=0.02)
+    live = registry.get()
+    write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
+
+    def would_block() -> bool:
+        try:
+            registry.get(block=False)
+        except WouldBlock:
+            return True
+        return False
+
+    wait_for(would_block, what="the next check to see the new file")
+    assert registry.get() is not live
+
+
 def test_nonblocking_get_in_background_mode_schedules_the_load(
     ckpt_path, checkpoint_bytes, make_registry
 ):

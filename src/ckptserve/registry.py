@@ -411,6 +411,7 @@ class ModelRegistry:
             if live is not None and self.options.swap == "background":
                 self._schedule()
                 return live
+            self._next_check = 0.0  # the caller's retry from a worker thread must look again
             raise WouldBlock(self.name)
         self._load(self._source, force=force, raise_errors=False)
         return self._require_live()

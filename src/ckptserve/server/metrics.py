@@ -35,6 +35,7 @@ __all__ = ["MULTIPROC_ENV", "Metrics", "prune_dead_workers"]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
 
 Staleness = Callable[[], Iterable[tuple[str, float | None, float | None]]]
 
@@ -87,6 +88,15 @@ class Metrics:
         self.load_duration = Histogram(
             "ckptserve_load_duration_seconds", "Time to read, verify, load and validate a checkpoint.",
             ["model"], buckets=LOAD_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.loop_lag = Histogram(
+            "ckptserve_event_loop_lag_seconds",
+            "How late the event loop ran the lag probe's timer: a stall delays every request.",
+            buckets=LAG_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.loop_lag_max = Gauge(
+            "ckptserve_event_loop_lag_max_seconds", "The worst event-loop lag this process has seen.",
+            registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
         self.info = Gauge(
             "ckptserve_model_info", "The live checkpoint of each model (value 1).",

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1)
     max_batch: int = Field(4096, ge=1)
     watch_interval: float = Field(1.0, gt=0)
+    loop_probe_interval: float = Field(0.001, ge=0)  # event-loop lag probe tick; 0 = off
     torch_threads: int = Field(1, ge=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"

@@ -131,6 +131,7 @@ class Runtime:
         self._admin_token = token.encode() or None
         self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
         self._watcher: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
         self.started_at = time.time()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -157,12 +158,15 @@ class Runtime:
             torch.set_num_threads(self.settings.torch_threads)
         self.open_models()
         self._watcher = asyncio.create_task(self._watch(), name="ckptserve-watch")
+        if self.settings.loop_probe_interval:
+            self._probe = asyncio.create_task(self._lag_probe(), name="ckptserve-lag-probe")
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for handle in self.models.values():
             handle.registry.close()
         self.metrics.close()
@@ -182,6 +186,24 @@ class Runtime:
                 except Exception:
                     log.exception("watching %s failed", handle.name)
             await asyncio.sleep(self.settings.watch_interval)
+
+    async def _lag_probe(self) -> None:
+        """Measure event-loop stalls: how late a short timer fires, every `loop_probe_interval`.
+        A load or a GC that holds the GIL shows up here as the time every request was held."""
+        interval = self.settings.loop_probe_interval
+        observe, worst_gauge = self.metrics.loop_lag.observe, self.metrics.loop_lag_max
+        worst = 0.0
+        clock = time.perf_counter
+        before = clock()
+        while True:
+            await asyncio.sleep(interval)
+            now = clock()
+            lag = max(0.0, now - before - interval)
+            before = now
+            observe(lag)
+            if lag > worst:
+                worst = lag
+                worst_gauge.set(worst)
 
     # ---- per request -----------------------------------------------------------------------
 

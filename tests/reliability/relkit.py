@@ -1,0 +1,503 @@
+"""Reliability kit: staged checkpoints (good and bad), a chaos writer process, a raw-socket load
+generator, /metrics parsing and RSS sampling. Used by tests/reliability and benchmarks/soak.py.
+
+Everything is bounded: the writer stops after its duration, the load generator after its duration
+or its request budget, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SERVER_TESTS = Path(__file__).resolve().parent.parent / "server"
+if str(SERVER_TESTS) not in sys.path:
+    sys.path.insert(0, str(SERVER_TESTS))
+
+import torch  # noqa: E402
+from serverkit import OBS_DIM, TinyActor, seeded, torch_script  # noqa: E402
+
+from ckptserve import publish  # noqa: E402
+
+#: The chaos mixed in between good publishes, in this order, round after round.
+CHAOS = (
+    "torn",
+    "truncated",
+    "garbage",
+    "wrong_shape",
+    "nan",
+    "delete",
+    "same_mtime",
+    "symlink",
+    "rollback",
+)
+
+
+class WideActor(TinyActor):
+    """Two actions where the server expects one: must be rejected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = torch.nn.Linear(8, 2)
+
+    def forward(
+        self, state: torch.Tensor, deterministic: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tanh(self.mu(self.body(state))), torch.zeros(state.shape[0], 1)
+
+
+class NanActor(TinyActor):
+    """Outputs NaN for every state: must be rejected by the probe."""
+
+    def forward(
+        self, state: torch.Tensor, deterministic: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        action = torch.tanh(self.mu(self.body(state)))
+        return action * float("nan"), torch.zeros(state.shape[0], 1)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Staging:
+    """Checkpoints prepared before the run: `good` (their sha256 are the only ones allowed in a
+    response) and the bad ones the writer mixes in."""
+
+    root: Path
+    good: list[Path] = field(default_factory=list)
+    bad: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def good_sha(self) -> set[str]:
+        return {sha256_file(p) for p in self.good}
+
+    @property
+    def bad_sha(self) -> set[str]:
+        return {sha256_file(p) for p in self.bad.values()}
+
+
+def _save_script(module: torch.nn.Module, path: Path) -> Path:
+    torch.jit.save(torch_script(module), str(path))
+    return path
+
+
+def stage(root: Path, n_good: int = 6) -> Staging:
+    """Write `n_good` distinct good TorchScript actors and one of each bad kind under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    s = Staging(root)
+    for i in range(n_good):
+        published = publish(torch_script(seeded(100 + i)), root / f"pub{i}")
+        s.good.append(Path(shutil.copy(published, root / f"good{i}.pt")))
+    torch.manual_seed(7)
+    s.bad["wrong_shape"] = _save_script(WideActor().eval(), root / "wrong_shape.pt")
+    s.bad["nan"] = _save_script(NanActor().eval(), root / "nan.pt")
+    data = s.good[0].read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    s.bad["truncated"] = root / "truncated.pt"
+    (root / "garbage.pt").write_bytes(random.Random(3).randbytes(len(data)))
+    s.bad["garbage"] = root / "garbage.pt"
+    return s
+
+
+# ---- the chaos writer (a separate process) -------------------------------------------------
+
+
+def _replace_with(src: Path, target: Path, *, mtime_ns: int | None = None) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    if mtime_ns is not None:
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    os.replace(tmp, target)
+
+
+def _torn(src: Path, target: Path, seconds: float, rnd: random.Random) -> None:
+    """Write `src` over `target` in place, in chunks, slowly: readers see every partial state."""
+    data = src.read_bytes()
+    chunks = 8
+    step = -(-len(data) // chunks)
+    if target.is_symlink() or not target.exists():
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        target.touch()
+    with open(target, "r+b") as f:
+        f.truncate(0)
+        for i in range(chunks):
+            f.write(data[i * step : (i + 1) * step])
+            f.flush()
+            time.sleep(seconds / chunks * rnd.uniform(0.5, 1.5))
+
+
+def _retarget(link: Path, to: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.lnk")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(to, tmp)
+    os.replace(tmp, link)
+
+
+def writer_main(target: str, staging_root: str, duration: float, seed: int,
+                pace: float, log_path: str) -> None:  # fmt: skip
+    """The chaos writer: good publishes with every kind of CHAOS mixed in, for `duration` s.
+    Appends one JSON line per event to `log_path`."""
+    rnd = random.Random(seed)
+    tgt = Path(target)
+    root = Path(staging_root)
+    good = sorted(root.glob("good*.pt"))
+    bad = {name: root / f"{name}.pt" for name in ("wrong_shape", "nan", "truncated", "garbage")}
+    # Targets for the symlink and rollback events live next to the watched file.
+    links = []
+    for i, g in enumerate(good):
+        dst = tgt.with_name(f"actor_link{i}.pt")
+        shutil.copyfile(g, dst)
+        links.append(dst)
+    old = tgt.with_name("actor_old.pt")
+    shutil.copyfile(good[0], old)
+    os.utime(old, ns=(1_000_000_000, 1_000_000_000))  # an old file: mtime in 2001
+    deadline = time.monotonic() + duration
+    n = 0
+    with open(log_path, "a") as log:
+        while time.monotonic() < deadline:
+            kind = "good" if n % 2 == 0 else CHAOS[(n // 2) % len(CHAOS)]
+            pick = rnd.choice(good)
+            t = time.time()
+            if kind == "good":
+                _replace_with(pick, tgt)
+            elif kind == "torn":
+                _torn(pick, tgt, min(0.4, pace), rnd)
+            elif kind in bad:
+                _replace_with(bad[kind], tgt)
+            elif kind == "delete":
+                with contextlib.suppress(FileNotFoundError):
+                    tgt.unlink()
+            elif kind == "same_mtime":
+                try:
+                    mtime = tgt.stat().st_mtime_ns
+                except FileNotFoundError:
+                    mtime = None
+                _replace_with(pick, tgt, mtime_ns=mtime)
+            elif kind == "symlink":
+                a, b = rnd.sample(links, 2)
+                _retarget(tgt, a)
+                time.sleep(pace / 2)
+                _retarget(tgt, b)
+            elif kind == "rollback":
+                _replace_with(old, tgt, mtime_ns=1_000_000_000)
+            log.write(json.dumps({"t": t, "kind": kind}) + "\n")
+            log.flush()
+            n += 1
+            time.sleep(pace * rnd.uniform(0.5, 1.5))
+
+
+def start_writer(target: Path, staging: Staging, duration: float, *, seed: int = 0,
+                 pace: float = 0.2, log_path: Path) -> multiprocessing.process.BaseProcess:  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(
+        target=writer_main,
+        args=(str(target), str(staging.root), duration, seed, pace, str(log_path)),
+        daemon=True,
+    )
+    proc.start()
+    return proc
+
+
+def writer_events(log_path: Path) -> Counter[str]:
+    if not log_path.exists():
+        return Counter()
+    return Counter(json.loads(line)["kind"] for line in log_path.read_text().splitlines() if line)
+
+
+# ---- the load generator ---------------------------------------------------------------------
+
+_SHA = re.compile(rb'"sha256":"([0-9a-f]{64})"')
+_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+
+
+@dataclass
+class LoadStats:
+    sent: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    shas: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    non2xx: list[tuple[float, int, bytes]] = field(default_factory=list)
+    pids: Counter[str] = field(default_factory=Counter)
+    started: float = 0.0
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def max_latency(self) -> float:
+        return max(self.latencies, default=0.0)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent, "ok": self.ok, "statuses": dict(self.statuses),
+            "errors": dict(self.errors), "rps": round(self.sent / self.elapsed, 1)
+            if self.elapsed else 0.0, "p50_ms": round(self.percentile(0.5) * 1e3, 2),
+            "p99_ms": round(self.percentile(0.99) * 1e3, 2),
+            "max_ms": round(self.max_latency * 1e3, 2), "distinct_sha": len(self.shas),
+        }  # fmt: skip
+
+
+def _request(port: int, path: str, body: bytes, close: bool = False) -> bytes:
+    conn = b"close" if close else b"keep-alive"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        + b"Content-Type: application/json\r\nConnection: "
+        + conn
+        + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def _connection(port: int, request: bytes, stop_at: float, budget: list[int],
+                      stats: LoadStats, new_conn_each: bool) -> None:  # fmt: skip
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        while budget[0] > 0 and time.monotonic() < stop_at:
+            budget[0] -= 1
+            started = time.perf_counter()
+            stats.sent += 1
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port), 10
+                    )
+                assert reader is not None
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                match = _LENGTH.search(head)
+                length = int(match.group(1)) if match else 0
+                body = await asyncio.wait_for(reader.readexactly(length), 30)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    TimeoutError, asyncio.TimeoutError) as exc:  # fmt: skip
+                stats.errors[type(exc).__name__] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.01)
+                continue
+            latency = time.perf_counter() - started
+            status = int(head[9:12])
+            stats.statuses[status] += 1
+            stats.latencies.append(latency)
+            if status == 200:
+                found = _SHA.search(body)
+                stats.shas[found.group(1).decode() if found else "?"] += 1
+            else:
+                stats.non2xx.append((time.time(), status, body[:300]))
+            if new_conn_each or b"connection: close" in head.lower():
+                writer.close()
+                reader = writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def _load(port: int, path: str, body: bytes, concurrency: int, duration: float,
+                max_requests: int, new_conn_each: bool) -> LoadStats:  # fmt: skip
+    stats = LoadStats(started=time.time())
+    request = _request(port, path, body, close=new_conn_each)
+    stop_at = time.monotonic() + duration
+    budget = [max_requests]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(
+        _connection(port, request, stop_at, budget, stats, new_conn_each)
+        for _ in range(concurrency)
+    ))  # fmt: skip
+    stats.elapsed = time.perf_counter() - t0
+    return stats
+
+
+def run_load(port: int, *, path: str = "/rl/predict", body: bytes | None = None,
+             concurrency: int = 32, duration: float = 10.0, max_requests: int = 2_000_000,
+             new_conn_each: bool = False) -> LoadStats:  # fmt: skip
+    """Send POST `path` from `concurrency` keep-alive connections until `duration` s or
+    `max_requests` requests; a connection that fails is counted and reopened."""
+    body = body if body is not None else json.dumps({"state": [0.1] * OBS_DIM}).encode()
+    return asyncio.run(_load(port, path, body, concurrency, duration, max_requests, new_conn_each))
+
+
+# ---- observing the server -------------------------------------------------------------------
+
+_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics as {(name, labels): value}."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if not match:
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        out[match.group(1), labels] = float(match.group(3))
+    return out
+
+
+def reloads(url: str, model: str = "actor") -> dict[str, int]:
+    """ckptserve_reloads_total by result (summed over workers by prometheus-client)."""
+    found = {}
+    for (name, labels), value in metrics(url).items():
+        if name == "ckptserve_reloads_total" and ("model", model) in labels:
+            found[dict(labels)["result"]] = int(value)
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (uvicorn's workers under --workers N)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def deadline_loop(timeout: float, interval: float = 0.02) -> Any:
+    """Yield until `timeout` s have passed (a bounded polling loop)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        yield
+        time.sleep(interval)
+
+
+# ---- the chaos run, shared by the test and the soak ----------------------------------------
+
+
+def run_chaos(root: Path, *, swap: str = "sync", workers: int = 1, duration: float = 12.0,
+              concurrency: int = 32, pace: float = 0.2, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Serve `root/models/actor_latest.pt` while the chaos writer runs and the load generator
+    sends /rl/predict; return the figures (see docs/reliability.md)."""
+    from serverkit import ServerProcess
+
+    staging = stage(root / "staging")
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / "actor_latest.pt"
+    _replace_with(staging.good[0], target)
+    args = [str(target), "--obs-dim", str(OBS_DIM), "--action-dim", "1", "--swap", swap,
+            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+    server = ServerProcess(args, log=root / "server.log")
+    writer = None
+    try:
+        server.wait_ready()
+        log_path = root / "writer.jsonl"
+        writer = start_writer(target, staging, duration, seed=seed, pace=pace, log_path=log_path)
+        stats = run_load(server.port, concurrency=concurrency, duration=duration + 1)
+        writer.join(duration + 30)
+        alive = server.client.get("/healthz").status_code == 200
+        result = reloads(server.url)
+        status = server.client.get("/rl/status").json()
+    finally:
+        if writer is not None and writer.is_alive():
+            writer.kill()
+            writer.join(10)
+        server.stop()
+    good = staging.good_sha
+    bad_served = {sha: n for sha, n in stats.shas.items() if sha not in good}
+    return {
+        "swap": swap, "workers": workers, "duration_s": duration, "concurrency": concurrency,
+        **stats.summary(),
+        "non_2xx": sum(n for s, n in stats.statuses.items() if not 200 <= s < 300),
+        "non_2xx_samples": [(s, b.decode(errors="replace")) for _, s, b in stats.non2xx[:5]],
+        "bad_sha_responses": sum(bad_served.values()),
+        "good_versions_served": len(set(stats.shas) & good),
+        "reloads": result, "events": dict(writer_events(log_path)),
+        "alive_after": alive, "last_error": (status.get("last_error") or {}).get("reason"),
+    }  # fmt: skip
+
+
+# ---- memory: many reloads in one server -----------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent.parent.parent / "benchmarks"
+
+
+def bench_actors(root: Path, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
+    """The benchmark actor (benchmarks/make_actor.py) with different seeds: distinct sha256."""
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for seed in seeds:
+        path = root / f"bench{seed}.pt"
+        if not path.exists():
+            subprocess.run([sys.executable, str(BENCH / "make_actor.py"), str(path),
+                            "--seed", str(seed)], check=True)  # fmt: skip
+        out.append(path)
+    return out
+
+
+def run_reloads(root: Path, reloads_wanted: int, *, timeout: float = 600) -> dict[str, Any]:
+    """Reload the benchmark actor `reloads_wanted` times in one server (--swap sync), sampling
+    the server's RSS after each reload. Returns the RSS curve (bytes) and the figures."""
+    from serverkit import ServerProcess
+
+    actors = bench_actors(root / "actors")
+    shas = [sha256_file(p) for p in actors]
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / "actor_latest.pt"
+    _replace_with(actors[0], target)
+    body = json.dumps({"state": [0.1] * 32}).encode()
+    server = ServerProcess([str(target), "--log-level", "warning"], log=root / "server.log")
+    curve: list[int] = []
+    try:
+        server.wait_ready()
+        client = server.client
+        start_rss = rss_bytes(server.proc.pid)
+        end = time.monotonic() + timeout
+        for i in range(1, reloads_wanted + 1):
+            want = i % 2
+            _replace_with(actors[want], target)
+            while True:
+                r = client.post("/rl/predict", content=body)
+                if r.status_code == 200 and r.json()["sha256"] == shas[want]:
+                    break
+                if time.monotonic() > end:
+                    raise AssertionError(f"reload {i} not served in time: {r.text[:200]}")
+            curve.append(rss_bytes(server.proc.pid))
+        result = reloads(server.url)
+    finally:
+        server.stop()
+    warm = min(20, len(curve) - 1)
+    return {
+        "reloads": reloads_wanted, "reloads_ok": result.get("ok", 0), "start_rss": start_rss,
+        "curve": curve, "growth": curve[-1] - curve[0],
+        "growth_after_warmup": curve[-1] - curve[warm], "peak": max(curve), "warmup": warm,
+    }  # fmt: skip

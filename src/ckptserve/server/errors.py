@@ -13,7 +13,6 @@ import orjson
 
 from ..errors import (
     CheckpointError,
-    CkptServeError,
     ModelNotAvailable,
     PathNotAllowed,
     WouldBlock,
@@ -62,8 +61,6 @@ def status_for(exc: BaseException) -> tuple[int, Headers]:
         return 404, []
     if isinstance(exc, CheckpointError):  # pinning a file that fails to load or validate
         return 422, []
-    if isinstance(exc, CkptServeError):
-        return 500, []
     return 500, []
 
 

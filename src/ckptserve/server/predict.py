@@ -147,7 +147,7 @@ def _forward(live: LiveModel, x: torch.Tensor) -> list[list[float]]:
 
 
 async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: bytes,
-                  authorization: bytes | None) -> tuple[Reply, bytes]:  # fmt: skip
+                  authorization: bytes | None) -> Reply:  # fmt: skip
     """`POST {prefix}/predict`: `{"state": [...]}` or `{"states": [[...], ...]}`."""
     force = _force_reload(query) if query else False
     if force:
@@ -196,14 +196,14 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
         values = _forward(live, x)
     except ApiError as exc:
-        return error_reply(exc, "detail", [(b"x-model-version", meta.tag)]), meta.tag
+        return error_reply(exc, "detail", [(b"x-model-version", meta.tag)])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
     out["load_count"] = handle.registry.load_count
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256
     data = orjson.dumps(out)
-    return Reply(200, data, [*json_headers(data), (b"x-model-version", meta.tag)]), meta.tag
+    return Reply(200, data, [*json_headers(data), (b"x-model-version", meta.tag)])
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -264,7 +264,8 @@ def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
         raise ApiError(
             422, f'input "state" has {len(flat)} values, expected {count} for shape {shape}'
         )
-    check_row(flat, None, 'input "state" data') if flat else None
+    if flat:
+        check_row(flat, None, 'input "state" data')
     return torch.tensor(flat, dtype=torch.float32).reshape(shape)
 
 
@@ -285,7 +286,7 @@ def _binary_output(request: dict[str, Any]) -> bool:
 
 
 async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
-                header_length: bytes | None) -> tuple[Reply, bytes]:  # fmt: skip
+                header_length: bytes | None) -> Reply:  # fmt: skip
     """`POST /v2/models/{name}/infer`, JSON or with the binary tensor extension."""
     view = memoryview(body)
     if header_length is not None:
@@ -320,7 +321,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
         values = _forward(live, x)
     except ApiError as exc:
-        return error_reply(exc, "oip", [(b"x-model-version", meta.tag)]), meta.tag
+        return error_reply(exc, "oip", [(b"x-model-version", meta.tag)])
     shape = [len(values), len(values[0])]
     output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
     tail = b""
@@ -344,7 +345,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
                (b"content-length", str(len(data)).encode()), (b"x-model-version", meta.tag)]  # fmt: skip
     if tail:
         headers.append((b"inference-header-content-length", str(len(head)).encode()))
-    return Reply(200, data, headers), meta.tag
+    return Reply(200, data, headers)
 
 
 async def handle_model_request(
@@ -365,9 +366,9 @@ async def handle_model_request(
         handle = runtime.model(name)
         label = handle.name
         if kind == "oip":
-            reply, _ = await infer(runtime, handle, body, header_length)
+            reply = await infer(runtime, handle, body, header_length)
         else:
-            reply, _ = await predict(runtime, handle, body, query, authorization)
+            reply = await predict(runtime, handle, body, query, authorization)
     except Exception as exc:
         reply = error_reply(exc, style)
     runtime.metrics.observe(label, reply.status, time.perf_counter() - started)

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     factory: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1)
     max_batch: int = Field(4096, ge=1)
+    max_concurrent_loads: int | None = Field(None, ge=1)
     watch_interval: float = Field(1.0, gt=0)
     loop_probe_interval: float = Field(0.001, ge=0)  # event-loop lag probe tick; 0 = off
     torch_threads: int = Field(1, ge=0)
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
             action_high=self.action_high,
             allow_formats=self.allow_formats,
             require_signature=self.require_signature,
+            max_concurrent_loads=self.max_concurrent_loads,
         )
 
     def to_env(self) -> str:

@@ -300,3 +300,18 @@ def test_manifest_digest_is_none_when_unreadable(tmp_path):
     assert source.token() is None and source.digest() is None
     (tmp_path / "actor_latest.json").write_text("{broken")
     assert source.digest() is None
+
+
+def test_require_signature_ignores_a_plain_checkpoint_dropped_into_the_directory(
+    tmp_path, make_registry
+):
+    """Watching an empty directory with signatures required, a bare `*_latest.pt` is not served."""
+    registry = make_registry(tmp_path, require_signature=True, signing_key="key")
+    publish_ts(tmp_path / "elsewhere", 0)
+    (tmp_path / "actor_latest.pt").write_bytes(
+        (tmp_path / "elsewhere" / "actor_latest.pt").read_bytes()
+    )
+    with pytest.raises(ModelNotAvailable):
+        registry.get_model()
+    publish_ts(tmp_path, 1, signing_key="key")
+    assert action_of(registry.get_model()) == pytest.approx(expected(1))

@@ -218,6 +218,9 @@ _FORMATS = "export, torchscript, state_dict, safetensors"
 @click.option("--prefix", help="URL prefix of the original API.  [default: /rl]")
 @click.option("--max-body-bytes", type=int, help="Request body limit.  [default: 1048576]")
 @click.option("--max-batch", type=int, help="Most states in one request.  [default: 4096]")
+@click.option("--max-concurrent-loads", type=int,
+              help="With --workers N: at most this many workers load a new checkpoint at once; "
+                   "the others keep serving until their turn.  [default: no limit]")  # fmt: skip
 @click.option("--torch-threads", type=int,
               help="torch intra-op threads (0: torch's default).  [default: 1]")  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="[default: text]")
@@ -293,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.Abort:
         click.echo("ckptserve: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message())
+        sys.exit(2)
     except click.UsageError as exc:
         click.echo(
             f"ckptserve: error: {exc.format_message()} (see ckptserve {_command(exc)}--help)",

@@ -199,3 +199,27 @@ def test_demo_calls_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     code = run_main(["demo", "--port", "8123", "--directory", "/tmp/d", "--duration", "2"])
     assert code == 0
     assert calls == [{"host": "127.0.0.1", "port": 8123, "directory": "/tmp/d", "duration": 2.0}]
+
+
+def test_options_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path
+) -> None:
+    """Every serve option can be a CKPTSERVE_ variable; a flag on the command line wins."""
+    from ckptserve.cli import build_settings
+
+    monkeypatch.setenv("CKPTSERVE_SWAP", "background")
+    monkeypatch.setenv("CKPTSERVE_PORT", "8123")
+    monkeypatch.setenv("CKPTSERVE_ALLOW_FORMATS", '["export"]')
+    monkeypatch.setenv("CKPTSERVE_ADMIN_TOKEN", "t")
+    settings = build_settings([str(model_dir)], {"port": 9000, "swap": None})
+    assert settings.swap == "background" and settings.port == 9000
+    assert settings.allow_formats == ("export",)
+    assert settings.admin_token.get_secret_value() == "t"
+    assert "admin_token" not in settings.to_env()  # workers read it from the environment
+    options = settings.registry_options()
+    assert options.swap == "background" and options.allow_formats == ("export",)
+
+
+def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main([]) == 2
+    assert "serve" in capsys.readouterr().out

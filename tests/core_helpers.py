@@ -89,3 +89,20 @@ def freeze_clock(monkeypatch: Any, when: datetime) -> None:
             return when if tz is None else when.astimezone(tz)
 
     monkeypatch.setattr("ckptserve.publishing.datetime", Frozen)
+
+
+def wait_for_timestamp_tick(path: Path) -> None:
+    """Wait until the file system's clock has moved past `path`'s ctime.
+
+    Kernels without fine-grained timestamps stamp files with a clock that ticks every few
+    milliseconds; a test that rewrites a file in place must not do it within the same tick.
+    """
+    probe = path.with_name(f".tick-{path.name}")
+    since = os.stat(path).st_ctime_ns
+    try:
+        wait_for(
+            lambda: (probe.write_bytes(b"tick"), os.stat(probe).st_ctime_ns > since)[1],
+            what="the file system clock to tick",
+        )
+    finally:
+        probe.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from ckptserve.manifest import (
     sign_manifest,
     verify_signature,
 )
-from core_helpers import action_of, freeze_clock, wait_for
+from core_helpers import action_of, freeze_clock, wait_for, wait_for_timestamp_tick
 from policies import seeded_actor
 
 
@@ -174,6 +174,7 @@ def test_manifest_naming_a_missing_checkpoint_keeps_the_live_model(tmp_path, mak
     first = registry.get_model()
     manifest = manifest_of(tmp_path)
     manifest["checkpoint"] = "actor_20000101_000000.pt"
+    wait_for_timestamp_tick(tmp_path / "actor_latest.json")
     (tmp_path / "actor_latest.json").write_text(json.dumps(manifest))
     assert registry.get_model() is first
     assert "does not exist" in registry.last_error["reason"]
@@ -275,6 +276,7 @@ def test_manifest_replaced_during_a_failed_load_is_loaded_at_once(tmp_path, make
     first = registry.get_model()
     manifest = manifest_of(tmp_path)
     manifest["checkpoint"] = "actor_20000101_000000.pt"  # removed by retention, say
+    wait_for_timestamp_tick(tmp_path / "actor_latest.json")
     (tmp_path / "actor_latest.json").write_text(json.dumps(manifest))
 
     source = registry.source

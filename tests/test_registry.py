@@ -35,6 +35,7 @@ from core_helpers import (
     record_span,
     refresh,
     wait_for,
+    wait_for_timestamp_tick,
     write_atomic,
     write_in_place,
 )
@@ -96,6 +97,7 @@ def test_in_place_rewrite_with_same_mtime_and_size_is_detected(
     registry = make_registry(ckpt_path)
     registry.get_model()
 
+    wait_for_timestamp_tick(ckpt_path)
     write_in_place(ckpt_path, checkpoint_bytes("torchscript", 1))
     os.utime(ckpt_path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = os.stat(ckpt_path)
@@ -305,6 +307,7 @@ def test_mixed_zip_with_old_directory_is_rejected(ckpt_path, checkpoint_bytes, m
     ckpt_path.write_bytes(old)
     registry = make_registry(ckpt_path)
     first = registry.get_model()
+    wait_for_timestamp_tick(ckpt_path)
     write_in_place(ckpt_path, mixed)
     assert registry.get_model() is first
     assert "CRC-32" in registry.last_error["reason"]
@@ -319,6 +322,7 @@ def test_key_change_during_load_discards_the_model(ckpt_path, checkpoint_bytes, 
     def writer_strikes_mid_load(model: Any) -> None:
         data = next(writes, None)
         if data is not None:
+            wait_for_timestamp_tick(ckpt_path)
             write_in_place(ckpt_path, data)
 
     registry = make_registry(ckpt_path, validate=writer_strikes_mid_load)
@@ -867,6 +871,7 @@ def test_a_loaded_model_survives_its_file_being_replaced(
     ckpt_path.write_bytes(checkpoint_bytes("state_dict", 0))
     registry = make_registry(ckpt_path, loader=loader_for("state_dict"), check_interval=3600)
     model = registry.get_model()
+    wait_for_timestamp_tick(ckpt_path)
     write_in_place(ckpt_path, checkpoint_bytes("state_dict", 1))
     assert action_of(model) == pytest.approx(expected_action(0))
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .coordination import LoadSlots
 from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
 from .formats import FORMATS, Loaded, Loader, load_checkpoint
 from .manifest import SIGNING_KEY_ENV
@@ -63,6 +64,10 @@ class RegistryOptions:
     signing_key / require_signature: manifest HMAC key (default `$CKPTSERVE_SIGNING_KEY`).
     history: how many load attempts `status()` keeps.
     cache_dir: where private copies of checkpoints are loaded from (default: a temp dir).
+    max_concurrent_loads: at most this many processes on the host load this model at once
+        (`--workers N`: one publish would start N loads); a process whose turn has not come
+        keeps serving its live model. None = no coordination. See coordination.py.
+    lock_dir: where the coordination lock files live (default: a per-user temp dir).
     """
 
     check_interval: float = 0.0
@@ -82,6 +87,8 @@ class RegistryOptions:
     require_signature: bool = False
     history: int = 20
     cache_dir: str | None = None
+    max_concurrent_loads: int | None = None
+    lock_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.swap not in ("sync", "background"):
@@ -90,6 +97,8 @@ class RegistryOptions:
             raise ValueError("check_interval and retry_after must be >= 0")
         if self.verify_interval is not None and self.verify_interval < 0:
             raise ValueError("verify_interval must be >= 0 (or None for the default)")
+        if self.max_concurrent_loads is not None and self.max_concurrent_loads < 1:
+            raise ValueError("max_concurrent_loads must be >= 1 (or None for no coordination)")
         if self.history < 1:
             raise ValueError("history must keep at least one load attempt")
         if isinstance(self.loader, str) and self.loader != "auto":
@@ -181,6 +190,11 @@ class ModelRegistry:
         self._cache = Path(self.options.cache_dir or tempfile.mkdtemp(prefix="ckptserve-"))
         self._cache.mkdir(parents=True, exist_ok=True)
         self._finalizer = weakref.finalize(self, _cleanup, self._cache, self._own_cache)
+        limit = self.options.max_concurrent_loads
+        self._slots = None if limit is None else LoadSlots(
+            str(self._watched.path.resolve()), limit, directory=self.options.lock_dir
+        )  # fmt: skip
+        self._in_worker = False  # the background worker is deciding (it waits for its turn)
 
     # ---- the original API -------------------------------------------------------------------
 
@@ -375,6 +389,15 @@ class ModelRegistry:
                 return self._decide(time.monotonic(), load_here=False, force=False)
             finally:
                 self._lock.release()
+        if self._slots is not None and self._live is not None:
+            # Coordinated loads: a caller never queues behind a load in flight (which may be
+            # waiting for its turn); the live model answers.
+            if not self._lock.acquire(blocking=False):
+                return self._require_live()
+            try:
+                return self._decide(time.monotonic(), load_here=True, force=False)
+            finally:
+                self._lock.release()
         with self._lock:
             return self._decide(time.monotonic(), load_here=True, force=False)
 
@@ -414,7 +437,15 @@ class ModelRegistry:
                 return live
             self._next_check = 0.0  # the caller's retry from a worker thread must look again
             raise WouldBlock(self.name)
-        self._load(self._source, force=force, raise_errors=False)
+        if self._slots is None:
+            self._load(self._source, force=force, raise_errors=False)
+            return self._require_live()
+        if live is not None and not self._in_worker and self._slots.busy():
+            # Other processes hold every load slot: keep serving, load in turn in the background.
+            self._schedule()
+            return live
+        with self._slots.hold():
+            self._load(self._source, force=force, raise_errors=False)
         return self._require_live()
 
     def _force(self) -> LiveModel:
@@ -433,12 +464,15 @@ class ModelRegistry:
     def _background_load(self) -> None:
         with self._lock:
             self._recheck_at = 0.0
+            self._in_worker = True
             try:
                 self._decide(time.monotonic(), load_here=True, force=False)
             except ModelNotAvailable:
                 pass
             except Exception:  # the worker must never die silently; _load records failures
                 log.exception("background load failed", extra={"model": self.name})
+            finally:
+                self._in_worker = False
 
     def _load(self, source: Source, *, force: bool, raise_errors: bool) -> None:
         """Read, verify, load, validate and swap one checkpoint. Caller holds the lock."""

@@ -66,7 +66,7 @@ def test_probe_accepts_a_good_model_and_infers_the_observation_size():
         (ConstantActor(math.nan), {"obs_dim": 4}, "not finite"),
         (ConstantActor(math.inf), {"obs_dim": 4}, "not finite"),
         (ConstantActor(3.0), {"obs_dim": 4, "action_high": 1.0}, "action bounds"),
-        (Actor(obs_dim=4), {"obs_dim": 6}, "probe with a \\[1, 6\\] zero state failed"),
+        (Actor(obs_dim=4), {"obs_dim": 6}, "probe with a \\[1, 6\\] state failed"),
     ],
     ids=["shape", "nan", "inf", "bounds", "obs-size"],
 )
@@ -87,3 +87,20 @@ def test_user_validate_errors_become_validation_errors():
     calls = []
     run_checks(seeded_actor(0), expectations_for({}), calls.append)
     assert len(calls) == 1
+
+
+class EchoActor(torch.nn.Module):
+    """Answers the first observation as its action."""
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return state[:, :1]
+
+
+def test_probe_state_lies_inside_the_observation_bounds():
+    """With obs bounds that exclude zero, the probe asks about a state inside them."""
+    expect = expectations_for(
+        {"obs_dim": 3, "obs_low": [0.5, -1, -1], "obs_high": 2.0, "action_high": 1.0}
+    )
+    assert probe(EchoActor(), expect) == 3
+    with pytest.raises(ValidationError, match="action bounds"):
+        probe(EchoActor(), expectations_for({"obs_dim": 3, "obs_low": 1.5, "action_high": 1.0}))

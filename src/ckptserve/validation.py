@@ -144,16 +144,24 @@ def _infer_obs_dim(model: Any) -> int | None:
 
 
 def probe(model: Any, expect: Expectations) -> int | None:
-    """Run the model on zeros (batch 1 and 2) and check its actions; return the obs size used."""
+    """Run the model on zeros (batch 1 and 2) and check its actions; return the obs size used.
+
+    Zeros are moved into the observation bounds when there are any, so the probe asks the model
+    about a state it may really be sent.
+    """
     obs_dim = expect.obs_dim or _infer_obs_dim(model)
     if obs_dim is None:
         return None
+    state = torch.zeros(1, obs_dim)
+    if expect.obs_bounds is not None:
+        low, high = expect.obs_bounds.tensors()
+        state = state.clamp(min=low, max=high)
     for batch in (1, 2):
         try:
-            action = act(model, torch.zeros(batch, obs_dim))
+            action = act(model, state.expand(batch, obs_dim))
         except Exception as exc:
             raise ValidationError(
-                f"probe with a [{batch}, {obs_dim}] zero state failed: {type(exc).__name__}: {exc}"
+                f"probe with a [{batch}, {obs_dim}] state failed: {type(exc).__name__}: {exc}"
             ) from None
         want = (batch, expect.action_dim)
         if tuple(action.shape) != want:

@@ -205,7 +205,10 @@ def _metadata_from_json(raw: str | bytes | None, where: str) -> dict[str, Any]:
 
 def _load_export(path: Path, device: str) -> Loaded:
     extra = {METADATA_FILE: ""}
-    program = torch.export.load(str(path), extra_files=extra)
+    # An open file, not a path: torch wants a `.pt2` name and logs a warning for anything else
+    # (publish() names every checkpoint `.pt`).
+    with open(path, "rb") as f:
+        program = torch.export.load(f, extra_files=extra)
     return Loaded(
         ExportedPolicy(program, device),
         "export",

@@ -11,11 +11,13 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..errors import CkptServeError
@@ -44,6 +46,31 @@ async def _error(request: Request, exc: Exception) -> Response:
     return to_response(error_reply(exc, style))
 
 
+class _App(FastAPI):
+    """FastAPI whose model routes go straight to the fast lane: a POST to a path the lane answers
+    skips FastAPI's per-request telemetry check and the error middleware (the lane catches every
+    error itself). Anything else takes the full stack, the fast lane included."""
+
+    _lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self._lane
+        if lane is None and self.middleware_stack is not None:
+            layer: Any = self.middleware_stack
+            while layer is not None and not isinstance(layer, FastLane):
+                layer = getattr(layer, "app", None)
+            lane = self._lane = layer
+        if (
+            lane is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in lane.routes
+        ):
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the app for `settings`; the models are opened and loaded by its lifespan.
 
@@ -61,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = _App(
         title="ckptserve",
         version=__version__,
         summary="Serve a model that is still being trained: hot-reloaded, verified checkpoints.",

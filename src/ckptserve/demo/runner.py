@@ -315,7 +315,7 @@ def run_demo(
                 f"  probe states     every z-score at {PROBE_Z[0]:+.0f} (short pays), then at "
                 f"{PROBE_Z[1]:+.0f} (long pays); position 0"
             )
-            write("Ctrl-C to stop.\n")
+            write("The first checkpoint lands in a few seconds; Ctrl-C to stop.\n")
             watcher.header()
             code = _watch(children, watcher, duration, write)
     except (KeyboardInterrupt, _Stop):

@@ -221,6 +221,12 @@ _FORMATS = "export, torchscript, state_dict, safetensors"
 @click.option("--max-concurrent-loads", type=int,
               help="With --workers N: at most this many workers load a new checkpoint at once; "
                    "the others keep serving until their turn.  [default: no limit]")  # fmt: skip
+@click.option("--batch-max-size", type=int,
+              help="Dynamic batching: gather up to N concurrent states into one forward pass "
+                   "(1: off).  [default: 1]")  # fmt: skip
+@click.option("--batch-max-wait-ms", type=float,
+              help="How long a batch waits for more requests (0: one event-loop turn).  "
+                   "[default: 0]")  # fmt: skip
 @click.option("--torch-threads", type=int,
               help="torch intra-op threads (0: torch's default).  [default: 1]")  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="[default: text]")

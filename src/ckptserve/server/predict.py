@@ -123,7 +123,16 @@ def _force_reload(query: bytes) -> bool:
     return force
 
 
-def _forward(live: LiveModel, x: torch.Tensor) -> list[list[float]]:
+async def _forward_maybe_batched(handle: ModelHandle, live: LiveModel,
+                                 x: torch.Tensor) -> list[list[float]]:  # fmt: skip
+    batcher = handle.batcher
+    if batcher is None:
+        return _rows(_run_model(live, x))
+    return _rows(await batcher.run(live, x, _run_model))
+
+
+def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
+    """The model's actions for `x` as a `[batch, action_dim]` tensor (a 422/500 when not)."""
     try:
         action = act(live.model, x)
     except Exception as exc:
@@ -138,6 +147,10 @@ def _forward(live: LiveModel, x: torch.Tensor) -> list[list[float]]:
             500,
             f"model returned an action of shape {list(action.shape)}, expected [{x.shape[0]}, {want}]",
         )
+    return action
+
+
+def _rows(action: torch.Tensor) -> list[list[float]]:
     values: list[list[float]] = action.tolist()
     for row in values:
         for a in row:
@@ -194,7 +207,7 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             x = torch.tensor(rows, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
-        values = _forward(live, x)
+        values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
         return error_reply(exc, "detail", [(b"x-model-version", meta.tag)])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
@@ -319,7 +332,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             )
         if expect.obs_bounds is not None:
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
-        values = _forward(live, x)
+        values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
         return error_reply(exc, "oip", [(b"x-model-version", meta.tag)])
     shape = [len(values), len(values[0])]

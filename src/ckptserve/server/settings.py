@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     factory: str | None = None
     max_body_bytes: int = Field(1 << 20, ge=1)
     max_batch: int = Field(4096, ge=1)
+    batch_max_size: int = Field(1, ge=1)
+    batch_max_wait_ms: float = Field(0.0, ge=0)
     max_concurrent_loads: int | None = Field(None, ge=1)
     watch_interval: float = Field(1.0, gt=0)
     loop_probe_interval: float = Field(0.001, ge=0)  # event-loop lag probe tick; 0 = off

@@ -19,6 +19,7 @@ import anyio.to_thread
 from ..errors import ModelNotAvailable, WouldBlock
 from ..publishing import list_checkpoints
 from ..registry import LiveModel, ModelRegistry
+from .batching import Batcher
 from .errors import ApiError
 from .metrics import Metrics, prune_dead_workers
 from .settings import ModelSpec, Settings
@@ -55,6 +56,7 @@ class ModelHandle:
     watched: Path
     directory: Path
     prefix: str
+    batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
     _meta: _LiveMeta | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
@@ -147,7 +149,12 @@ class Runtime:
         registry.add_listener(self.metrics.on_load)
         watched = Path(registry.source.path)
         directory = Path(spec.path) if Path(spec.path).is_dir() else watched.parent
-        return ModelHandle(spec.name, registry, watched, directory, checkpoint_prefix(watched))
+        batcher = None
+        if self.settings.batch_max_size > 1:
+            batcher = Batcher(self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1000)
+        return ModelHandle(
+            spec.name, registry, watched, directory, checkpoint_prefix(watched), batcher
+        )
 
     async def start(self) -> None:
         if self.metrics.multiprocess_dir:

@@ -1,0 +1,126 @@
+"""Dynamic batching: concurrent requests for one model answered by one forward pass.
+
+Off by default (`--batch-max-size 1`). With `--batch-max-size N` a validated request hands its
+state tensor to the model's `Batcher` and awaits its rows of the result. The first request of a
+batch schedules a flush on the event loop (`call_soon`, or `call_later(max_wait)`): every request
+the loop has already read joins it, so the batch grows with the load by itself and a lone request
+waits one loop turn, not a timer. A batch reaching `max_size` rows flushes at once. The flush runs
+one forward pass per live version among the waiting requests (a swap in the middle of a batch
+never mixes versions), on the event loop, as the unbatched path does.
+
+Worth it for models whose forward pass is memory-bound at batch 1 (large hidden layers): one pass
+over the weights serves the whole batch. For tiny models the per-request work around the forward
+pass dominates and batching buys little; `benchmarks/bench_batching.py` measures both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..registry import LiveModel
+
+__all__ = ["Batcher", "Forward"]
+
+#: `forward(live, x)` -> a `[len(x), action_dim]` tensor; raises for a bad input or output.
+Forward = Callable[["LiveModel", torch.Tensor], torch.Tensor]
+
+
+class _Item:
+    __slots__ = ("future", "live", "n", "x")
+
+    def __init__(self, live: LiveModel, x: torch.Tensor, n: int,
+                 future: asyncio.Future[torch.Tensor]) -> None:  # fmt: skip
+        self.live = live
+        self.x = x
+        self.n = n
+        self.future = future
+
+
+class Batcher:
+    """Gathers concurrent forward passes of one model into one (per event loop).
+
+    Args:
+        max_size: most rows (states) in one forward pass; a request with more runs alone.
+        max_wait: seconds the first request of a batch waits for others (0: one loop turn).
+    """
+
+    def __init__(self, max_size: int, max_wait: float = 0.0) -> None:
+        if max_size < 1 or max_wait < 0:
+            raise ValueError("max_size must be >= 1 and max_wait >= 0")
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self._pending: list[_Item] = []
+        self._rows = 0
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.batches = 0  # forward passes run, for tests and benchmarks
+        self.requests = 0
+
+    async def run(self, live: LiveModel, x: torch.Tensor, forward: Forward) -> torch.Tensor:
+        """`forward(live, x)`, possibly computed as part of a larger batch."""
+        n = x.shape[0]
+        if n >= self.max_size:
+            self.batches += 1
+            self.requests += 1
+            return forward(live, x)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[torch.Tensor] = loop.create_future()
+        self._pending.append(_Item(live, x, n, future))
+        self._rows += n
+        if self._rows >= self.max_size:
+            self._flush(forward)
+        elif self._scheduled is None:
+            if self.max_wait > 0:
+                self._scheduled = loop.call_later(self.max_wait, self._flush, forward)
+            else:
+                self._scheduled = loop.call_soon(self._flush, forward)
+        return await future
+
+    def _take(self) -> list[_Item]:
+        """The oldest waiting requests, up to max_size rows (at least one)."""
+        pending, taken, rows = self._pending, 0, 0
+        while taken < len(pending) and (taken == 0 or rows + pending[taken].n <= self.max_size):
+            rows += pending[taken].n
+            taken += 1
+        batch = pending[:taken]
+        del pending[:taken]
+        self._rows -= rows
+        return batch
+
+    def _flush(self, forward: Forward) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        batch = [item for item in self._take() if not item.future.done()]  # done: client gone
+        if self._pending:  # more than one batch was waiting: the rest goes next loop turn
+            self._scheduled = asyncio.get_running_loop().call_soon(self._flush, forward)
+        groups: dict[int, list[_Item]] = {}
+        for item in batch:
+            groups.setdefault(id(item.live), []).append(item)
+        for items in groups.values():
+            self.batches += 1
+            self.requests += len(items)
+            try:
+                if len(items) == 1:
+                    out = forward(items[0].live, items[0].x)
+                else:
+                    out = forward(items[0].live, torch.cat([item.x for item in items]))
+            except Exception as exc:
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            if len(items) == 1:
+                if not items[0].future.done():
+                    items[0].future.set_result(out)
+                continue
+            start = 0
+            for item in items:
+                stop = start + item.n
+                if not item.future.done():
+                    item.future.set_result(out[start:stop])
+                start = stop

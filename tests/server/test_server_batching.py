@@ -1,0 +1,125 @@
+"""Dynamic batching (`--batch-max-size`): the same answers as unbatched serving, gathered into
+fewer forward passes, each response carrying the version that computed it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import torch
+from serverkit import OBS_DIM, seeded, torch_script
+
+from ckptserve import publish
+from ckptserve.server import ModelSpec, Settings
+from ckptserve.server.batching import Batcher
+from ckptserve.server.predict import handle_model_request
+from ckptserve.server.state import Runtime
+
+
+def _runtime(directory: Path, **options: Any) -> Runtime:
+    runtime = Runtime(Settings(models=[ModelSpec(name="actor", path=str(directory))], **options))
+    runtime.open_models()
+    runtime.models["actor"].registry.get()
+    return runtime
+
+
+def _body(i: int) -> bytes:
+    return orjson.dumps({"state": [0.1 * i - 0.7 * k for k in range(OBS_DIM)]})
+
+
+async def _predict(runtime: Runtime, body: bytes) -> dict[str, Any]:
+    reply = await handle_model_request(runtime, "rl", None, body, b"", None, None)
+    assert reply.status == 200, reply.body
+    out: dict[str, Any] = orjson.loads(reply.body)
+    return out
+
+
+def test_batched_serving_returns_the_same_actions_as_unbatched(model_dir: Path) -> None:
+    """Concurrent requests are answered by fewer forward passes, with the unbatched answers."""
+    plain = _runtime(model_dir)
+    batched = _runtime(model_dir, batch_max_size=8)
+    batcher = batched.models["actor"].batcher
+    assert plain.models["actor"].batcher is None and batcher is not None
+
+    async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        bodies = [_body(i) for i in range(20)]
+        expected = [await _predict(plain, b) for b in bodies]
+        got = await asyncio.gather(*(_predict(batched, b) for b in bodies))
+        return expected, list(got)
+
+    expected, got = asyncio.run(both())
+    for want, have in zip(expected, got, strict=True):
+        assert have["action"] == pytest.approx(want["action"], abs=1e-6)
+        assert have["sha256"] == want["sha256"]
+    assert batcher.requests == 20
+    assert batcher.batches == 3  # 8 + 8 + 4 rows
+
+
+def test_a_swap_inside_a_batch_answers_each_request_with_its_own_version(
+    tmp_path: Path,
+) -> None:
+    """Requests that read the old version before a swap and the new one after it share a loop
+    turn: one forward pass per version, and every response names the version that computed it."""
+    directory = tmp_path / "models"
+    old, new = torch_script(seeded(1)), torch_script(seeded(2))
+    publish(old, directory)
+    runtime = _runtime(directory, batch_max_size=16)
+    registry = runtime.models["actor"].registry
+    old_sha = registry.version.sha256 if registry.version else ""
+
+    async def swap() -> None:
+        publish(new, directory)
+        registry.check()  # the new version is live for the requests that run after this one
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            _predict(runtime, _body(1)), _predict(runtime, _body(2)), swap(),
+            _predict(runtime, _body(3)), _predict(runtime, _body(4)),
+        )  # fmt: skip
+
+    results = asyncio.run(scenario())
+    replies = [r for r in results if r is not None]
+    new_sha = registry.version.sha256 if registry.version else ""
+    assert old_sha != new_sha
+    assert [r["sha256"] for r in replies] == [old_sha, old_sha, new_sha, new_sha]
+    for i, (reply, model) in enumerate(zip(replies, (old, old, new, new), strict=True), 1):
+        state = torch.tensor([orjson.loads(_body(i))["state"]])
+        with torch.inference_mode():
+            want = model(state, True)[0][0].tolist()
+        assert reply["action"] == pytest.approx(want, abs=1e-6)
+    batcher = runtime.models["actor"].batcher
+    assert batcher is not None and batcher.batches == 2 and batcher.requests == 4
+
+
+def test_a_request_larger_than_the_batch_runs_alone() -> None:
+    """A request with max_size rows or more is not held back or split."""
+    calls: list[int] = []
+
+    def forward(live: Any, x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x[:, :1] * 2
+
+    batcher = Batcher(4)
+    out = asyncio.run(batcher.run(object(), torch.ones(6, 3), forward))  # type: ignore[arg-type]
+    assert calls == [6] and out.shape == (6, 1)
+
+
+def test_a_failing_forward_fails_every_request_of_its_batch() -> None:
+    """An exception in the shared forward pass reaches each waiting request."""
+
+    def forward(live: Any, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+    async def scenario() -> list[Any]:
+        batcher = Batcher(8)
+        live: Any = object()
+        return await asyncio.gather(
+            *(batcher.run(live, torch.ones(1, 3), forward) for _ in range(3)),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) for r in results)

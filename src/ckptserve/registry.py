@@ -204,6 +204,15 @@ class ModelRegistry:
         Raises:
             ModelNotAvailable: no model is live and none could be loaded.
         """
+        live = self._live
+        # The check_interval gate inlined: between checks this is the whole call.
+        if (
+            live is not None
+            and self._interval
+            and not force_reload
+            and _monotonic() < self._next_check
+        ):
+            return live.model
         return self.get(force_reload=force_reload).model
 
     @property

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from serverkit import (
@@ -171,6 +172,27 @@ def test_slow_load_never_stalls_the_event_loop(
         )  # fmt: skip
     else:
         assert sha == new and seconds >= SLOW_LOAD_SECONDS * 0.5
+
+
+def test_hot_path_never_hops_to_a_thread(
+    model_dir: Path, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a live, unchanged model, predict runs on the event loop: no thread-pool hop."""
+    server = make_server(model_dir)
+    hops: list[Any] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        hops.append(args[0])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    for _ in range(20):
+        assert server.client.post("/rl/predict", json=state()).status_code == 200
+    assert hops == []
+    publish(torch_script(seeded(9)), model_dir)  # a new checkpoint: one load, in a thread
+    assert server.client.post("/rl/predict", json=state()).status_code == 200
+    assert len(hops) >= 1
 
 
 def _fastapi_only(app: Any) -> Any:

@@ -59,62 +59,97 @@ def _predict(port: int) -> dict[str, object] | None:
         return None
 
 
+class _Demo:
+    """`python -m ckptserve demo` in its own session, its output collected by a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptserve", "demo", "--port", str(port), "--duration", "110"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.pids: set[int] = set()
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    @property
+    def text(self) -> str:
+        while not self.lines.empty():
+            self.output.append(self.lines.get())
+        return "".join(self.output)
+
+    def child_pids(self, timeout: float = 30) -> set[int]:
+        """The trainer's and the server's pids (each leads its own process group)."""
+        deadline = time.monotonic() + timeout
+        while len(self.pids) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                self.output.append(self.lines.get(timeout=1))
+                if m := re.search(r"^\s+(trainer|server)\s+pid (\d+)", self.output[-1]):
+                    self.pids.add(int(m.group(2)))
+        assert len(self.pids) == 2, self.text
+        return self.pids
+
+    def __enter__(self) -> _Demo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pgid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        self.reader.join(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def _wait_gone(pgids: set[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := _groups_alive(pgids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 @pytest.mark.slow
 def test_demo_serves_new_versions_and_ctrl_c_leaves_nothing_behind() -> None:
     """Two versions answer POST /rl/predict within a minute; Ctrl-C stops trainer and server."""
-    port = _free_port()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "ckptserve", "demo", "--port", str(port), "--duration", "110"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            lines.put(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    pids: set[int] = set()
-    try:
-        deadline = time.monotonic() + 30
-        while len(pids) < 2 and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                output.append(lines.get(timeout=1))
-                if m := re.search(r"^\s+(trainer|server)\s+pid (\d+)", output[-1]):
-                    pids.add(int(m.group(2)))
-        assert len(pids) == 2, "".join(output)
-
+    with _Demo(_free_port()) as demo:
+        pids = demo.child_pids()
         seen: dict[str, dict[str, object]] = {}
         deadline = time.monotonic() + 60
         while len(seen) < 2 and time.monotonic() < deadline:
-            answer = _predict(port)
+            answer = _predict(demo.port)
             if answer is not None:
                 assert len(answer["action"]) == 1  # type: ignore[arg-type]
                 seen.setdefault(str(answer["sha256"]), answer)
             time.sleep(0.5)
-        assert len(seen) >= 2, "".join(output)
+        assert len(seen) >= 2, demo.text
 
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=30) == 0
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
-        for pgid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        reader.join(timeout=10)
-        assert demo.stdout is not None
-        demo.stdout.close()
-    while not lines.empty():
-        output.append(lines.get())
-    text = "".join(output)
-    assert not _groups_alive(pids), text
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(timeout=30) == 0, demo.text
+        assert not _groups_alive(pids), demo.text
+    text = demo.text
     assert re.search(r"^\s+2\s+\d+\s+[0-9a-f]{12}\s", text, re.M), text  # a second swap line
     assert "trainer and server have exited" in text
+
+
+@pytest.mark.slow
+def test_killed_runner_takes_its_children_with_it() -> None:
+    """Even a SIGKILLed runner (no cleanup runs) leaves no trainer or server behind."""
+    with _Demo(_free_port()) as demo:
+        pids = demo.child_pids()
+        time.sleep(1)  # both children are past exec
+        os.kill(demo.proc.pid, signal.SIGKILL)
+        demo.proc.wait(timeout=10)
+        assert not _wait_gone(pids, timeout=15), demo.text
 
 
 def test_port_in_use_is_one_line_and_starts_nothing() -> None:

@@ -11,6 +11,7 @@ served policy does in two fixed probe states. Ctrl-C, SIGTERM or `duration` stop
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -52,6 +53,28 @@ def probe_states() -> list[list[float]]:
     return [[z] * window + [0.0] for z in PROBE_Z]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """On Linux, a pre-exec hook that has the kernel SIGTERM the child if the runner dies, even
+    by SIGKILL (then no `finally` runs): the demo must not leave a trainer or a server behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the runner died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
 @dataclass
 class _Child:
     name: str
@@ -66,7 +89,7 @@ class _Child:
             # whole group (the child and anything it started) in order.
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
+                env=env, start_new_session=True, preexec_fn=_die_with_parent_hook(),
             )  # fmt: skip
 
     @property
@@ -168,12 +191,16 @@ def _port_problem(host: str, port: int) -> str | None:
     return None
 
 
+# The server is local: never send the runner's polls through an http_proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _http_json(url: str, body: Any = None, timeout: float = 3.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     if data is not None:
         request.add_header("content-type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _OPENER.open(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 

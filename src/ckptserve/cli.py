@@ -42,11 +42,11 @@ def _bound(value: str | None) -> float | list[float] | None:
 
 def default_name(path: Path) -> str:
     """The model name for a path without `NAME=`: `actor_latest.pt` -> `actor`."""
-    if path.is_dir():
+    from .server.state import checkpoint_prefix, looks_like_directory
+
+    if path.is_dir() or (not path.exists() and looks_like_directory(str(path))):
         found = sorted({p.name.split("_latest")[0] for p in path.glob("*_latest.*")})
         return found[0] if len(found) == 1 else "actor"
-    from .server.state import checkpoint_prefix
-
     return checkpoint_prefix(path) or "model"
 
 
@@ -127,6 +127,7 @@ def _preflight(settings: Any) -> None:
     """Catch bad paths and options now, as one line, instead of in a worker's traceback."""
     from . import ModelRegistry
     from .errors import CkptServeError
+    from .server.state import prepare_model_path
 
     if settings.factory is not None:
         module, sep, attr = settings.factory.partition(":")
@@ -145,6 +146,7 @@ def _preflight(settings: Any) -> None:
     for spec in settings.models:
         _check_path(spec.path)
         try:
+            prepare_model_path(spec.path)
             ModelRegistry(spec.path, settings.device, name=spec.name, options=options).close()
         except (CkptServeError, ValueError, OSError) as exc:
             _fail(f"{spec.name}={spec.path}: {exc}")

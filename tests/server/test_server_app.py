@@ -128,6 +128,16 @@ def test_not_ready_reason_and_503(tmp_path: Path, make_server: MakeServer) -> No
     assert server.client.get("/rl/status").status_code == 200
 
 
+def test_directory_that_does_not_exist_yet(tmp_path: Path, make_server: MakeServer) -> None:
+    """Serving a model directory before the trainer created it: ready after the first publish."""
+    directory = tmp_path / "not" / "yet"
+    server = make_server(directory, ready=False, obs_dim=OBS_DIM)
+    assert server.client.get("/readyz").status_code == 503
+    publish(torch_script(seeded(4)), directory)
+    wait_for(lambda: server.client.get("/readyz").status_code == 200, 20, "the first publish")
+    assert server.client.post("/rl/predict", json=state()).status_code == 200
+
+
 @pytest.mark.parametrize("swap", ["sync", "background"])
 def test_slow_load_never_stalls_the_event_loop(
     tmp_path: Path, make_server: MakeServer, swap: str

@@ -24,9 +24,22 @@ from .errors import ApiError
 from .metrics import Metrics, prune_dead_workers
 from .settings import ModelSpec, Settings
 
-__all__ = ["ModelHandle", "Runtime", "checkpoint_prefix"]
+__all__ = ["ModelHandle", "Runtime", "checkpoint_prefix", "prepare_model_path"]
 
 log = logging.getLogger("ckptserve.server")
+
+
+def looks_like_directory(path: str) -> bool:
+    """A path that does not exist yet names a directory when it ends in a slash or has no suffix."""
+    return path.endswith(("/", os.sep)) or not Path(path).suffix
+
+
+def prepare_model_path(path: str) -> None:
+    """Create a model directory that does not exist yet (publish() would), so the registry follows
+    `{name}_latest.*` inside it instead of watching the directory's path as a file."""
+    p = Path(path)
+    if not p.exists() and looks_like_directory(path):
+        p.mkdir(parents=True, exist_ok=True)
 
 
 def checkpoint_prefix(path: Path) -> str:
@@ -145,6 +158,7 @@ class Runtime:
             self.models[spec.name] = self._handle(spec, options)
 
     def _handle(self, spec: ModelSpec, options: Any) -> ModelHandle:
+        prepare_model_path(spec.path)
         registry = ModelRegistry(spec.path, self.settings.device, name=spec.name, options=options)
         registry.add_listener(self.metrics.on_load)
         watched = Path(registry.source.path)

@@ -30,7 +30,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+# HTTP benchmarks against the peers (docs/benchmarks.md); needs wrk. Under 10 minutes.
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run_all.py
 
 soak: $(STAMP)

@@ -28,7 +28,7 @@ from .state import ModelHandle, Runtime
 __all__ = ["handle_model_request", "infer", "parse_json", "predict"]
 
 _TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", ""}
+_FALSE = {"false", "0", "no", "off"}
 
 
 class _NonFinite(ValueError):

@@ -20,6 +20,13 @@ __all__ = ["oip_router"]
 router = APIRouter(prefix="/v2", tags=["oip"])
 
 
+def _not_ready(*fields: str) -> dict[int | str, dict[str, Any]]:
+    """The 503 of a readiness route: the same body as its 200, with `"ready": false`."""
+    props = {f: {"type": "boolean" if f == "ready" else "string"} for f in fields}
+    schema = {"type": "object", "required": list(fields), "properties": props}
+    return {503: {"description": "Not ready", "content": {"application/json": {"schema": schema}}}}
+
+
 def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 
@@ -34,7 +41,7 @@ async def live() -> dict[str, Any]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server ready", responses=error_responses(503, oip=True))
+@router.get("/health/ready", summary="Server ready", responses=_not_ready("ready"))
 async def ready(request: Request) -> Response:
     ok = not runtime_of(request).not_ready()
     return _json({"ready": ok}, 200 if ok else 503)
@@ -60,7 +67,9 @@ async def model_metadata(request: Request, name: str) -> Response:
 
 
 @router.get(
-    "/models/{name}/ready", summary="Model ready", responses=error_responses(404, 503, oip=True)
+    "/models/{name}/ready",
+    summary="Model ready",
+    responses={**error_responses(404, oip=True), **_not_ready("name", "ready")},
 )
 async def model_ready(request: Request, name: str) -> Response:
     try:

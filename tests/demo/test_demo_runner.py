@@ -146,7 +146,7 @@ def test_killed_runner_takes_its_children_with_it() -> None:
     """Even a SIGKILLed runner (no cleanup runs) leaves no trainer or server behind."""
     with _Demo(_free_port()) as demo:
         pids = demo.child_pids()
-        time.sleep(1)  # both children are past exec
+        # The pids are printed after Popen returned, i.e. after exec: the pre-exec hook has run.
         os.kill(demo.proc.pid, signal.SIGKILL)
         demo.proc.wait(timeout=10)
         assert not _wait_gone(pids, timeout=15), demo.text

@@ -501,3 +501,86 @@ def run_reloads(root: Path, reloads_wanted: int, *, timeout: float = 600) -> dic
         "curve": curve, "growth": curve[-1] - curve[0],
         "growth_after_warmup": curve[-1] - curve[warm], "peak": max(curve), "warmup": warm,
     }  # fmt: skip
+
+
+# ---- slow and large clients -----------------------------------------------------------------
+
+
+async def _slow_client(port: int, stop_at: float, interval: float, counts: Counter[str]) -> None:
+    """Declares a 64-byte body and sends it one byte per `interval` until `stop_at`."""
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        counts["connect_failed"] += 1
+        return
+    counts["opened"] += 1
+    try:
+        writer.write(f"POST /rl/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 64\r\n\r\n{".encode())  # fmt: skip
+        await writer.drain()
+        sent = 1
+        while time.monotonic() < stop_at and sent < 63:
+            await asyncio.sleep(interval)
+            writer.write(b" ")
+            await writer.drain()
+            sent += 1
+        counts["still_open"] += 1
+    except OSError:
+        counts["dropped_by_server"] += 1
+    finally:
+        writer.close()
+
+
+async def big_body(port: int, size: int, *, chunked: bool, timeout: float = 30) -> dict[str, Any]:
+    """POST a `size`-byte body (declared, or chunked without a length); stop sending as soon as
+    the server answers. Returns the status and how many body bytes went out before that."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /rl/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    )
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+    writer.write(head.encode())
+    response = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    chunk = b"[" + b"0," * (32 * 1024)
+    started = time.perf_counter()
+    try:
+        while sent < size and not response.done():
+            piece = chunk[: size - sent]
+            writer.write((f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece)
+            sent += len(piece)
+            await asyncio.wait([response], timeout=0)
+            await writer.drain()
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    try:
+        head_bytes = await asyncio.wait_for(response, timeout)
+        status = int(head_bytes[9:12])
+    except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.TimeoutError, TimeoutError):
+        status = 0
+    writer.close()
+    return {"status": status, "sent": sent, "seconds": time.perf_counter() - started}
+
+
+def slow_and_large(port: int, *, slow: int = 100, duration: float = 8.0,
+                   big: int = 50 * 2**20, concurrency: int = 8) -> dict[str, Any]:  # fmt: skip
+    """`slow` slow-sending connections and two `big`-byte bodies while normal traffic runs."""
+
+    async def main() -> dict[str, Any]:
+        counts: Counter[str] = Counter()
+        stop_at = time.monotonic() + duration
+        slow_tasks = [asyncio.ensure_future(_slow_client(port, stop_at, 0.25, counts))
+                      for _ in range(slow)]  # fmt: skip
+        await asyncio.sleep(0.5)  # let them connect before the normal traffic starts
+        body = json.dumps({"state": [0.1] * OBS_DIM}).encode()
+        load = asyncio.ensure_future(
+            _load(port, "/rl/predict", body, concurrency, duration - 1, 10**6, False)
+        )
+        await asyncio.sleep(1.0)
+        declared = await big_body(port, big, chunked=False)
+        chunked = await big_body(port, big, chunked=True)
+        stats = await load
+        await asyncio.gather(*slow_tasks)
+        return {"slow": dict(counts), "declared": declared, "chunked": chunked, "load": stats}
+
+    return asyncio.run(main())

@@ -204,15 +204,14 @@ class ModelRegistry:
         Raises:
             ModelNotAvailable: no model is live and none could be loaded.
         """
+        # get()'s fast path, inlined: this is the whole call while nothing changed.
         live = self._live
-        # The check_interval gate inlined: between checks this is the whole call.
-        if (
-            live is not None
-            and self._interval
-            and not force_reload
-            and _monotonic() < self._next_check
-        ):
-            return live.model
+        if live is not None and not force_reload:
+            if self._interval:
+                if _monotonic() < self._next_check:
+                    return live.model
+            elif self._token() == self._seen and _monotonic() < self._recheck_at:
+                return live.model
         return self.get(force_reload=force_reload).model
 
     @property

@@ -584,3 +584,39 @@ def slow_and_large(port: int, *, slow: int = 100, duration: float = 8.0,
         return {"slow": dict(counts), "declared": declared, "chunked": chunked, "load": stats}
 
     return asyncio.run(main())
+
+
+# ---- workers ----------------------------------------------------------------------------------
+
+
+def worker_states(url: str, want: int, timeout: float) -> dict[int, dict[str, Any]]:
+    """/rl/status of up to `want` workers, keyed by pid (a new connection per request reaches
+    them all, as the kernel hands connections to whichever worker accepts first)."""
+    seen: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < want and time.monotonic() < deadline:
+        try:
+            with httpx.Client(base_url=url, timeout=5) as client:
+                status = client.get("/rl/status").json()
+        except httpx.TransportError:
+            continue
+        seen[int(status["pid"])] = status
+    return seen
+
+
+def live_checkpoint(status: dict[str, Any]) -> str | None:
+    return (status.get("version") or {}).get("checkpoint")
+
+
+async def open_partial(
+    port: int, n: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]]:
+    """`n` requests whose headers and half of their body are sent: in flight at the server."""
+    body = json.dumps({"state": [0.1] * OBS_DIM}).encode()
+    out = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request(port, "/rl/predict", body)[: -len(body) // 2])
+        await writer.drain()
+        out.append((reader, writer, body[-len(body) // 2 :]))
+    return out

@@ -1,0 +1,98 @@
+"""Process faults: kill -9 of a uvicorn worker under load, and SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from relkit import LoadStats, live_checkpoint, open_partial, run_load, worker_states
+from serverkit import ServerProcess, seeded, torch_script, wait_for
+
+from ckptserve import publish
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_worker_is_replaced_and_serves_the_current_checkpoint(tmp_path: Path) -> None:
+    """kill -9 of one of two workers during load: only requests on its connections fail, the
+    others keep succeeding, and the new worker serves the checkpoint published before the kill."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    server = ServerProcess([str(directory), "--workers", "2", "--log-level", "warning"],
+                           log=tmp_path / "server.log")  # fmt: skip
+    with server:
+        server.wait_ready(timeout=90)
+        new = publish(torch_script(seeded(1)), directory)
+        wait_for(lambda: [live_checkpoint(s) for s in worker_states(server.url, 2, 5).values()]
+                 == [new.name] * 2, 60, "both workers on the new checkpoint")  # fmt: skip
+        before = set(worker_states(server.url, 2, 5))
+        assert len(before) == 2
+        stats: list[LoadStats] = []
+        load = threading.Thread(
+            target=lambda: stats.append(run_load(server.port, concurrency=16, duration=8.0))
+        )
+        load.start()
+        try:
+            wait_for(lambda: server.client.get("/healthz").status_code == 200, 5, "load")
+            victim = min(before)
+            os.kill(victim, signal.SIGKILL)
+            replaced: dict[int, dict[str, Any]] = {}
+
+            def replacement_serves_new() -> bool:
+                states = worker_states(server.url, 2, 5)
+                replaced.update({p: s for p, s in states.items() if p not in before})
+                return any(live_checkpoint(s) == new.name for s in replaced.values())
+
+            # The replacement answers /rl/status before its first load (not live yet); it must
+            # come to serve the checkpoint that was current when its predecessor died.
+            wait_for(replacement_serves_new, 60, "a replacement worker serving the checkpoint")
+        finally:
+            load.join(30)
+        assert len(replaced) == 1
+        assert server.proc.poll() is None
+        status = next(iter(replaced.values()))
+    result = stats[0]
+    # Requests in flight on the killed worker's connections fail (at most one per connection);
+    # every other request, and every reconnect, is answered by the surviving worker.
+    assert sum(result.errors.values()) <= 16, result.summary()
+    assert set(result.statuses) == {200}, result.summary()
+    assert result.ok > 1000
+    assert set(result.shas) <= {status["version"]["sha256"]}
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    """SIGTERM while 20 requests are half sent: the server stops accepting, answers all 20 with
+    200, then exits (uvicorn re-raises the signal after its graceful shutdown: status -15)."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    server = ServerProcess([str(directory), "--log-level", "warning"], log=tmp_path / "log")
+    with server:
+        server.wait_ready()
+
+        async def scenario() -> list[int]:
+            partial = await open_partial(server.port, 20)
+            os.kill(server.proc.pid, signal.SIGTERM)
+
+            def refusing() -> bool:
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", server.port)) != 0
+
+            wait_for(refusing, 20, "the listening socket to close")
+            statuses = []
+            for reader, writer, rest in partial:
+                writer.write(rest)
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+                statuses.append(int(head[9:12]))
+                writer.close()
+            return statuses
+
+        statuses = asyncio.run(scenario())
+        assert statuses == [200] * 20
+        assert server.proc.wait(30) in (0, -signal.SIGTERM)

@@ -123,8 +123,9 @@ def test_canonical_bytes_ignore_order_whitespace_and_the_signature():
             ).encode(),
             "metadata",
         ),
+        (json.dumps({"checkpoint": "x.pt", "sha256": "0" * 64, "size": "12"}).encode(), "size"),
     ],
-    ids=["json", "object", "fields", "dotdot", "slash", "sha", "metadata"],
+    ids=["json", "object", "fields", "dotdot", "slash", "sha", "metadata", "size"],
 )
 def test_malformed_manifests_are_integrity_errors(raw, message):
     """A manifest that is not one is refused with a reason."""

@@ -84,6 +84,9 @@ def parse_manifest(raw: bytes) -> dict[str, Any]:
         raise IntegrityError(f"manifest names an invalid checkpoint: {name!r}")
     if not isinstance(data["sha256"], str) or len(data["sha256"]) != 64:
         raise IntegrityError("manifest sha256 is not a hex digest")
+    size = data["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise IntegrityError(f"manifest size is not a byte count: {size!r}")
     if not isinstance(data.get("metadata", {}), dict):
         raise IntegrityError("manifest metadata is not an object")
     return data

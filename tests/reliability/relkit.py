@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -620,3 +621,116 @@ async def open_partial(
         await writer.drain()
         out.append((reader, writer, body[-len(body) // 2 :]))
     return out
+
+
+# ---- event-loop stalls while a big model reloads ----------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+
+def lag_buckets(url: str) -> dict[float, float]:
+    """ckptserve_event_loop_lag_seconds as {upper bound: cumulative count}."""
+    out = {}
+    for (name, labels), value in metrics(url).items():
+        if name == "ckptserve_event_loop_lag_seconds_bucket":
+            le = dict(labels)["le"]
+            out[math.inf if le == "+Inf" else float(le)] = value
+    return out
+
+
+def worst_lag(before: dict[float, float], after: dict[float, float]) -> float:
+    """The upper bound of the highest histogram bucket that gained ticks between two scrapes."""
+    bounds = sorted(after)
+    worst = 0.0
+    previous = 0.0
+    for le in bounds:
+        gained = (after[le] - before.get(le, 0.0)) - previous
+        previous = after[le] - before.get(le, 0.0)
+        if gained > 0:
+            worst = le
+    return worst
+
+
+def big_checkpoints(root: Path, fmt: str, table: int) -> list[Path]:
+    """Two distinct ~table*4-byte actors published in `fmt` (cached under root)."""
+    from bigactor import seeded_big
+
+    out = []
+    for seed in (0, 1):
+        cached = root / f"big-{fmt}-{table}-{seed}.pt"
+        if not cached.exists():
+            path = publish(
+                seeded_big(seed, table),
+                root / f"pub-{fmt}-{seed}",
+                format=fmt,
+                metadata={"obs_dim": OBS_DIM, "action_dim": 1},
+            )  # type: ignore[arg-type]
+            shutil.move(path, cached)
+            shutil.rmtree(root / f"pub-{fmt}-{seed}", ignore_errors=True)
+        out.append(cached)
+    return out
+
+
+def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
+               table: int = 25_000_000, concurrency: int = 4, swap: str = "background",
+               cache: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Serve a big actor in `fmt` and replace it every `period` s, `reloads` times, while
+    `concurrency` connections send /rl/predict; return the worst event-loop lag in that window."""
+    from serverkit import ServerProcess
+
+    files = big_checkpoints(cache or root, fmt, table)
+    shas = [sha256_file(p) for p in files]
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / "actor_latest.pt"
+    _replace_with(files[0], target)
+    args = [str(target), "--swap", swap, "--log-level", "warning", "--obs-dim", str(OBS_DIM)]
+    if fmt in ("safetensors", "state_dict"):
+        args += ["--factory", "bigactor:make_big_actor"]
+    server = ServerProcess(args, log=root / f"server-{fmt}.log", env={"PYTHONPATH": str(HERE)})
+    body = json.dumps({"state": [0.1] * OBS_DIM}).encode()
+    try:
+        server.wait_ready(timeout=120)
+
+        def serving(i: int) -> bool:
+            r = server.client.post("/rl/predict", content=body)
+            return r.status_code == 200 and r.json()["sha256"] == shas[i % 2]
+
+        # One reload before measuring, so first-use imports are not counted.
+        _replace_with(files[1], target)
+        for _ in deadline_loop(60):
+            if serving(1):
+                break
+        before = lag_buckets(server.url)
+        stats: list[LoadStats] = []
+        import threading
+
+        load = threading.Thread(target=lambda: stats.append(
+            run_load(server.port, concurrency=concurrency, duration=reloads * period + 1)))  # fmt: skip
+        load.start()
+        seen = 0
+        load_times = []
+        for i in range(reloads):
+            started = time.monotonic()
+            _replace_with(files[i % 2], target)
+            for _ in deadline_loop(30, 0.01):
+                if serving(i):
+                    seen += 1
+                    load_times.append(time.monotonic() - started)
+                    break
+            time.sleep(max(0.0, period - (time.monotonic() - started)))
+        load.join(60)
+        after = lag_buckets(server.url)
+        history = server.client.get("/rl/status").json()["history"]
+    finally:
+        server.stop()
+    s = stats[0]
+    loads = [h["duration"] for h in history if h["result"] == "ok"][-reloads:]
+    return {
+        "format": fmt, "size_mb": round(files[0].stat().st_size / 1e6, 1), "swap": swap,
+        "reloads": reloads, "reloads_seen": seen, "worst_lag_ms": worst_lag(before, after) * 1e3,
+        "ticks": after.get(math.inf, 0) - before.get(math.inf, 0),
+        "load_ms_max": round(max(loads, default=0) * 1e3, 1),
+        "request_max_ms": round(s.max_latency * 1e3, 2), "requests": s.sent,
+        "non_2xx": sum(n for st, n in s.statuses.items() if st != 200), "errors": dict(s.errors),
+    }  # fmt: skip

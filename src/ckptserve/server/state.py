@@ -71,16 +71,23 @@ class ModelHandle:
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
     _meta: _LiveMeta | None = field(default=None, repr=False)
+    _loading: asyncio.Future[LiveModel] | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
-        """The live handle; a load that is needed runs in a worker thread, never on the loop."""
+        """The live handle; a load that is needed runs in a worker thread, never on the loop.
+        Requests that find a load needed while one is under way wait for that same one (one
+        thread, not one thread hop per request: a sync swap under load stays short)."""
         registry = self.registry
         if force_reload:
             return await anyio.to_thread.run_sync(partial(registry.get, force_reload=True))
         try:
             return registry.get(block=False)
         except WouldBlock:
-            return await anyio.to_thread.run_sync(registry.get)
+            pass
+        loading = self._loading
+        if loading is None or loading.done():
+            loading = self._loading = asyncio.ensure_future(anyio.to_thread.run_sync(registry.get))
+        return await asyncio.shield(loading)
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""

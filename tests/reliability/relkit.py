@@ -734,3 +734,67 @@ def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
         "request_max_ms": round(s.max_latency * 1e3, 2), "requests": s.sent,
         "non_2xx": sum(n for st, n in s.statuses.items() if st != 200), "errors": dict(s.errors),
     }  # fmt: skip
+
+
+# ---- reload herd -------------------------------------------------------------------------------
+
+
+def run_herd(root: Path, *, limit: int | None, workers: int = 2, publishes: int = 3,
+             table: int = 25_000_000, cache: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """`workers` workers (--swap background) serve a big safetensors actor; it is replaced
+    `publishes` times under load. Returns the worst request latency and loop stall during the
+    swaps and how long until every worker served each new version."""
+    import threading
+
+    from serverkit import ServerProcess
+
+    files = big_checkpoints(cache or root, "safetensors", table)
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / "actor_latest.pt"
+    _replace_with(files[0], target)
+    args = [str(target), "--workers", str(workers), "--swap", "background", "--log-level",
+            "warning", "--factory", "bigactor:make_big_actor"]  # fmt: skip
+    if limit is not None:
+        args += ["--max-concurrent-loads", str(limit)]
+    server = ServerProcess(args, log=root / "server.log", env={"PYTHONPATH": str(HERE)})
+    shas = [sha256_file(p) for p in files]
+    try:
+        server.wait_ready(timeout=120)
+        for _ in deadline_loop(60):
+            states = worker_states(server.url, workers, 5)
+            if len(states) == workers and all(
+                (s.get("version") or {}).get("sha256") == shas[0] for s in states.values()
+            ):
+                break
+        before = lag_buckets(server.url)
+        stats: list[LoadStats] = []
+        load = threading.Thread(target=lambda: stats.append(
+            run_load(server.port, concurrency=8, duration=publishes * 6.0)))  # fmt: skip
+        load.start()
+        converge = []
+        for i in range(1, publishes + 1):
+            started = time.monotonic()
+            _replace_with(files[i % 2], target)
+            done = False
+            for _ in deadline_loop(60, 0.05):
+                states = worker_states(server.url, workers, 5)
+                if len(states) == workers and all(
+                    (s.get("version") or {}).get("sha256") == shas[i % 2] for s in states.values()
+                ):
+                    done = True
+                    break
+            converge.append(time.monotonic() - started if done else math.inf)
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
+        load.join(120)
+        after = lag_buckets(server.url)
+    finally:
+        server.stop()
+    s = stats[0]
+    return {
+        "workers": workers, "max_concurrent_loads": limit, "publishes": publishes,
+        "all_workers_new_s": [round(c, 2) for c in converge],
+        "worst_lag_ms": worst_lag(before, after) * 1e3, "request_max_ms": round(s.max_latency * 1e3, 1),
+        "p99_ms": round(s.percentile(0.99) * 1e3, 2), "requests": s.sent,
+        "non_2xx": sum(n for st, n in s.statuses.items() if st != 200), "errors": dict(s.errors),
+    }  # fmt: skip

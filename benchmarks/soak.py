@@ -1,0 +1,202 @@
+"""The reliability soak (issue 7): chaos, memory, big-model stalls and the reload herd, with the
+figures written into docs/reliability.md (between the `soak:begin` / `soak:end` markers) and the
+memory curve plotted to docs/reliability_memory.png.
+
+usage: python benchmarks/soak.py [--duration 60] [--reloads 1000] [--only chaos,memory,stalls,herd]
+
+Every server runs on 127.0.0.1 as a subprocess in its own process group and is stopped at the end
+of its part; every load generator is bounded in time and request count (tests/reliability/relkit.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+sys.path.insert(0, str(ROOT / "tests" / "server"))
+
+import relkit  # noqa: E402
+
+DOC = ROOT / "docs" / "reliability.md"
+PLOT = ROOT / "docs" / "reliability_memory.png"
+RESULTS = ROOT / "benchmarks" / "results" / "soak.json"
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def chaos(duration: float) -> list[dict[str, Any]]:
+    runs = []
+    for swap, workers in (("sync", 1), ("background", 1), ("sync", 2)):
+        with tempfile.TemporaryDirectory(prefix="soak-chaos-") as tmp:
+            result = relkit.run_chaos(Path(tmp), swap=swap, workers=workers, duration=duration)
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    return runs
+
+
+def memory(reloads: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="soak-memory-") as tmp:
+        result = relkit.run_reloads(Path(tmp), reloads, timeout=max(600, reloads))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(1, len(result["curve"]) + 1), [b / 2**20 for b in result["curve"]])
+    ax.set_xlabel("reloads of the benchmark actor")
+    ax.set_ylabel("server RSS (MiB)")
+    ax.set_title(f"RSS over {reloads} reloads: +{result['growth'] / 2**20:.1f} MiB")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=100)
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+    return result
+
+
+def stalls() -> list[dict[str, Any]]:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="soak-stalls-") as tmp:
+        cache = Path(tmp) / "cache"
+        cache.mkdir()
+        for fmt in ("safetensors", "state_dict", "torchscript", "export"):
+            result = relkit.run_stalls(Path(tmp) / fmt, fmt, reloads=5, period=2.0, cache=cache)
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    return runs
+
+
+def herd() -> list[dict[str, Any]]:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="soak-herd-") as tmp:
+        cache = Path(tmp) / "cache"
+        cache.mkdir()
+        for limit in (None, 1):
+            result = relkit.run_herd(Path(tmp) / f"limit-{limit}", limit=limit, cache=cache)
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    return runs
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:+.1f} MiB"
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [BEGIN, "", f"Measured {results['when']} on {results['machine']} with "
+             f"`{results['command']}`.", ""]  # fmt: skip
+    if "chaos" in results:
+        lines += [
+            "### 1. Chaos soak (plain file `actor_latest.pt`, 32 connections)", "",
+            "| mode | seconds | requests | req/s | non-2xx | bad sha256 | good versions served "
+            "| reloads ok / failed / rejected / unchanged | p99 | largest latency | chaos events |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for r in results["chaos"]:
+            mode = f"--swap {r['swap']}" + (
+                f" --workers {r['workers']}" if r["workers"] > 1 else ""
+            )
+            rl = r["reloads"]
+            events = sum(v for k, v in r["events"].items() if k != "good")
+            lines.append(
+                f"| {mode} | {r['duration_s']:.0f} | {r['sent']:,} | {r['rps']:,.0f} | "
+                f"{r['non_2xx']} | {r['bad_sha_responses']} | {r['good_versions_served']} | "
+                f"{rl.get('ok', 0)} / {rl.get('failed', 0)} / {rl.get('rejected', 0)} / "
+                f"{rl.get('unchanged', 0)} | {r['p99_ms']} ms | {r['max_ms']} ms | "
+                f"{events} bad + {r['events'].get('good', 0)} good |"
+            )
+        lines.append("")
+    if "memory" in results:
+        m = results["memory"]
+        lines += [
+            "### 2. Memory", "",
+            f"{m['reloads']:,} reloads of the benchmark actor (`benchmarks/make_actor.py`, "
+            f"TorchScript 32-256-256-1) in one server: RSS {m['curve'][0] / 2**20:.0f} MiB after the "
+            f"first reload, {m['curve'][-1] / 2**20:.0f} MiB after the last: growth "
+            f"{_mb(m['growth'])} (requirement <= 50 MB), peak {m['peak'] / 2**20:.0f} MiB; "
+            f"{m['reloads_ok']:,} loads counted ok.", "",
+            "![RSS over reloads](reliability_memory.png)", "",
+        ]  # fmt: skip
+    if "stalls" in results:
+        lines += [
+            "### 6. Event-loop stalls while a ~100 MB actor reloads every 2 s (--swap background, "
+            "4 connections)", "",
+            "| format | file | worst loop stall (histogram bucket) | largest request latency | "
+            "slowest load | requests | non-2xx |",
+            "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for r in results["stalls"]:
+            lines.append(
+                f"| {r['format']} | {r['size_mb']} MB | <= {r['worst_lag_ms']:g} ms | "
+                f"{r['request_max_ms']} ms | {r['load_ms_max']} ms | {r['requests']:,} | {r['non_2xx']} |"
+            )
+        lines.append("")
+    if "herd" in results:
+        lines += [
+            "### 7. Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections)",
+            "",
+            "| --max-concurrent-loads | largest request latency | p99 | worst loop stall | "
+            "seconds until both workers serve each publish | non-2xx |",
+            "|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for r in results["herd"]:
+            limit = r["max_concurrent_loads"] or "unset (all at once)"
+            lines.append(
+                f"| {limit} | {r['request_max_ms']} ms | {r['p99_ms']} ms | <= {r['worst_lag_ms']:g} ms "
+                f"| {', '.join(f'{c:g}' for c in r['all_workers_new_s'])} | {r['non_2xx']} |"
+            )
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_doc(block: str) -> None:
+    text = DOC.read_text() if DOC.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    DOC.write_text(pattern.sub(lambda _: block, text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per chaos run")
+    parser.add_argument("--reloads", type=int, default=1000, help="reloads for the memory run")
+    parser.add_argument("--only", default="chaos,memory,stalls,herd")
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} Linux, {__import__('os').cpu_count()} CPUs",
+        "command": "python benchmarks/soak.py " + " ".join(sys.argv[1:]),
+    }
+    if RESULTS.exists():  # keep the parts not rerun
+        previous = json.loads(RESULTS.read_text())
+        results.update({k: v for k, v in previous.items() if k not in parts and k in
+                        ("chaos", "memory", "stalls", "herd")})  # fmt: skip
+    if "chaos" in parts:
+        results["chaos"] = chaos(args.duration)
+    if "memory" in parts:
+        results["memory"] = memory(args.reloads)
+    if "stalls" in parts:
+        results["stalls"] = stalls()
+    if "herd" in parts:
+        results["herd"] = herd()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    write_doc(render(results))
+    print(
+        f"wrote {DOC.relative_to(ROOT)}, {PLOT.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}"
+    )
+
+
+if __name__ == "__main__":
+    main()

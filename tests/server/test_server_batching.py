@@ -14,7 +14,7 @@ from serverkit import OBS_DIM, seeded, torch_script
 
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings
-from ckptserve.server.batching import Batcher
+from ckptserve.server.batching import PROBE, Batcher
 from ckptserve.server.predict import handle_model_request
 from ckptserve.server.state import Runtime
 
@@ -54,7 +54,7 @@ def test_batched_serving_returns_the_same_actions_as_unbatched(model_dir: Path) 
     for want, have in zip(expected, got, strict=True):
         assert have["action"] == pytest.approx(want["action"], abs=1e-6)
         assert have["sha256"] == want["sha256"]
-    assert batcher.requests == 20
+    assert batcher.requests == batcher.queued == 20
     assert batcher.batches == 3  # 8 + 8 + 4 rows
 
 
@@ -92,6 +92,23 @@ def test_a_swap_inside_a_batch_answers_each_request_with_its_own_version(
         assert reply["action"] == pytest.approx(want, abs=1e-6)
     batcher = runtime.models["actor"].batcher
     assert batcher is not None and batcher.batches == 2 and batcher.requests == 4
+
+
+def test_one_request_at_a_time_mostly_skips_the_queue(model_dir: Path) -> None:
+    """Under light load requests run at once (no loop turn), all but one probe in PROBE + 1."""
+    plain = _runtime(model_dir)
+    batched = _runtime(model_dir, batch_max_size=8)
+    batcher = batched.models["actor"].batcher
+    assert batcher is not None
+
+    async def one_by_one() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [(await _predict(plain, _body(i)), await _predict(batched, _body(i)))
+                for i in range(3 * (PROBE + 1))]  # fmt: skip
+
+    for want, have in asyncio.run(one_by_one()):
+        assert have["action"] == pytest.approx(want["action"], abs=1e-6)
+    assert batcher.requests == batcher.batches == 3 * (PROBE + 1)
+    assert batcher.queued == 3  # the probes
 
 
 def test_a_request_larger_than_the_batch_runs_alone() -> None:

@@ -4,9 +4,11 @@ Off by default (`--batch-max-size 1`). With `--batch-max-size N` a validated req
 state tensor to the model's `Batcher` and awaits its rows of the result. The first request of a
 batch schedules a flush on the event loop (`call_soon`, or `call_later(max_wait)`): every request
 the loop has already read joins it, so the batch grows with the load by itself and a lone request
-waits one loop turn, not a timer. A batch reaching `max_size` rows flushes at once. The flush runs
-one forward pass per live version among the waiting requests (a swap in the middle of a batch
-never mixes versions), on the event loop, as the unbatched path does.
+waits one loop turn, not a timer. Under light load (the last batch held one request) requests
+skip the queue and run at once, all but every `PROBE`-th, which queues to find out whether others
+join it: at concurrency 1 batching costs nothing. A batch reaching `max_size` rows flushes at
+once. The flush runs one forward pass per live version among the waiting requests (a swap in the
+middle of a batch never mixes versions), on the event loop, as the unbatched path does.
 
 Worth it for models whose forward pass is memory-bound at batch 1 (large hidden layers): one pass
 over the weights serves the whole batch. For tiny models the per-request work around the forward
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from ..registry import LiveModel
 
 __all__ = ["Batcher", "Forward"]
+
+#: Under light load (a batch of one), this many requests run at once before one queues again.
+PROBE = 8
 
 #: `forward(live, x)` -> a `[len(x), action_dim]` tensor; raises for a bad input or output.
 Forward = Callable[["LiveModel", torch.Tensor], torch.Tensor]
@@ -59,16 +64,22 @@ class Batcher:
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.batches = 0  # forward passes run, for tests and benchmarks
         self.requests = 0
+        self.queued = 0  # requests that went through the queue (not run at once)
+        self._inline = 0  # requests that may still skip the queue before the next probe
 
     async def run(self, live: LiveModel, x: torch.Tensor, forward: Forward) -> torch.Tensor:
         """`forward(live, x)`, possibly computed as part of a larger batch."""
         n = x.shape[0]
-        if n >= self.max_size:
+        if n >= self.max_size or (self._inline > 0 and not self._pending):
+            # Alone: too big to share, or the load is light (the last batch held one request
+            # and nobody is waiting): no loop turn. Every PROBE-th request queues to sample it.
+            self._inline -= 1
             self.batches += 1
             self.requests += 1
             return forward(live, x)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[torch.Tensor] = loop.create_future()
+        self.queued += 1
         self._pending.append(_Item(live, x, n, future))
         self._rows += n
         if self._rows >= self.max_size:
@@ -96,6 +107,7 @@ class Batcher:
             self._scheduled.cancel()
             self._scheduled = None
         batch = [item for item in self._take() if not item.future.done()]  # done: client gone
+        self._inline = PROBE if len(batch) <= 1 and not self._pending else 0
         if self._pending:  # more than one batch was waiting: the rest goes next loop turn
             self._scheduled = asyncio.get_running_loop().call_soon(self._flush, forward)
         groups: dict[int, list[_Item]] = {}

@@ -545,13 +545,18 @@ async def big_body(port: int, size: int, *, chunked: bool, timeout: float = 30) 
     sent = 0
     chunk = b"[" + b"0," * (32 * 1024)
     started = time.perf_counter()
+    if not chunked:
+        # A declared length over the limit must be refused before any of the body is read.
+        await asyncio.wait([response], timeout=2.0)
     try:
         while sent < size and not response.done():
             piece = chunk[: size - sent]
             writer.write((f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece)
             sent += len(piece)
-            await asyncio.wait([response], timeout=0)
             await writer.drain()
+            # Give the reader a moment: once the server answers and closes, a reset could
+            # otherwise discard its answer before it is read.
+            await asyncio.wait([response], timeout=0.002)
     except (ConnectionResetError, BrokenPipeError):
         pass
     try:

@@ -86,6 +86,27 @@ def herd() -> list[dict[str, Any]]:
     return runs
 
 
+def faults() -> dict[str, Any]:
+    from serverkit import ServerProcess, seeded, torch_script
+
+    from ckptserve import publish
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="soak-faults-") as tmp:
+        directory = Path(tmp) / "models"
+        publish(torch_script(seeded(0)), directory)
+        with ServerProcess([str(directory), "--log-level", "warning"], log=Path(tmp) / "log") as s:
+            s.wait_ready()
+            before = relkit.rss_bytes(s.proc.pid)
+            r = relkit.slow_and_large(s.port, slow=100, duration=15.0)
+            out["clients"] = {"slow": r["slow"], "declared": r["declared"], "chunked": r["chunked"],
+                              "load": r["load"].summary(),
+                              "rss_growth": relkit.rss_bytes(s.proc.pid) - before}  # fmt: skip
+        out["kill"] = relkit.run_kill(Path(tmp) / "kill", duration=15.0)
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def _mb(n: float) -> str:
     return f"{n / 2**20:+.1f} MiB"
 
@@ -139,6 +160,25 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['request_max_ms']} ms | {r['load_ms_max']} ms | {r['requests']:,} | {r['non_2xx']} |"
             )
         lines.append("")
+    if "faults" in results:
+        c, k = results["faults"]["clients"], results["faults"]["kill"]
+        lines += [
+            "### 4. Slow and large clients (one worker, 8 normal connections for 15 s)", "",
+            f"{c['slow'].get('opened', 0)} connections sending their body one byte every 0.25 s "
+            f"({c['slow'].get('still_open', 0)} still open at the end) and two 50 MiB bodies: "
+            f"normal traffic {c['load']['sent']:,} requests, {c['load']['statuses']}, errors "
+            f"{c['load']['errors'] or 'none'}, p99 {c['load']['p99_ms']} ms, largest "
+            f"{c['load']['max_ms']} ms. Declared 50 MiB: {c['declared']['status']} after "
+            f"{c['declared']['sent']:,} body bytes sent ({c['declared']['seconds'] * 1e3:.1f} ms); "
+            f"chunked 50 MiB: {c['chunked']['status']} after {c['chunked']['sent']:,} bytes "
+            f"({c['chunked']['seconds'] * 1e3:.1f} ms). Server RSS {_mb(c['rss_growth'])}.", "",
+            f"### 5. kill -9 of one of two workers under load ({k['concurrency']} connections)", "",
+            f"{k['sent']:,} requests: {k['statuses']}, connection errors {k['errors'] or 'none'} "
+            f"(requests in flight on the killed worker's connections; the client reconnects). "
+            f"uvicorn's supervisor started {k['replacements']} replacement, which served "
+            f"`{k['replacement_checkpoint']}` (the current checkpoint: `{k['current_checkpoint']}`) "
+            f"{k['replacement_serving_s']} s after the kill. Largest latency {k['max_ms']} ms.", "",
+        ]  # fmt: skip
     if "herd" in results:
         lines += [
             "### 7. Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections)",
@@ -170,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per chaos run")
     parser.add_argument("--reloads", type=int, default=1000, help="reloads for the memory run")
-    parser.add_argument("--only", default="chaos,memory,stalls,herd")
+    parser.add_argument("--only", default="chaos,memory,stalls,herd,faults")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     results: dict[str, Any] = {
@@ -181,7 +221,7 @@ def main() -> None:
     if RESULTS.exists():  # keep the parts not rerun
         previous = json.loads(RESULTS.read_text())
         results.update({k: v for k, v in previous.items() if k not in parts and k in
-                        ("chaos", "memory", "stalls", "herd")})  # fmt: skip
+                        ("chaos", "memory", "stalls", "herd", "faults")})  # fmt: skip
     if "chaos" in parts:
         results["chaos"] = chaos(args.duration)
     if "memory" in parts:
@@ -190,6 +230,8 @@ def main() -> None:
         results["stalls"] = stalls()
     if "herd" in parts:
         results["herd"] = herd()
+    if "faults" in parts:
+        results["faults"] = faults()
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     write_doc(render(results))

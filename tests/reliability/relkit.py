@@ -803,3 +803,52 @@ def run_herd(root: Path, *, limit: int | None, workers: int = 2, publishes: int 
         "p99_ms": round(s.percentile(0.99) * 1e3, 2), "requests": s.sent,
         "non_2xx": sum(n for st, n in s.statuses.items() if st != 200), "errors": dict(s.errors),
     }  # fmt: skip
+
+
+# ---- process faults ------------------------------------------------------------------------------
+
+
+def run_kill(root: Path, *, concurrency: int = 16, duration: float = 8.0) -> dict[str, Any]:
+    """--workers 2 under load: publish, kill -9 one worker, and time until its replacement
+    serves the checkpoint published before the kill."""
+    import signal
+    import threading
+
+    from serverkit import ServerProcess, seeded, torch_script
+
+    directory = root / "models"
+    publish(torch_script(seeded(0)), directory)
+    server = ServerProcess([str(directory), "--workers", "2", "--log-level", "warning"],
+                           log=root / "server.log")  # fmt: skip
+    with server:
+        server.wait_ready(timeout=90)
+        new = publish(torch_script(seeded(1)), directory)
+        for _ in deadline_loop(60):
+            states = worker_states(server.url, 2, 5)
+            if len(states) == 2 and all(live_checkpoint(s) == new.name for s in states.values()):
+                break
+        before = set(worker_states(server.url, 2, 5))
+        stats: list[LoadStats] = []
+        load = threading.Thread(target=lambda: stats.append(
+            run_load(server.port, concurrency=concurrency, duration=duration)))  # fmt: skip
+        load.start()
+        time.sleep(1.0)  # load running before the kill (a figure, not a correctness wait)
+        killed_at = time.monotonic()
+        os.kill(min(before), signal.SIGKILL)
+        replaced: dict[int, dict[str, Any]] = {}
+        serving_after = math.inf
+        for _ in deadline_loop(60, 0.01):
+            states = worker_states(server.url, 2, 5)
+            replaced.update({p: s for p, s in states.items() if p not in before})
+            if any(live_checkpoint(s) == new.name for s in replaced.values()):
+                serving_after = time.monotonic() - killed_at
+                break
+        load.join(60)
+        alive = server.proc.poll() is None
+    s = stats[0]
+    return {
+        "replacements": len(replaced), "replacement_serving_s": round(serving_after, 2),
+        "replacement_checkpoint": next((live_checkpoint(v) for v in replaced.values()), None),
+        "current_checkpoint": new.name, "supervisor_alive": alive, "concurrency": concurrency,
+        **s.summary(),
+    }  # fmt: skip

@@ -13,114 +13,33 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .coordination import LoadSlots
 from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
-from .formats import FORMATS, Loaded, Loader, load_checkpoint
+from .loading import LiveModel, PrivateCopies, load_candidate
 from .manifest import SIGNING_KEY_ENV
+from .options import RegistryOptions
+from .options import SwapMode as SwapMode  # re-exported: it was defined here
 from .sources import FileSource, Snapshot, Source, latest_in_directory, make_source
-from .validation import BoundSpec, Expectations, expectations_for, run_checks
 from .versions import LoadAttempt, LoadResult, ModelVersion
 
+# LiveModel (loading.py) and RegistryOptions (options.py) are re-exported from here.
 __all__ = ["LiveModel", "ModelRegistry", "RegistryOptions"]
 
 log = logging.getLogger("ckptserve.registry")
 
-SwapMode = Literal["sync", "background"]
 _UNSEEN = object()
 _monotonic = time.monotonic
-#: Private copies in the cache are named by their sha256; nothing else there is ours.
-_CACHED = re.compile(r"^\.?[0-9a-f]{64}")
 _STAMPED = re.compile(r"_(latest|\d{8}_\d{6}(_\d+)?)$")
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryOptions:
-    """How a registry detects, loads, validates and swaps. All fields have working defaults.
-
-    check_interval: 0 = one stat per call (the original); > 0 = at most one per interval (s).
-    swap: "sync" loads in the calling thread; "background" loads on a worker thread while
-        callers keep getting the live model (a cold start still waits for the first load).
-    loader: "auto" (export, TorchScript) or `state_dict_loader(...)` for weights formats.
-    validate: called with a freshly loaded model; raising rejects it.
-    retry_after: seconds before a checkpoint that failed is tried again (unless it changes).
-    verify_interval: seconds between full re-reads of the manifest, catching changes a stat key
-        misses (coarse timestamps, NFS attribute caches); None = 5 s for manifests, off for files.
-    obs_dim, action_dim, obs_low/high, action_low/high: expectations; the checkpoint's metadata
-        fills what is not configured, and a contradiction rejects the checkpoint.
-    allow_formats: formats that may load (names as in publish's `format=`); None = all.
-    signing_key / require_signature: manifest HMAC key (default `$CKPTSERVE_SIGNING_KEY`).
-    history: how many load attempts `status()` keeps.
-    cache_dir: where private copies of checkpoints are loaded from (default: a temp dir).
-    max_concurrent_loads: at most this many processes on the host load this model at once
-        (`--workers N`: one publish would start N loads); a process whose turn has not come
-        keeps serving its live model. None = no coordination. See coordination.py.
-    lock_dir: where the coordination lock files live (default: a per-user temp dir).
-    """
-
-    check_interval: float = 0.0
-    swap: SwapMode = "sync"
-    loader: Loader | str = "auto"
-    validate: Callable[[Any], object] | None = None
-    retry_after: float = 5.0
-    verify_interval: float | None = None
-    obs_dim: int | None = None
-    action_dim: int | None = None
-    obs_low: BoundSpec = None
-    obs_high: BoundSpec = None
-    action_low: BoundSpec = None
-    action_high: BoundSpec = None
-    allow_formats: Collection[str] | None = None
-    signing_key: str | bytes | None = None
-    require_signature: bool = False
-    history: int = 20
-    cache_dir: str | None = None
-    max_concurrent_loads: int | None = None
-    lock_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.swap not in ("sync", "background"):
-            raise ValueError(f"swap must be 'sync' or 'background', not {self.swap!r}")
-        if self.check_interval < 0 or self.retry_after < 0:
-            raise ValueError("check_interval and retry_after must be >= 0")
-        if self.verify_interval is not None and self.verify_interval < 0:
-            raise ValueError("verify_interval must be >= 0 (or None for the default)")
-        if self.max_concurrent_loads is not None and self.max_concurrent_loads < 1:
-            raise ValueError("max_concurrent_loads must be >= 1 (or None for no coordination)")
-        if self.history < 1:
-            raise ValueError("history must keep at least one load attempt")
-        if isinstance(self.loader, str) and self.loader != "auto":
-            raise ValueError(
-                f"loader must be 'auto' or a Loader, not {self.loader!r}: for a factory use "
-                f"loader=state_dict_loader({self.loader!r})"
-            )
-        if self.allow_formats is not None:
-            if isinstance(self.allow_formats, str):
-                raise ValueError("allow_formats is a collection of names, not one string")
-            unknown = sorted(set(self.allow_formats) - set(FORMATS))
-            if unknown:
-                raise ValueError(f"unknown formats {unknown} in allow_formats: use {FORMATS}")
-
-
-@dataclass(frozen=True, slots=True)
-class LiveModel:
-    """The handle a request uses from start to end: the model and the version it came from."""
-
-    model: Any
-    version: ModelVersion
-    expect: Expectations = field(repr=False)
 
 
 class ModelRegistry:
@@ -186,10 +105,7 @@ class ModelRegistry:
         self._listeners: list[Callable[[ModelRegistry, LoadAttempt], None]] = []
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._own_cache = self.options.cache_dir is None
-        self._cache = Path(self.options.cache_dir or tempfile.mkdtemp(prefix="ckptserve-"))
-        self._cache.mkdir(parents=True, exist_ok=True)
-        self._finalizer = weakref.finalize(self, _cleanup, self._cache, self._own_cache)
+        self._copies = PrivateCopies(self.options.cache_dir)  # removed on close() or collection
         limit = self.options.max_concurrent_loads
         self._slots = None if limit is None else LoadSlots(
             str(self._watched.path.resolve()), limit, directory=self.options.lock_dir
@@ -371,7 +287,7 @@ class ModelRegistry:
         """Stop the background worker and remove the private copies."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
-        self._finalizer()
+        self._copies.close()
 
     def __enter__(self) -> ModelRegistry:
         return self
@@ -501,16 +417,10 @@ class ModelRegistry:
                 )
                 self._record("unchanged", snapshot, None, started, force)
                 return
-            loaded = self._load_snapshot(snapshot)
-            expect = expectations_for(
-                {**snapshot.metadata, **loaded.metadata},
-                obs_dim=self.options.obs_dim, action_dim=self.options.action_dim,
-                obs_low=self.options.obs_low, obs_high=self.options.obs_high,
-                action_low=self.options.action_low, action_high=self.options.action_high,
+            candidate = load_candidate(
+                snapshot, device=self.device, options=self.options, cache=self._copies,
+                path=source.path, started=started,
             )  # fmt: skip
-            probed = run_checks(loaded.model, expect, self.options.validate)
-            if expect.obs_dim is None and probed is not None:
-                expect = replace(expect, obs_dim=probed)
         except Exception as exc:
             if isinstance(exc, FileNotFoundError) and source.token() is None:
                 self._file_missing, self._seen, self._recheck_at = True, None, math.inf
@@ -532,42 +442,13 @@ class ModelRegistry:
             if raise_errors:
                 raise error
             return
-        duration = time.perf_counter() - started
-        version = ModelVersion(
-            path=str(source.path),
-            resolved=str(snapshot.resolved),
-            key=snapshot.key,
-            mtime=snapshot.key.mtime_ns / 1e9,
-            size=len(snapshot.data),
-            sha256=snapshot.sha256,
-            format=loaded.format,
-            metadata={**snapshot.metadata, **loaded.metadata},
-            loaded_at=time.time(),
-            load_seconds=duration,
-        )
-        self._live = LiveModel(loaded.model, version, expect)
+        self._live = candidate
         self._load_count += 1
         self._seen, self._failed_sha = snapshot.token, None
         self._recheck_at = now + (self._verify_every or math.inf)
         self._last_error, self._last_exc = None, None
         self._record("ok", snapshot, None, started, force)
-        self._prune_cache(keep=version.sha256)
-
-    def _load_snapshot(self, snapshot: Snapshot) -> Loaded:
-        return load_checkpoint(
-            snapshot.path,
-            data=snapshot.data,
-            device=self.device,
-            loader=self.options.loader,
-            allow_formats=self.options.allow_formats,
-            copy_to=self._cache / snapshot.sha256,
-        )
-
-    def _prune_cache(self, keep: str) -> None:
-        for entry in self._cache.iterdir():
-            if _CACHED.match(entry.name) and not entry.name.startswith(keep):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        self._copies.prune(keep=candidate.version.sha256)
 
     def _make_source(self, path: Path) -> Source:
         return make_source(
@@ -659,17 +540,6 @@ class ModelRegistry:
         exc = self._last_exc
         reason = str(exc) if exc is not None else "no checkpoint loaded yet"
         raise ModelNotAvailable(f"{self.name}: no model is live ({reason})") from exc
-
-
-def _cleanup(cache: Path, owned: bool) -> None:
-    if owned:
-        shutil.rmtree(cache, ignore_errors=True)
-        return
-    with contextlib.suppress(OSError):
-        for entry in cache.iterdir():
-            if _CACHED.match(entry.name):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
 
 
 def _as_checkpoint_error(exc: Exception) -> CheckpointError:

@@ -1,0 +1,149 @@
+"""LOAD + VALIDATE, as one step: turn a fetched snapshot into a checked candidate, or raise.
+
+`load_candidate` loads the snapshot's bytes from a private copy, works out what the model must
+look like (options + the checkpoint's metadata), runs the probe and the user's `validate`, and
+returns a `LiveModel`. It reads no registry state, so anything that wants a verified candidate
+(the registry's swap, a shadow or canary evaluation) calls the same function. `PrivateCopies`
+owns the directory those copies live in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .formats import load_checkpoint
+from .options import RegistryOptions
+from .sources import Snapshot
+from .validation import Expectations, expectations_for, run_checks
+from .versions import ModelVersion
+
+__all__ = ["LiveModel", "PrivateCopies", "load_candidate"]
+
+#: Private copies in the cache are named by their sha256; nothing else there is ours.
+_CACHED = re.compile(r"^\.?[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveModel:
+    """The handle a request uses from start to end: the model and the version it came from."""
+
+    model: Any
+    version: ModelVersion
+    expect: Expectations = field(repr=False)
+
+
+class PrivateCopies:
+    """The directory that checkpoints are loaded from: one private copy per sha256.
+
+    Args:
+        directory: where the copies live; None = a new temp dir, removed by `close()`. In a
+            directory given here only our copies (named by sha256) are ever removed.
+
+    Example:
+        copies = PrivateCopies()
+        candidate = load_candidate(source.fetch(), device="cpu", options=options, cache=copies)
+        copies.prune(keep=candidate.version.sha256)
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        owned = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="ckptserve-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._finalizer = weakref.finalize(self, _cleanup, self.directory, owned)
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the copy of the bytes with this sha256 goes (the loader sets the suffix)."""
+        return self.directory / sha256
+
+    def prune(self, keep: str) -> None:
+        """Remove every copy but those of `keep` (a sha256)."""
+        for entry in self.directory.iterdir():
+            if _CACHED.match(entry.name) and not entry.name.startswith(keep):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def close(self) -> None:
+        """Remove the copies (and the directory if it was ours). Also runs on garbage collection."""
+        self._finalizer()
+
+
+def _cleanup(directory: Path, owned: bool) -> None:
+    if owned:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            if _CACHED.match(entry.name):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def load_candidate(
+    snapshot: Snapshot,
+    *,
+    device: str,
+    options: RegistryOptions,
+    cache: PrivateCopies,
+    path: str | os.PathLike[str] | None = None,
+    started: float | None = None,
+) -> LiveModel:
+    """Load, probe and validate one snapshot; return it as a handle that is not live anywhere.
+
+    Args:
+        snapshot: the bytes as a source fetched them (sha256 checked, read once).
+        device: where the model is loaded ("cpu", "cuda:0", ...).
+        options: the loader, allowed formats, expectations and `validate` to apply.
+        cache: where the private copy the model is loaded from goes.
+        path: the path recorded as the version's `path` (default: the snapshot's).
+        started: `time.perf_counter()` when the attempt began, for `load_seconds` (default: now).
+
+    Raises:
+        CheckpointError: the bytes do not load (IntegrityError) or the model is rejected
+            (ValidationError). Other exceptions (a loader's bug) propagate as they are.
+
+    Example:
+        candidate = load_candidate(source.fetch(), device="cpu", options=RegistryOptions(),
+                                   cache=PrivateCopies())
+    """
+    if started is None:
+        started = time.perf_counter()
+    loaded = load_checkpoint(
+        snapshot.path,
+        data=snapshot.data,
+        device=device,
+        loader=options.loader,
+        allow_formats=options.allow_formats,
+        copy_to=cache.path_for(snapshot.sha256),
+    )
+    metadata = {**snapshot.metadata, **loaded.metadata}
+    expect = expectations_for(
+        metadata,
+        obs_dim=options.obs_dim, action_dim=options.action_dim,
+        obs_low=options.obs_low, obs_high=options.obs_high,
+        action_low=options.action_low, action_high=options.action_high,
+    )  # fmt: skip
+    probed = run_checks(loaded.model, expect, options.validate)
+    if expect.obs_dim is None and probed is not None:
+        expect = replace(expect, obs_dim=probed)
+    version = ModelVersion(
+        path=str(snapshot.path if path is None else path),
+        resolved=str(snapshot.resolved),
+        key=snapshot.key,
+        mtime=snapshot.key.mtime_ns / 1e9,
+        size=len(snapshot.data),
+        sha256=snapshot.sha256,
+        format=loaded.format,
+        metadata=metadata,
+        loaded_at=time.time(),
+        load_seconds=time.perf_counter() - started,
+    )
+    return LiveModel(loaded.model, version, expect)

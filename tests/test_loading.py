@@ -1,0 +1,85 @@
+"""Specifications for loading.py: load and validate a candidate without any registry."""
+
+from __future__ import annotations
+
+import pytest
+
+import ckptserve
+import ckptserve.registry
+from ckptserve import CheckpointError, FileSource, RegistryOptions, ValidationError
+from ckptserve.loading import LiveModel, PrivateCopies, load_candidate
+
+
+def test_load_candidate_needs_no_registry(ckpt_path, checkpoint_bytes, tmp_path):
+    """A fetched snapshot becomes a validated handle with its version, loaded from a private copy."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    snapshot = FileSource(ckpt_path).fetch()
+    copies = PrivateCopies(tmp_path / "copies")
+    candidate = load_candidate(snapshot, device="cpu", options=RegistryOptions(), cache=copies)
+    assert isinstance(candidate, LiveModel)
+    assert candidate.version.sha256 == snapshot.sha256
+    assert candidate.version.path == str(ckpt_path)
+    assert candidate.version.format == "torchscript"
+    assert candidate.expect.obs_dim is not None
+    assert any(p.name.startswith(snapshot.sha256) for p in copies.directory.iterdir())
+    copies.close()
+    assert list(copies.directory.iterdir()) == []
+
+
+def test_load_candidate_applies_the_options_validate(ckpt_path, checkpoint_bytes, tmp_path):
+    """The user's validate rejects a candidate with a ValidationError, as in the registry."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+
+    def reject(model: object) -> None:
+        raise ValueError("not today")
+
+    with pytest.raises(ValidationError):
+        load_candidate(
+            FileSource(ckpt_path).fetch(),
+            device="cpu",
+            options=RegistryOptions(validate=reject),
+            cache=PrivateCopies(tmp_path / "copies"),
+        )
+
+
+def test_load_candidate_refuses_formats_not_allowed(ckpt_path, checkpoint_bytes, tmp_path):
+    """allow_formats is enforced before anything is loaded."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    with pytest.raises(CheckpointError, match="not allowed"):
+        load_candidate(
+            FileSource(ckpt_path).fetch(),
+            device="cpu",
+            options=RegistryOptions(allow_formats=["export"]),
+            cache=PrivateCopies(tmp_path / "copies"),
+        )
+
+
+def test_private_copies_prune_keeps_one_sha_and_never_touches_other_files(tmp_path):
+    """Only files named by a sha256 are ours; prune keeps the live one's."""
+    keep, drop = "a" * 64, "b" * 64
+    copies = PrivateCopies(tmp_path)
+    for name in (f"{keep}.pt", f"{drop}.pt", "unrelated.txt"):
+        (tmp_path / name).write_text("x")
+    copies.prune(keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{keep}.pt", "unrelated.txt"]
+    copies.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["unrelated.txt"]
+
+
+def test_an_owned_temp_dir_is_removed_on_close():
+    """Without a directory PrivateCopies makes a temp dir and removes it on close()."""
+    copies = PrivateCopies()
+    assert copies.directory.is_dir()
+    copies.close()
+    assert not copies.directory.exists()
+
+
+def test_the_split_keeps_the_old_import_paths():
+    """Names that moved out of registry.py are still importable from where they were."""
+    from ckptserve.loading import LiveModel as loading_live
+    from ckptserve.options import RegistryOptions as options_ro
+    from ckptserve.options import SwapMode
+
+    assert ckptserve.registry.LiveModel is ckptserve.LiveModel is loading_live
+    assert ckptserve.registry.RegistryOptions is ckptserve.RegistryOptions is options_ro
+    assert ckptserve.registry.SwapMode is SwapMode

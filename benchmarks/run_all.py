@@ -29,9 +29,9 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk (Debian: apt-get install wrk)")
-    out = Path(args.out or tempfile.mkdtemp(prefix="ckptserve-bench-"))
+    out = Path(args.out or tempfile.mkdtemp(prefix="ckptserve-bench-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plot = args.plot or str(out / "reload_latency.png")
+    plot = str(Path(args.plot).resolve()) if args.plot else str(out / "reload_latency.png")
     py = sys.executable
     parts = [
         [py, "bench_http.py", "--rounds", "2", "--duration", "4", "--json", str(out / "http.json")],

@@ -134,6 +134,21 @@ def test_flipped_bit_in_a_zip_record_fails_the_crc_check(fmt, checkpoint_bytes):
         check_zip(bytes(data))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_file_is_checked_where_it_lies(fmt, tmp_path, checkpoint_bytes):
+    """Loaded by path (no bytes in memory), a flipped bit is still a CRC or sha256 failure."""
+    data = bytearray(checkpoint_bytes(fmt, 0))
+    if fmt == "safetensors":
+        data[-3] ^= 0x01
+    else:
+        start, end = record_span(bytes(data), "0")
+        data[(start + end) // 2] ^= 0x01
+    with pytest.raises(IntegrityError, match="CRC-32" if fmt != "safetensors" else "sha256"):
+        load(bytes(data), tmp_path, loader=loader_for(fmt))
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        load(b"", tmp_path)
+
+
 @pytest.mark.parametrize("fmt", ["export", "torchscript"])
 def test_allow_formats_refuses_before_loading(fmt, tmp_path, checkpoint_bytes):
     """A format outside allow_formats is refused without being loaded."""

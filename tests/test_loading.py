@@ -13,9 +13,9 @@ from ckptserve.loading import LiveModel, PrivateCopies, load_candidate
 def test_load_candidate_needs_no_registry(ckpt_path, checkpoint_bytes, tmp_path):
     """A fetched snapshot becomes a validated handle with its version, loaded from a private copy."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
-    snapshot = FileSource(ckpt_path).fetch()
     copies = PrivateCopies(tmp_path / "copies")
-    candidate = load_candidate(snapshot, device="cpu", options=RegistryOptions(), cache=copies)
+    snapshot = FileSource(ckpt_path).fetch(copies.directory)
+    candidate = load_candidate(snapshot, device="cpu", options=RegistryOptions())
     assert isinstance(candidate, LiveModel)
     assert candidate.version.sha256 == snapshot.sha256
     assert candidate.version.path == str(ckpt_path)
@@ -35,10 +35,9 @@ def test_load_candidate_applies_the_options_validate(ckpt_path, checkpoint_bytes
 
     with pytest.raises(ValidationError):
         load_candidate(
-            FileSource(ckpt_path).fetch(),
+            FileSource(ckpt_path).fetch(tmp_path / "copies"),
             device="cpu",
             options=RegistryOptions(validate=reject),
-            cache=PrivateCopies(tmp_path / "copies"),
         )
 
 
@@ -47,10 +46,9 @@ def test_load_candidate_refuses_formats_not_allowed(ckpt_path, checkpoint_bytes,
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
     with pytest.raises(CheckpointError, match="not allowed"):
         load_candidate(
-            FileSource(ckpt_path).fetch(),
+            FileSource(ckpt_path).fetch(tmp_path / "copies"),
             device="cpu",
             options=RegistryOptions(allow_formats=["export"]),
-            cache=PrivateCopies(tmp_path / "copies"),
         )
 
 
@@ -58,7 +56,7 @@ def test_private_copies_prune_keeps_one_sha_and_never_touches_other_files(tmp_pa
     """Only files named by a sha256 are ours; prune keeps the live one's."""
     keep, drop = "a" * 64, "b" * 64
     copies = PrivateCopies(tmp_path)
-    for name in (f"{keep}.pt", f"{drop}.pt", "unrelated.txt"):
+    for name in (f"{keep}.pt", f"{drop}.pt", drop, ".spool-left-by-a-crash", "unrelated.txt"):
         (tmp_path / name).write_text("x")
     copies.prune(keep=keep)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{keep}.pt", "unrelated.txt"]

@@ -284,9 +284,9 @@ def test_manifest_replaced_during_a_failed_load_is_loaded_at_once(tmp_path, make
     real_fetch = source.fetch
     raced: list[Path] = []
 
-    def fetch_while_the_trainer_publishes():
+    def fetch_while_the_trainer_publishes(spool):
         try:
-            return real_fetch()
+            return real_fetch(spool)
         finally:
             if not raced:
                 raced.append(publish_ts(tmp_path, 1))

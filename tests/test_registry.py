@@ -864,6 +864,18 @@ def test_close_removes_the_private_copies(ckpt_path, checkpoint_bytes, tmp_path)
     assert [p.name for p in cache.iterdir()] == ["unrelated.txt"]
 
 
+def test_bytes_that_fail_to_load_leave_no_private_copy(ckpt_path, checkpoint_bytes, tmp_path):
+    """A failed load's copy is removed from the cache; the live model's copy stays."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    cache = tmp_path / "cache"
+    with ModelRegistry(ckpt_path, cache_dir=str(cache)) as registry:
+        registry.get_model()
+        write_atomic(ckpt_path, b"not a checkpoint" * 64)
+        registry.get_model()
+        assert registry.history[-1].result == "failed"
+        assert [p.name for p in cache.iterdir()] == [registry.version.sha256]
+
+
 def test_a_loaded_model_survives_its_file_being_replaced(
     ckpt_path, checkpoint_bytes, make_registry
 ):

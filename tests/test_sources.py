@@ -32,31 +32,36 @@ def test_file_token_is_none_while_missing_and_the_stat_key_otherwise(tmp_path):
 
 
 def test_file_fetch_reads_the_bytes_once_with_their_hash(tmp_path):
-    """fetch() returns the bytes, their sha256, the resolved path and the key."""
+    """fetch() copies the bytes once into the spool as <sha256>, with the resolved path and key."""
     target = tmp_path / "actor_1.pt"
     target.write_bytes(b"checkpoint bytes")
     link = tmp_path / "actor_latest.pt"
     link.symlink_to(target.name)
-    snapshot = FileSource(link).fetch()
-    assert snapshot.data == b"checkpoint bytes"
+    spool = tmp_path / "spool"
+    snapshot = FileSource(link).fetch(spool)
+    assert snapshot.file.read_bytes() == b"checkpoint bytes"
+    assert snapshot.size == len(b"checkpoint bytes")
     assert snapshot.sha256 == hashlib.sha256(b"checkpoint bytes").hexdigest()
+    assert [p.name for p in spool.iterdir()] == [snapshot.sha256]
     assert snapshot.resolved == target.resolve()
     assert snapshot.key == VersionKey.from_stat(os.stat(target))
     with pytest.raises(FileNotFoundError):
-        FileSource(tmp_path / "missing.pt").fetch()
+        FileSource(tmp_path / "missing.pt").fetch(spool)
 
 
 def test_manifest_fetch_verifies_sha256_and_size(tmp_path):
     """A manifest source reads the named checkpoint and checks it against the manifest."""
     checkpoint = publish(seeded_actor(0), tmp_path, format="state_dict", metadata={"step": 1})
     source = ManifestSource(tmp_path / "actor_latest.json")
-    snapshot = source.fetch()
+    spool = tmp_path / "spool"
+    snapshot = source.fetch(spool)
     assert snapshot.path == checkpoint and snapshot.metadata["step"] == 1
     assert source.digest() == snapshot.sha256
 
     checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")
     with pytest.raises(IntegrityError, match="sha256"):
-        source.fetch()
+        source.fetch(spool)
+    assert [p.name for p in spool.iterdir()] == [snapshot.sha256]  # the refused copy is gone
 
 
 def test_make_source_picks_manifest_file_or_directory_entry(tmp_path):

@@ -9,7 +9,8 @@
 
 Zip-based files have every record's CRC-32 checked first: PyTorch does not, so a torn or mixed
 file would otherwise load with wrong weights. Safetensors files written by `publish()` carry a
-sha256 of their data in the header, checked the same way.
+sha256 of their data in the header, checked the same way. A file is checked where it lies (the
+zip read through the open file, the rest through a read-only mmap), never read into one object.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import importlib
 import inspect
 import io
 import json
+import mmap
 import os
 import struct
 import threading
 import zipfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 
@@ -65,12 +68,20 @@ class Loader(Protocol):
     def __call__(self, path: Path, fmt: str, device: str) -> Loaded: ...
 
 
+_Buffer = bytes | memoryview | mmap.mmap
+
+
 def sniff(data: bytes | memoryview) -> str:
     """Name the checkpoint format of `data`; raise CheckpointError when it is none we know."""
+    return _sniff(data, io.BytesIO(data))
+
+
+def _sniff(data: _Buffer, file: IO[bytes]) -> str:
+    """`sniff`, with the zip directory read through `file` (the same bytes as `data`)."""
     head = bytes(data[:8])
     if head[:4] == b"PK\x03\x04":
         try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+            names = zipfile.ZipFile(file).namelist()
         except (zipfile.BadZipFile, ValueError) as exc:
             raise CheckpointError(f"not a readable zip archive: {exc}") from None
         inner = {n.split("/", 1)[1] for n in names if "/" in n}
@@ -97,8 +108,12 @@ def sniff(data: bytes | memoryview) -> str:
 
 def check_zip(data: bytes | memoryview) -> None:
     """Raise IntegrityError unless every record of the zip matches its CRC-32 in the directory."""
+    _check_zip(io.BytesIO(data))
+
+
+def _check_zip(file: IO[bytes]) -> None:
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with zipfile.ZipFile(file) as zf:
             bad = zf.testzip()
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         raise IntegrityError(f"zip archive is damaged: {exc}") from None
@@ -113,6 +128,10 @@ def check_safetensors(data: bytes | memoryview) -> None:
     their data section in the header, so a torn copy (new header, partly old data) is caught.
     Files without it are only checked for length.
     """
+    _check_safetensors(data)
+
+
+def _check_safetensors(data: _Buffer) -> None:
     (header_len,) = struct.unpack("<Q", bytes(data[:8]))
     try:
         header = json.loads(bytes(data[8 : 8 + header_len]))
@@ -120,19 +139,24 @@ def check_safetensors(data: bytes | memoryview) -> None:
         raise IntegrityError(f"safetensors header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise IntegrityError("safetensors header is not a JSON object")
-    body = memoryview(data)[8 + header_len :]
     ends = [
         int(t["data_offsets"][1])
         for k, t in header.items()
         if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t
     ]
-    if len(body) != max(ends, default=0):
+    size = max(0, len(data) - 8 - header_len)
+    if size != max(ends, default=0):
         raise IntegrityError(
-            f"safetensors data is {len(body)} bytes, its header describes {max(ends, default=0)}"
+            f"safetensors data is {size} bytes, its header describes {max(ends, default=0)}"
             " (truncated or torn write)"
         )
     want = (header.get("__metadata__") or {}).get(SAFETENSORS_SHA256_KEY)
-    if want is not None and hashlib.sha256(body).hexdigest() != want:
+    if want is None:
+        return
+    # Views released on the way out, so an mmap under them can be closed (hashlib drops the GIL).
+    with memoryview(data) as whole, whole[8 + header_len :] as body:
+        got = hashlib.sha256(body).hexdigest()
+    if got != want:
         raise IntegrityError(
             "safetensors data does not match the sha256 in its header (torn or corrupt write)"
         )
@@ -357,6 +381,30 @@ def _private_copy(data: bytes, target: Path) -> Path:
     return target
 
 
+@contextmanager
+def _mapped(path: Path) -> Iterator[tuple[_Buffer, IO[bytes]]]:
+    """The file at `path` as a read-only mmap (its pages are the page cache) and an open file."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:  # mmap refuses an empty file
+            yield b"", f
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            yield buf, f
+
+
+def _check(data: _Buffer, file: IO[bytes], allow_formats: Collection[str] | None) -> str:
+    """Sniff, refuse formats not allowed, check the CRCs or the data sha256; return the format."""
+    fmt = _sniff(data, file)
+    if allow_formats is not None and fmt not in allow_formats:
+        allowed = ", ".join(sorted(allow_formats))
+        raise CheckpointError(f"{fmt} checkpoints are not allowed here (allowed: {allowed})")
+    if fmt == "safetensors":
+        _check_safetensors(data)
+    else:
+        _check_zip(file)
+    return fmt
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -369,8 +417,9 @@ def load_checkpoint(
     """Check and load one checkpoint file.
 
     Args:
-        path: the file to load (the registry passes a private copy of `data`).
-        data: the file's bytes if already read; they are sniffed and CRC-checked.
+        path: the file to load (the registry passes its private copy, which nothing rewrites).
+        data: the file's bytes if already read; they are sniffed and CRC-checked. Without it
+            (and without `copy_to`) the file is checked where it lies, through a read-only mmap.
         device: where to put the model.
         loader: `"auto"` or a Loader such as `state_dict_loader(...)`.
         allow_formats: if given, formats outside it are refused before anything is loaded.
@@ -378,18 +427,15 @@ def load_checkpoint(
             is loaded is exactly the bytes that were checked, whatever happens to `path`.
     """
     path = Path(path)
-    if data is None:
-        data = path.read_bytes()
-    fmt = sniff(data)
-    if allow_formats is not None and fmt not in allow_formats:
-        allowed = ", ".join(sorted(allow_formats))
-        raise CheckpointError(f"{fmt} checkpoints are not allowed here (allowed: {allowed})")
-    if fmt == "safetensors":
-        check_safetensors(data)
+    if data is None and copy_to is None:
+        with _mapped(path) as (buf, file):
+            fmt = _check(buf, file, allow_formats)
     else:
-        check_zip(data)
-    if copy_to is not None:
-        path = _private_copy(data, copy_to.with_suffix(_SUFFIX[fmt]))
+        if data is None:
+            data = path.read_bytes()
+        fmt = _check(data, io.BytesIO(data), allow_formats)
+        if copy_to is not None:
+            path = _private_copy(data, copy_to.with_suffix(_SUFFIX[fmt]))
     impl: Loader = AutoLoader() if loader == "auto" else loader  # type: ignore[assignment]
     if isinstance(impl, str):
         raise ValueError(f"unknown loader {impl!r}: use 'auto' or state_dict_loader(...)")

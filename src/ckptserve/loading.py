@@ -1,10 +1,10 @@
 """LOAD + VALIDATE, as one step: turn a fetched snapshot into a checked candidate, or raise.
 
-`load_candidate` loads the snapshot's bytes from a private copy, works out what the model must
-look like (options + the checkpoint's metadata), runs the probe and the user's `validate`, and
-returns a `LiveModel`. It reads no registry state, so anything that wants a verified candidate
-(the registry's swap, a shadow or canary evaluation) calls the same function. `PrivateCopies`
-owns the directory those copies live in.
+`load_candidate` checks and loads the snapshot's private copy (the file `Source.fetch` wrote),
+works out what the model must look like (options + the checkpoint's metadata), runs the probe
+and the user's `validate`, and returns a `LiveModel`. It reads no registry state, so anything
+that wants a verified candidate (the registry's swap, a shadow or canary evaluation) calls the
+same function. `PrivateCopies` owns the directory those copies live in.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from .versions import ModelVersion
 
 __all__ = ["LiveModel", "PrivateCopies", "load_candidate"]
 
-#: Private copies in the cache are named by their sha256; nothing else there is ours.
-_CACHED = re.compile(r"^\.?[0-9a-f]{64}")
+#: Private copies in the cache are named by their sha256 (`.spool-*` while being written, see
+#: `sources._spool`); nothing else there is ours.
+_CACHED = re.compile(r"^(\.?[0-9a-f]{64}|\.spool-)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,8 @@ class PrivateCopies:
 
     Example:
         copies = PrivateCopies()
-        candidate = load_candidate(source.fetch(), device="cpu", options=options, cache=copies)
+        snapshot = source.fetch(copies.directory)
+        candidate = load_candidate(snapshot, device="cpu", options=options)
         copies.prune(keep=candidate.version.sha256)
     """
 
@@ -61,8 +63,13 @@ class PrivateCopies:
         self._finalizer = weakref.finalize(self, _cleanup, self.directory, owned)
 
     def path_for(self, sha256: str) -> Path:
-        """Where the copy of the bytes with this sha256 goes (the loader sets the suffix)."""
+        """Where the copy of the bytes with this sha256 goes (`Source.fetch` writes it)."""
         return self.directory / sha256
+
+    def discard(self, sha256: str) -> None:
+        """Remove the copy of one sha256 (a candidate that was not kept)."""
+        with contextlib.suppress(OSError):
+            self.path_for(sha256).unlink()
 
     def prune(self, keep: str) -> None:
         """Remove every copy but those of `keep` (a sha256)."""
@@ -92,17 +99,15 @@ def load_candidate(
     *,
     device: str,
     options: RegistryOptions,
-    cache: PrivateCopies,
     path: str | os.PathLike[str] | None = None,
     started: float | None = None,
 ) -> LiveModel:
     """Load, probe and validate one snapshot; return it as a handle that is not live anywhere.
 
     Args:
-        snapshot: the bytes as a source fetched them (sha256 checked, read once).
+        snapshot: the checkpoint as a source fetched it: a private copy, named by its sha256.
         device: where the model is loaded ("cpu", "cuda:0", ...).
         options: the loader, allowed formats, expectations and `validate` to apply.
-        cache: where the private copy the model is loaded from goes.
         path: the path recorded as the version's `path` (default: the snapshot's).
         started: `time.perf_counter()` when the attempt began, for `load_seconds` (default: now).
 
@@ -111,18 +116,13 @@ def load_candidate(
             (ValidationError). Other exceptions (a loader's bug) propagate as they are.
 
     Example:
-        candidate = load_candidate(source.fetch(), device="cpu", options=RegistryOptions(),
-                                   cache=PrivateCopies())
+        candidate = load_candidate(source.fetch(PrivateCopies().directory), device="cpu",
+                                   options=RegistryOptions())
     """
     if started is None:
         started = time.perf_counter()
     loaded = load_checkpoint(
-        snapshot.path,
-        data=snapshot.data,
-        device=device,
-        loader=options.loader,
-        allow_formats=options.allow_formats,
-        copy_to=cache.path_for(snapshot.sha256),
+        snapshot.file, device=device, loader=options.loader, allow_formats=options.allow_formats
     )
     metadata = {**snapshot.metadata, **loaded.metadata}
     expect = expectations_for(
@@ -139,7 +139,7 @@ def load_candidate(
         resolved=str(snapshot.resolved),
         key=snapshot.key,
         mtime=snapshot.key.mtime_ns / 1e9,
-        size=len(snapshot.data),
+        size=snapshot.size,
         sha256=snapshot.sha256,
         format=loaded.format,
         metadata=metadata,

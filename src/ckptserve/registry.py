@@ -1,9 +1,10 @@
 """SWAP: the ModelRegistry owns the live model and decides when a new checkpoint replaces it.
 
 One cheap check per call (or per `check_interval`) compares the source's token with the last one
-seen. On a change the checkpoint is read once, CRC-checked and hashed, loaded from a private copy
-of exactly those bytes, probed, and only then swapped in. A failure leaves the live model serving
-and is recorded once; the same token is retried only after `retry_after` seconds.
+seen. On a change the checkpoint is copied once into a private file named by its sha256 (hashed
+chunk by chunk on the way), CRC-checked and loaded from that copy, probed, and only then swapped
+in. A failure leaves the live model serving and is recorded once; the same token is retried only
+after `retry_after` seconds.
 """
 
 from __future__ import annotations
@@ -408,7 +409,7 @@ class ModelRegistry:
         try:
             if before is None:
                 raise FileNotFoundError(str(source.path))
-            snapshot = source.fetch()
+            snapshot = source.fetch(self._copies.directory)
             if not force and live is not None and snapshot.sha256 == live.version.sha256:
                 # A touch or a copy of the same bytes: adopt the new key, keep the model.
                 self._seen, self._recheck_at = (
@@ -418,8 +419,8 @@ class ModelRegistry:
                 self._record("unchanged", snapshot, None, started, force)
                 return
             candidate = load_candidate(
-                snapshot, device=self.device, options=self.options, cache=self._copies,
-                path=source.path, started=started,
+                snapshot, device=self.device, options=self.options, path=source.path,
+                started=started,
             )  # fmt: skip
         except Exception as exc:
             if isinstance(exc, FileNotFoundError) and source.token() is None:
@@ -473,6 +474,9 @@ class ModelRegistry:
         retry: bool = False,
     ) -> None:
         result: LoadResult = "rejected" if isinstance(exc, ValidationError) else "failed"
+        live = self._live
+        if snapshot is not None and (live is None or snapshot.sha256 != live.version.sha256):
+            self._copies.discard(snapshot.sha256)  # not kept: no disk held by rejected bytes
         # The token read before the attempt: if the source moved since, the next call sees a
         # new token and tries again at once instead of waiting out retry_after.
         self._seen = snapshot.token if snapshot is not None else before

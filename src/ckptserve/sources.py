@@ -3,13 +3,20 @@
 Two sources ship: `FileSource` watches one file (its token is the `os.stat` key) and
 `ManifestSource` watches a small `{name}_latest.json` that names an immutable checkpoint and its
 sha256. Object storage (an ETag as the token) fits the same protocol.
+
+`fetch(spool)` streams the checkpoint into a private file in `spool`, hashing it chunk by chunk
+(hashlib and file I/O release the GIL for big buffers), and names it by its sha256: nothing holds
+the whole file in one Python object, so a reload of a large checkpoint does not stall the other
+threads for the time it takes to allocate, copy and free it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Hashable
+import tempfile
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,10 +38,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The bytes of one checkpoint as read once, with what identifies them."""
+    """One checkpoint as read once: a private copy of its bytes, and what identifies them.
+
+    `file` is named by the sha256 of its bytes and never written again, so what is loaded from
+    it is exactly what was hashed, whatever happens to the source afterwards.
+    """
 
     token: Hashable
-    data: bytes
+    file: Path
+    size: int
     path: Path
     resolved: Path
     sha256: str
@@ -52,8 +64,10 @@ class Source(Protocol):
         """A cheap value that changes when the checkpoint may have; None when there is none
         (or it cannot be stat'ed: a dangling link, no permission, a stale NFS handle)."""
 
-    def fetch(self) -> Snapshot:
-        """Read the checkpoint once. Raises FileNotFoundError or CheckpointError."""
+    def fetch(self, spool: Path) -> Snapshot:
+        """Copy the checkpoint once into the directory `spool`, as `<sha256>`.
+
+        Raises FileNotFoundError or CheckpointError."""
 
     def digest(self) -> str | None:
         """The sha256 the source currently points at, if that is cheap to learn; else None."""
@@ -68,12 +82,47 @@ def stat_token(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] |
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
-def _read_file(path: Path) -> tuple[bytes, VersionKey, Path]:
+#: Bytes per read/hash/write while spooling: big enough that each call releases the GIL for its
+#: work, small enough that no call holds a large buffer.
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Spooled:
+    file: Path
+    size: int
+    sha256: str
+    key: VersionKey
+    resolved: Path
+
+
+def _spool(path: Path, spool: Path, verify: Callable[[str, int], None] | None = None) -> _Spooled:
+    """Stream `path` into `spool/<sha256>`, hashing each chunk; `verify(sha256, size)` may raise
+    before the copy is kept (a partial or refused copy is removed)."""
     resolved = Path(os.path.realpath(path))
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        data = f.read()
-    return data, VersionKey.from_stat(st), resolved
+    with open(path, "rb", buffering=0) as src:
+        st = os.fstat(src.fileno())
+        spool.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=spool, prefix=".spool-")
+        try:
+            digest, size = hashlib.sha256(), 0
+            buf = memoryview(bytearray(CHUNK))
+            with open(fd, "wb") as dst:
+                while n := src.readinto(buf):
+                    digest.update(buf[:n])
+                    dst.write(buf[:n])
+                    size += n
+            sha = digest.hexdigest()
+            if verify is not None:
+                verify(sha, size)
+            # Same name, same bytes: replacing a copy another load still maps is harmless.
+            target = spool / sha
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return _Spooled(target, size, sha, VersionKey.from_stat(st), resolved)
 
 
 class FileSource:
@@ -92,18 +141,19 @@ class FileSource:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
-    def fetch(self) -> Snapshot:
+    def fetch(self, spool: Path) -> Snapshot:
         before = self.token()
         if before is None:
             raise FileNotFoundError(self._str)
-        data, key, resolved = _read_file(self.path)
+        copy = _spool(self.path, spool)
         return Snapshot(
             token=before,
-            data=data,
+            file=copy.file,
+            size=copy.size,
             path=self.path,
-            resolved=resolved,
-            sha256=hashlib.sha256(data).hexdigest(),
-            key=key,
+            resolved=copy.resolved,
+            sha256=copy.sha256,
+            key=copy.key,
         )
 
     def digest(self) -> str | None:
@@ -148,33 +198,35 @@ class ManifestSource:
         verify_signature(manifest, self._key, required=self._require)
         return manifest
 
-    def fetch(self) -> Snapshot:
+    def fetch(self, spool: Path) -> Snapshot:
         before = self.token()
         if before is None:
             raise FileNotFoundError(self._str)
         manifest = self.read_manifest()
-        checkpoint = self.path.parent / manifest["checkpoint"]
+        name = manifest["checkpoint"]
+
+        def verify(sha: str, size: int) -> None:
+            if sha != manifest["sha256"]:
+                raise IntegrityError(
+                    f"{name}: sha256 {sha[:12]} does not match the manifest's "
+                    f"{manifest['sha256'][:12]}"
+                )
+            if size != manifest["size"]:
+                raise IntegrityError(f"{name}: size differs from the manifest")
+
+        checkpoint = self.path.parent / name
         try:
-            data, key, resolved = _read_file(checkpoint)
+            copy = _spool(checkpoint, spool, verify)
         except FileNotFoundError:
-            raise CheckpointError(
-                f"manifest names {manifest['checkpoint']}, which does not exist"
-            ) from None
-        sha = hashlib.sha256(data).hexdigest()
-        if sha != manifest["sha256"]:
-            raise IntegrityError(
-                f"{manifest['checkpoint']}: sha256 {sha[:12]} does not match the manifest's "
-                f"{manifest['sha256'][:12]}"
-            )
-        if len(data) != manifest["size"]:
-            raise IntegrityError(f"{manifest['checkpoint']}: size differs from the manifest")
+            raise CheckpointError(f"manifest names {name}, which does not exist") from None
         return Snapshot(
             token=before,
-            data=data,
+            file=copy.file,
+            size=copy.size,
             path=checkpoint,
-            resolved=resolved,
-            sha256=sha,
-            key=key,
+            resolved=copy.resolved,
+            sha256=copy.sha256,
+            key=copy.key,
             metadata=dict(manifest.get("metadata") or {}),
         )
 

@@ -87,6 +87,7 @@ def test_port_in_use_is_one_line_without_traceback(model_dir: Path) -> None:
 def test_model_names_from_arguments(tmp_path: Path) -> None:
     assert default_name(Path("models/actor_latest.pt")) == "actor"
     assert default_name(Path("critic_20260412_143022.pt")) == "critic"
+    assert default_name(Path("policy_v2_20260412_143022_1.pt")) == "policy_v2"
     assert default_name(tmp_path / "models-to-come") == "actor"
     specs = parse_models(["a/actor_latest.pt", "risk=b/r.pt"])
     assert [s["name"] for s in specs] == ["actor", "risk"]

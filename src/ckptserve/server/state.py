@@ -8,6 +8,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +35,9 @@ def looks_like_directory(path: str) -> bool:
     return path.endswith(("/", os.sep)) or not Path(path).suffix
 
 
+_TIMESTAMPED = re.compile(r"_\d{8}_\d{6}(?:_\d+)?$")
+
+
 def prepare_model_path(path: str) -> None:
     """Create a model directory that does not exist yet (publish() would), so the registry follows
     `{name}_latest.*` inside it instead of watching the directory's path as a file."""
@@ -43,12 +47,13 @@ def prepare_model_path(path: str) -> None:
 
 
 def checkpoint_prefix(path: Path) -> str:
-    """`actor` for `actor_latest.pt`, `actor_latest.json` or `actor_20260412_143022.pt`."""
+    """`actor` for `actor_latest.pt`, `actor_latest.json` or `actor_20260412_143022.pt`;
+    `policy_v2` for `policy_v2_20260412_143022.pt` (the prefix `list_checkpoints` needs)."""
     name = path.name
     for marker in ("_latest.", "_latest"):
         if marker in name:
             return name.split(marker, 1)[0]
-    return path.stem.split("_")[0]
+    return _TIMESTAMPED.sub("", path.stem)
 
 
 @dataclass(slots=True)

@@ -61,7 +61,12 @@ async def _predict(request: Request, model: str | None) -> Response:
     return to_response(reply)
 
 
-def status_of(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
+async def status_of(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
+    """The status with staleness, computed in a thread: it lists and stats the directory."""
+    return await anyio.to_thread.run_sync(_status, runtime, handle)
+
+
+def _status(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
     status = handle.registry.status()
     age, lag = handle.staleness()
     status.update(
@@ -73,7 +78,7 @@ def status_of(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
 async def status(request: Request, model: str | None = None) -> dict[str, Any]:
     """The registry's status (original fields plus version, last_error, history, pinned)."""
     runtime = runtime_of(request)
-    return status_of(runtime, runtime.model(model))
+    return await status_of(runtime, runtime.model(model))
 
 
 async def versions(request: Request, model: str | None = None) -> dict[str, Any]:
@@ -97,10 +102,10 @@ def _admin(request: Request, model: str | None) -> tuple[Runtime, ModelHandle]:
 
 
 async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
-    """Load the watched checkpoint again now, even if it looks unchanged (admin)."""
+    """Load the served checkpoint again now (the pinned one while pinned), even if unchanged (admin)."""
     runtime, handle = _admin(request, model)
     await anyio.to_thread.run_sync(partial(handle.registry.get, force_reload=True))
-    status = status_of(runtime, handle)
+    status = await status_of(runtime, handle)
     status["attempt"] = status["history"][-1] if status["history"] else None
     return status
 
@@ -123,14 +128,14 @@ async def pin(request: Request, model: str | None = None) -> dict[str, Any]:
         await anyio.to_thread.run_sync(handle.registry.pin, path)
     except CheckpointError as exc:
         raise ApiError(422, f"{body.checkpoint} cannot be served: {exc}") from None
-    return status_of(runtime, handle)
+    return await status_of(runtime, handle)
 
 
 async def unpin(request: Request, model: str | None = None) -> dict[str, Any]:
     """Follow the watched path again (admin)."""
     runtime, handle = _admin(request, model)
     await anyio.to_thread.run_sync(handle.registry.unpin)
-    return status_of(runtime, handle)
+    return await status_of(runtime, handle)
 
 
 Handler = Callable[[Request, "str | None"], Awaitable[Any]]

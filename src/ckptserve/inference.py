@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["act"]
+__all__ = ["act", "infer_obs_dim"]
 
 
 def act(model: Any, states: torch.Tensor) -> torch.Tensor:
@@ -22,3 +22,19 @@ def act(model: Any, states: torch.Tensor) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"model returned {type(out).__name__}, expected a tensor or (action, ...)")
     return out
+
+
+def infer_obs_dim(model: Any) -> int | None:
+    """The observation size a model takes, read from an exported program's input or from the
+    width of a module's first weight matrix; None when neither says."""
+    if isinstance(model, torch.export.ExportedProgram):
+        for node in model.graph.nodes:
+            if node.op == "placeholder" and node.name in model.graph_signature.user_inputs:
+                return int(node.meta["val"].shape[-1])
+        return None
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    for p in params():
+        return int(p.shape[-1]) if p.dim() == 2 else None
+    return None

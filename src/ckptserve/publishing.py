@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import PublishError
-from .inference import act
+from .inference import act, infer_obs_dim
 from .manifest import (
     METADATA_FILE,
     METADATA_KEY,
@@ -53,17 +53,6 @@ def list_checkpoints(directory: str | os.PathLike[str], name: str = "actor") -> 
         if m and entry.is_file(follow_symlinks=False):
             found.append((m.group(1), int(m.group(2) or 0), Path(entry.path)))
     return [p for *_, p in sorted(found, reverse=True)]
-
-
-def _infer_obs_dim(model: Any) -> int | None:
-    if isinstance(model, torch.export.ExportedProgram):
-        for node in model.graph.nodes:
-            if node.op == "placeholder" and node.name in model.graph_signature.user_inputs:
-                return int(node.meta["val"].shape[-1])
-        return None
-    for p in model.parameters():
-        return int(p.shape[-1]) if p.dim() == 2 else None
-    return None
 
 
 def _callable_of(model: Any) -> Any:
@@ -255,7 +244,7 @@ def publish(
         model.eval()
     try:
         if example_input is None:
-            obs_dim = meta.get("obs_dim") or _infer_obs_dim(model)
+            obs_dim = meta.get("obs_dim") or infer_obs_dim(model)
             if obs_dim is None:
                 raise PublishError("cannot tell the observation size: pass metadata={'obs_dim': N}")
             example_input = torch.zeros(2, int(obs_dim))

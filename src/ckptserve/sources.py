@@ -32,7 +32,6 @@ __all__ = [
     "Source",
     "confine",
     "make_source",
-    "stat_token",
 ]
 
 
@@ -71,15 +70,6 @@ class Source(Protocol):
 
     def digest(self) -> str | None:
         """The sha256 the source currently points at, if that is cheap to learn; else None."""
-
-
-def stat_token(path: str | os.PathLike[str]) -> tuple[int, int, int, int, int] | None:
-    """The stat key of `path` (following symlinks) as a plain tuple, or None when it is missing."""
-    try:
-        st = os.stat(path)
-    except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 #: Bytes per read/hash/write while spooling: big enough that each call releases the GIL for its
@@ -125,10 +115,8 @@ def _spool(path: Path, spool: Path, verify: Callable[[str, int], None] | None = 
     return _Spooled(target, size, sha, VersionKey.from_stat(st), resolved)
 
 
-class FileSource:
-    """Watches one checkpoint file, or a symlink to one, by its stat key."""
-
-    kind = "file"
+class _StatWatched:
+    """A source whose token is the stat key of the file it watches."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -140,6 +128,15 @@ class FileSource:
         except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._str!r})"
+
+
+class FileSource(_StatWatched):
+    """Watches one checkpoint file, or a symlink to one, by its stat key."""
+
+    kind = "file"
 
     def fetch(self, spool: Path) -> Snapshot:
         before = self.token()
@@ -159,11 +156,8 @@ class FileSource:
     def digest(self) -> str | None:
         return None
 
-    def __repr__(self) -> str:
-        return f"FileSource({self._str!r})"
 
-
-class ManifestSource:
+class ManifestSource(_StatWatched):
     """Watches `{name}_latest.json` and reads the checkpoint it names, verifying its sha256.
 
     The manifest is tiny, so re-reading it (`digest`) is cheap enough to run every few seconds:
@@ -179,17 +173,9 @@ class ManifestSource:
         signing_key: str | bytes | None = None,
         require_signature: bool = False,
     ) -> None:
-        self.path = Path(path)
-        self._str = os.fspath(path)
+        super().__init__(path)
         self._key = signing_key
         self._require = require_signature
-
-    def token(self) -> Hashable | None:
-        try:
-            st = os.stat(self._str)
-        except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
     def read_manifest(self) -> dict[str, Any]:
         with open(self._str, "rb") as f:
@@ -235,9 +221,6 @@ class ManifestSource:
             return str(self.read_manifest()["sha256"])
         except (OSError, CheckpointError):
             return None
-
-    def __repr__(self) -> str:
-        return f"ManifestSource({self._str!r})"
 
 
 def make_source(

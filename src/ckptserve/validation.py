@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import ValidationError
-from .inference import act
+from .inference import act, infer_obs_dim
 
 __all__ = ["Bounds", "Expectations", "expectations_for", "probe", "run_checks"]
 
@@ -134,22 +134,13 @@ def expectations_for(
     )
 
 
-def _infer_obs_dim(model: Any) -> int | None:
-    params = getattr(model, "parameters", None)
-    if params is None:
-        return None
-    for p in params():
-        return int(p.shape[-1]) if p.dim() == 2 else None
-    return None
-
-
 def probe(model: Any, expect: Expectations) -> int | None:
     """Run the model on zeros (batch 1 and 2) and check its actions; return the obs size used.
 
     Zeros are moved into the observation bounds when there are any, so the probe asks the model
     about a state it may really be sent.
     """
-    obs_dim = expect.obs_dim or _infer_obs_dim(model)
+    obs_dim = expect.obs_dim or infer_obs_dim(model)
     if obs_dim is None:
         return None
     state = torch.zeros(1, obs_dim)

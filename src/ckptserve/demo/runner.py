@@ -145,7 +145,8 @@ def _stop_children(children: Sequence[_Child], deadline: float = _STOP_DEADLINE)
 
 @contextlib.contextmanager
 def _signals_stop() -> Iterator[None]:
-    """Inside: SIGTERM raises _Stop (Ctrl-C already raises KeyboardInterrupt)."""
+    """Inside: SIGTERM raises _Stop and Ctrl-C KeyboardInterrupt, also when the shell that
+    started us ignored SIGINT (a background job of a script), which Python would inherit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -153,11 +154,13 @@ def _signals_stop() -> Iterator[None]:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    handlers = {signal.SIGTERM: on_term, signal.SIGINT: signal.default_int_handler}
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @contextlib.contextmanager

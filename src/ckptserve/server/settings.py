@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     loop_probe_interval: float = Field(0.001, ge=0)  # event-loop lag probe tick; 0 = off
     torch_threads: int = Field(1, ge=0)
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     admin_token: SecretStr | None = None
 
     @field_validator("prefix")

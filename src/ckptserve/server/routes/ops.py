@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from ..errors import RETRY_AFTER
 from ..page import render_page
 from ..schemas import error_responses
 from .common import runtime_of
@@ -32,7 +33,7 @@ async def readyz(request: Request) -> Response:
         return JSONResponse(
             {"detail": f"not ready: {detail}", "models": reasons},
             status_code=503,
-            headers={"retry-after": "1"},
+            headers={"retry-after": RETRY_AFTER.decode()},
         )
     return JSONResponse({"status": "ready", "models": list(runtime_of(request).models)})
 

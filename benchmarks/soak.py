@@ -216,7 +216,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()} Linux, {__import__('os').cpu_count()} CPUs",
-        "command": "python benchmarks/soak.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/soak.py", *sys.argv[1:]]),
     }
     if RESULTS.exists():  # keep the parts not rerun
         previous = json.loads(RESULTS.read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import ckptserve
@@ -81,3 +83,26 @@ def test_the_split_keeps_the_old_import_paths():
     assert ckptserve.registry.LiveModel is ckptserve.LiveModel is loading_live
     assert ckptserve.registry.RegistryOptions is ckptserve.RegistryOptions is options_ro
     assert ckptserve.registry.SwapMode is SwapMode
+
+
+def test_a_copy_stays_while_its_model_lives_and_is_removed_after(tmp_path):
+    """A copy an old model may still map survives prune; it goes once that model is gone."""
+    old, new = "a" * 64, "b" * 64
+    copies = PrivateCopies(tmp_path)
+    for name in (old, new):
+        (tmp_path / name).write_text("x")
+
+    class Model:
+        pass
+
+    model = Model()
+    copies.keep_while(old, model)
+    copies.prune(keep=new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old, new]
+    del model
+    deadline = time.monotonic() + 10
+    while (tmp_path / old).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [p.name for p in tmp_path.iterdir()] == [new]
+    copies.close()
+    assert list(tmp_path.iterdir()) == []

@@ -382,7 +382,9 @@ class ModelRegistry:
         if self._pending is not None and not self._pending.done():
             return
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ckptserve-{self.name}")
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix=f"ckptserve-{self.name}", initializer=_yield_cpu
+            )
         self._recheck_at = math.inf  # until the worker decides, the hot path need not look again
         self._pending = self._executor.submit(self._background_load)
 
@@ -443,6 +445,7 @@ class ModelRegistry:
             if raise_errors:
                 raise error
             return
+        self._copies.keep_while(candidate.version.sha256, candidate.model)
         self._live = candidate
         self._load_count += 1
         self._seen, self._failed_sha = snapshot.token, None
@@ -544,6 +547,13 @@ class ModelRegistry:
         exc = self._last_exc
         reason = str(exc) if exc is not None else "no checkpoint loaded yet"
         raise ModelNotAvailable(f"{self.name}: no model is live ({reason})") from exc
+
+
+def _yield_cpu() -> None:
+    """Run background loads at nice +10 (Linux: per thread). Where the cores are busy, the
+    serving thread then gets the CPU first; a load takes longer, requests do not wait for it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _as_checkpoint_error(exc: Exception) -> CheckpointError:

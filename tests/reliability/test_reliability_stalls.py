@@ -11,8 +11,8 @@ from relkit import run_stalls
 
 pytestmark = pytest.mark.slow
 
-#: A regression bound, not the goal: the issue asks for <= 10 ms for the weights formats, which
-#: this 2-core machine misses (baseline jitter under load alone reaches 5-7.5 ms; see the docs).
+#: A regression bound, not the goal (<= 10 ms, met by `make soak` on an idle machine; see
+#: docs/reliability.md): CI shares its cores with other jobs, and the bound must hold there too.
 BOUND_MS = 50
 
 

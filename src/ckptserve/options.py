@@ -24,8 +24,9 @@ class RegistryOptions:
     """How a registry detects, loads, validates and swaps. All fields have working defaults.
 
     check_interval: 0 = one stat per call (the original); > 0 = at most one per interval (s).
-    swap: "sync" loads in the calling thread; "background" loads on a worker thread while
-        callers keep getting the live model (a cold start still waits for the first load).
+    swap: "sync" loads in the calling thread; "background" loads on a worker thread (at nice
+        +10 on Linux) while callers keep getting the live model (a cold start still waits for
+        the first load).
     loader: "auto" (export, TorchScript) or `state_dict_loader(...)` for weights formats.
     validate: called with a freshly loaded model; raising rejects it.
     retry_after: seconds before a checkpoint that failed is tried again (unless it changes).

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from .coordination import LoadSlots
 from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
 from .loading import LiveModel, PrivateCopies, load_candidate
 from .manifest import SIGNING_KEY_ENV
+from .naming import DEFAULT_NAME, model_name
 from .options import RegistryOptions
 from .options import SwapMode as SwapMode  # re-exported: it was defined here
 from .sources import FileSource, Snapshot, Source, latest_in_directory, make_source
@@ -40,7 +40,6 @@ log = logging.getLogger("ckptserve.registry")
 
 _UNSEEN = object()
 _monotonic = time.monotonic
-_STAMPED = re.compile(r"_(latest|\d{8}_\d{6}(_\d+)?)$")
 
 
 class ModelRegistry:
@@ -77,9 +76,9 @@ class ModelRegistry:
         self._signing_key = key
         # A directory is looked into again while it has nothing published (see _decide).
         self._directory = self.model_path if self.model_path.is_dir() else None
-        self._lookup_name = name or "actor"
+        self._lookup_name = name or DEFAULT_NAME
         self._watched: Source = self._make_source(self.model_path)
-        self.name = name or _model_name(self._watched.path)
+        self.name = name or model_name(self._watched.path)
         self._source: Source = self._watched
         self._token = self._source.token  # the hot path's one bound-method lookup
         self._interval = self.options.check_interval
@@ -560,8 +559,3 @@ def _as_checkpoint_error(exc: Exception) -> CheckpointError:
     error = CheckpointError(f"load failed: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
-
-
-def _model_name(path: Path) -> str:
-    """`actor` for actor_latest.pt, actor_latest.json and actor_20260412_143022.pt."""
-    return _STAMPED.sub("", path.stem) or "model"

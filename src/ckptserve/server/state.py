@@ -199,26 +199,35 @@ class Runtime:
         if self.settings.loop_probe_interval:
             self._probe = asyncio.create_task(self._lag_probe(), name="ckptserve-lag-probe")
 
-    async def close(self) -> None:
+    async def close(self, *, load_timeout: float = 10.0) -> None:
+        """Stop watching, let the loads this server started finish (up to `load_timeout` s), then
+        close the registries in a worker thread: closing waits for a background load and removes
+        the private copies, which a load still reading one would record as a failed load."""
         for task in (self._watcher, self._probe):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for handle in self.models.values():
-            handle.registry.close()
+        loading = {h._loading: h.name for h in self.models.values() if h._loading is not None}
+        if loading:
+            _, late = await asyncio.wait(loading, timeout=load_timeout)
+            for future in late:
+                log.warning(
+                    "closing %s with a load still in flight after %.0f s: it may fail",
+                    loading[future], load_timeout,
+                )  # fmt: skip
+        registries = [handle.registry for handle in self.models.values()]
+        await anyio.to_thread.run_sync(_close_all, registries)
         self.metrics.close()
 
     async def _watch(self) -> None:
         """Keep every model fresh without traffic: the first load at start-up, a checkpoint that
-        appears later, and background swaps when nobody asks."""
+        appears later, and background swaps when nobody asks. A request that needs a load while
+        the watcher's is under way waits for that same one."""
         while True:
             for handle in list(self.models.values()):
                 try:
-                    handle.registry.get(block=False)
-                except WouldBlock:
-                    with contextlib.suppress(ModelNotAvailable):
-                        await anyio.to_thread.run_sync(handle.registry.get, abandon_on_cancel=True)
+                    await handle.live()
                 except ModelNotAvailable:
                     pass
                 except Exception:
@@ -288,6 +297,11 @@ class Runtime:
     def _staleness(self) -> list[tuple[str, float | None, float | None]]:
         now = time.time()
         return [(name, *h.staleness(now)) for name, h in self.models.items()]
+
+
+def _close_all(registries: list[ModelRegistry]) -> None:
+    for registry in registries:
+        registry.close()
 
 
 def _multiprocess_dir() -> str | None:

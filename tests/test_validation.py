@@ -54,6 +54,32 @@ def test_bounds_report_the_first_violation():
     assert bounds.first_violation([0.0, 0.0, 1e30]) == (2, 1e30)
 
 
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-1.0, 1.0), ([-1, -2, -3], 1.0), (-1.0, [1, 2, 3]), (None, [1, 2, 3]), ([-1, -2, -3], None)],
+    ids=["scalar", "vector-low", "vector-high", "high-only", "low-only"],
+)
+def test_first_violation_is_the_first_element_outside_its_own_bound(low, high):
+    """first_violation agrees with at(i) element by element, NaN (never outside) included."""
+    bounds = Bounds.build(low, high, 3, "obs")
+    nan = math.nan
+    rows = [[0.0, 0.0, 0.0], [-1.5, 0.0, 0.0], [0.0, -2.5, 0.0], [0.0, 0.0, 2.5], [9, -9, 9]]
+    rows += [[nan, -9.0, 9.0], [0.0, nan, 9.0], [nan, nan, nan], []]
+    for row in rows:
+        outside = [(i, v) for i, v in enumerate(row) if _outside(v, *bounds.at(i))]
+        assert bounds.first_violation(row) == (outside[0] if outside else None), row
+
+
+def _outside(v: float, low: float | None, high: float | None) -> bool:
+    return (low is not None and v < low) or (high is not None and v > high)
+
+
+def test_bounds_at_gives_each_elements_limits():
+    """A single value is every element's limit; a list gives element i its own; None is open."""
+    assert Bounds.build(-1, [1, 2, 3], 3, "obs").at(2) == (-1.0, 3.0)
+    assert Bounds.build([-1, -2, -3], None, 3, "obs").at(1) == (-2.0, None)
+
+
 def test_probe_accepts_a_good_model_and_infers_the_observation_size():
     """A model with finite [batch, 1] actions passes; obs size comes from its first weight."""
     assert probe(seeded_actor(0), expectations_for({})) == 4

@@ -8,6 +8,7 @@ that fails raises ValidationError, and the registry treats the model as rejected
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +37,21 @@ class Bounds:
             return None
         return cls(_expand(low, size, f"{what}_low"), _expand(high, size, f"{what}_high"))
 
+    def at(self, i: int) -> tuple[float | None, float | None]:
+        """The (low, high) limits of element `i`; a single value bounds every element."""
+        low, high = self.low, self.high
+        return (
+            None if low is None else low[i if len(low) > 1 else 0],
+            None if high is None else high[i if len(high) > 1 else 0],
+        )
+
     def first_violation(self, values: Sequence[float]) -> tuple[int, float] | None:
         """The first (index, value) outside the bounds, or None."""
-        low, high = self.low, self.high
+        if _inside(values, self.low, self.high):
+            return None
         for i, v in enumerate(values):
-            if (low is not None and v < low[i if len(low) > 1 else 0]) or (
-                high is not None and v > high[i if len(high) > 1 else 0]
-            ):
+            low, high = self.at(i)
+            if (low is not None and v < low) or (high is not None and v > high):
                 return i, v
         return None
 
@@ -50,6 +59,29 @@ class Bounds:
         low = torch.tensor(self.low, dtype=torch.float32) if self.low is not None else None
         high = torch.tensor(self.high, dtype=torch.float32) if self.high is not None else None
         return low, high
+
+
+def _inside(
+    values: Sequence[float], low: tuple[float, ...] | None, high: tuple[float, ...] | None
+) -> bool:
+    """Whether every value is within the bounds, in C loops (min, max, map): every request's state
+    is checked. `not low <= min(...)` is also true when min() returns a NaN (it does when the
+    first value is one), which sends the row to first_violation's exact search."""
+    if not values:
+        return True
+    if low is not None:
+        if len(low) == 1:
+            if not low[0] <= min(values):
+                return False
+        elif len(values) > len(low) or any(map(operator.lt, values, low)):
+            return False  # a row longer than its bounds: the search raises IndexError
+    if high is not None:
+        if len(high) == 1:
+            if not max(values) <= high[0]:
+                return False
+        elif len(values) > len(high) or any(map(operator.gt, values, high)):
+            return False
+    return True
 
 
 def _expand(spec: BoundSpec, size: int | None, name: str) -> tuple[float, ...] | None:

@@ -29,11 +29,7 @@ def _state_schema(runtime: Runtime, name: str | None) -> dict[str, Any] | None:
     bounds = live.expect.obs_bounds
     if bounds is None:
         return {"type": "array", "items": number_schema(None, None), "minItems": n, "maxItems": n}
-
-    def pick(values: tuple[float, ...] | None, i: int) -> float | None:
-        return None if values is None else values[i if len(values) > 1 else 0]
-
-    items = [number_schema(pick(bounds.low, i), pick(bounds.high, i)) for i in range(n)]
+    items = [number_schema(*bounds.at(i)) for i in range(n)]
     return {"type": "array", "prefixItems": items, "items": False, "minItems": n, "maxItems": n}
 
 

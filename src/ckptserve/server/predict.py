@@ -105,10 +105,8 @@ def _check_bounds(
 
 
 def _range(bounds: Bounds, i: int) -> str:
-    def pick(values: tuple[float, ...] | None) -> float | None:
-        return None if values is None else values[i if len(values) > 1 else 0]
-
-    return f" [{pick(bounds.low)}, {pick(bounds.high)}]"
+    low, high = bounds.at(i)
+    return f" [{low}, {high}]"
 
 
 def _force_reload(query: bytes) -> bool:

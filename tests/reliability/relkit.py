@@ -444,6 +444,259 @@ def run_chaos(root: Path, *, swap: str = "sync", workers: int = 1, duration: flo
     }  # fmt: skip
 
 
+# ---- the manifest chaos (publish() + {name}_latest.json, signed) ------------------------------
+
+#: The manifest chaos mixed in between good publishes, in this order, round after round.
+MANIFEST_CHAOS = (
+    "sha_mismatch",
+    "bitflip",
+    "missing",
+    "truncated_json",
+    "garbage_json",
+    "forged_signature",
+    "unsigned",
+    "wrong_shape",
+    "nan",
+    "rollback",
+    "same_second",
+)
+#: The key the writer signs with and the server checks (CKPTSERVE_SIGNING_KEY).
+SIGNING_KEY = "reliability-soak-key"
+
+#: Loaded into the manifest-mode server as sitecustomize: drops st_ctime from the manifest's stat
+#: key, as on a file system whose ctime cannot be relied on (coarse timestamps, NFS attribute
+#: caching). ctime is the one field a writer cannot put back, so without this the server sees
+#: the "same_second" rewrite at once and --verify-interval is never what catches it.
+_NO_CTIME_SHIM = """\
+import os
+
+from ckptserve import sources
+
+
+def _token(self):
+    try:
+        st = os.stat(self._str)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+sources.ManifestSource.token = _token
+"""
+
+
+def stage_rogue(root: Path, n: int = 3) -> list[Path]:
+    """Valid actors nobody published: served only if a manifest check were skipped."""
+    out = []
+    for i in range(n):
+        out.append(_save_script(seeded(900 + i), root / f"rogue{i}.pt"))
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+def manifest_writer_main(directory: str, staging_root: str, duration: float, seed: int,
+                         pace: float, settle: float, key: str, log_path: str,
+                         ready: Any = None) -> None:  # fmt: skip
+    """The manifest chaos writer: signed publishes with every kind of MANIFEST_CHAOS mixed in,
+    for `duration` s. Appends one JSON line per event to `log_path`: its kind, the sha256s a
+    response may carry because of it (`good`) and those it must not (`bad`)."""
+    from ckptserve.manifest import sign_manifest
+
+    rnd = random.Random(seed)
+    models = Path(directory)
+    root = Path(staging_root)
+    manifest = models / "actor_latest.json"
+    good = [torch.jit.load(str(p)) for p in sorted(root.glob("good*.pt"))]
+    wide = torch.jit.load(str(root / "wrong_shape.pt"))
+    nan = torch.jit.load(str(root / "nan.pt"))
+    rogue = [p.read_bytes() for p in sorted(root.glob("rogue*.pt"))]
+    published: list[dict[str, Any]] = []  # good manifests, oldest first, for rollbacks
+    if ready is not None:
+        ready.set()
+
+    def put(module: Any, name: str = "actor") -> dict[str, Any]:
+        publish(module, models, name=name, signing_key=key, metadata={"obs_dim": OBS_DIM})
+        return dict(json.loads((models / f"{name}_latest.json").read_bytes()))
+
+    def hostile(data: bytes, **fields: Any) -> dict[str, Any]:
+        """A manifest for `data` written as hostile.pt; `fields` override the honest ones."""
+        _write_atomic(models / "hostile.pt", data)
+        m = {"checkpoint": "hostile.pt", "sha256": hashlib.sha256(data).hexdigest(),
+             "size": len(data), "format": "torchscript", "metadata": {}}  # fmt: skip
+        m["signature"] = sign_manifest(m, key)
+        m.update(fields)
+        return m
+
+    deadline = time.monotonic() + duration
+    n = 0
+    with open(log_path, "a") as log:
+        while time.monotonic() < deadline:
+            kind = "good" if n % 2 == 0 else MANIFEST_CHAOS[(n // 2) % len(MANIFEST_CHAOS)]
+            event: dict[str, Any] = {"t": time.time(), "kind": kind, "good": [], "bad": []}
+            data = rnd.choice(rogue)
+            sha = hashlib.sha256(data).hexdigest()
+            wait = pace * rnd.uniform(0.5, 1.5)
+            if kind == "good":
+                m = put(rnd.choice(good))
+                published.append(m)
+                event["good"].append(m["sha256"])
+            elif kind == "sha_mismatch":
+                m = hostile(data, sha256=hashlib.sha256(b"other bytes").hexdigest())
+                m["signature"] = sign_manifest(m, key)  # signed: only the digest gives it away
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["bad"].append(sha)
+            elif kind == "bitflip":
+                # Published and signed, then one bit of the checkpoint flips before the
+                # manifest goes live: the server never sees the bytes the manifest describes.
+                m = put(rnd.choice(good), name="flip")
+                checkpoint = models / m["checkpoint"]
+                flipped = bytearray(checkpoint.read_bytes())
+                flipped[rnd.randrange(len(flipped))] ^= 1 << rnd.randrange(8)
+                _write_in_place(checkpoint, bytes(flipped))
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["bad"].append(hashlib.sha256(flipped).hexdigest())
+            elif kind == "missing":
+                m = hostile(data, checkpoint="actor_19990101_000000.pt")
+                m["signature"] = sign_manifest(m, key)
+                _write_atomic(manifest, _manifest_bytes(m))
+            elif kind == "truncated_json":
+                text = manifest.read_bytes()
+                _write_in_place(manifest, text[: len(text) // 2])
+            elif kind == "garbage_json":
+                _write_in_place(manifest, rnd.randbytes(400))
+            elif kind == "forged_signature":
+                m = hostile(data)
+                m["signature"] = sign_manifest(m, "not the key")
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["bad"].append(sha)
+            elif kind == "unsigned":
+                m = hostile(data)
+                del m["signature"]
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["bad"].append(sha)
+            elif kind in ("wrong_shape", "nan"):
+                m = put(wide if kind == "wrong_shape" else nan)
+                event["bad"].append(m["sha256"])
+            elif kind == "rollback":
+                # An older good manifest whose checkpoint retention has not removed yet.
+                older = [m for m in published[:-1] if (models / m["checkpoint"]).exists()]
+                m = rnd.choice(older) if older else published[-1]
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["good"].append(m["sha256"])
+            elif kind == "same_second":
+                # Two publishes, the second written into the first's manifest in place with the
+                # same size and the first's mtime put back: its stat key (less the ctime) is
+                # unchanged, so only the periodic re-read (--verify-interval) can find it.
+                first = put(rnd.choice(good))
+                published.append(first)
+                before = manifest.stat()
+                second = put(rnd.choice(good), name="second")
+                body = json.dumps(second, sort_keys=True, separators=(",", ":")).encode()
+                body = body.ljust(before.st_size)  # JSON allows trailing blanks
+                with open(manifest, "r+b") as f:
+                    f.write(body)
+                os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+                after = manifest.stat()
+                event["good"] += [first["sha256"], second["sha256"]]
+                event["second"] = second["sha256"]
+                event["key_restored"] = (after.st_mtime_ns, after.st_size, after.st_ino) == (
+                    before.st_mtime_ns, before.st_size, before.st_ino)  # fmt: skip
+                wait = settle  # leave the verify interval time to find it
+            del published[:-20]
+            log.write(json.dumps(event) + "\n")
+            log.flush()
+            n += 1
+            time.sleep(wait)
+
+
+def read_events(log_path: Path) -> list[dict[str, Any]]:
+    if not log_path.exists():
+        return []
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line]
+
+
+def run_manifest_chaos(root: Path, *, swap: str = "sync", duration: float = 12.0,
+                       concurrency: int = 32, pace: float = 0.2, verify_interval: float = 0.5,
+                       seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Serve `root/models/actor_latest.json` with a signing key, --require-signature and
+    --verify-interval while the manifest chaos writer runs and the load generator sends
+    /rl/predict; return the figures (see docs/reliability.md)."""
+    from serverkit import ServerProcess
+
+    staging = stage(root / "staging")
+    stage_rogue(staging.root)
+    models = root / "models"
+    publish(torch.jit.load(str(staging.good[0])), models, signing_key=SIGNING_KEY,
+            metadata={"obs_dim": OBS_DIM})  # fmt: skip
+    first = json.loads((models / "actor_latest.json").read_bytes())["sha256"]
+    shim = root / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_NO_CTIME_SHIM)
+    args = [str(models / "actor_latest.json"), "--obs-dim", str(OBS_DIM), "--action-dim", "1",
+            "--swap", swap, "--require-signature", "--verify-interval", str(verify_interval),
+            "--log-level", "warning"]  # fmt: skip
+    env = {"CKPTSERVE_SIGNING_KEY": SIGNING_KEY, "PYTHONPATH": str(shim)}
+    server = ServerProcess(args, env=env, log=root / "server.log")
+    log_path = root / "writer.jsonl"
+    writer = None
+    try:
+        server.wait_ready()
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        settle = 3 * verify_interval
+        writer_args = (str(models), str(staging.root), duration, seed, pace, settle,
+                       SIGNING_KEY, str(log_path), ready)  # fmt: skip
+        writer = ctx.Process(target=manifest_writer_main, args=writer_args, daemon=True)
+        writer.start()
+        if not ready.wait(60):
+            raise AssertionError("the manifest chaos writer did not start")
+        # Past the writer's last event, with time for a last same_second rewrite to be found.
+        stats = run_load(server.port, concurrency=concurrency, duration=duration + settle + 1)
+        writer.join(duration + 30)
+        alive = server.client.get("/healthz").status_code == 200
+        result = reloads(server.url)
+        status = server.client.get("/rl/status").json()
+    finally:
+        if writer is not None and writer.is_alive():
+            writer.kill()
+            writer.join(10)
+        server.stop()
+    events = read_events(log_path)
+    good = {first} | {sha for e in events for sha in e["good"]}
+    bad_served = {sha: n for sha, n in stats.shas.items() if sha not in good}
+    seconds = [e for e in events if e["kind"] == "same_second"]
+    return {
+        "source": "manifest", "swap": swap, "workers": 1, "duration_s": duration,
+        "concurrency": concurrency, "verify_interval_s": verify_interval, **stats.summary(),
+        "non_2xx": sum(n for s, n in stats.statuses.items() if not 200 <= s < 300),
+        "non_2xx_samples": [(s, b.decode(errors="replace")) for _, s, b in stats.non2xx[:5]],
+        "bad_sha_responses": sum(bad_served.values()),
+        "known_bad_served": sum(n for sha, n in bad_served.items()
+                                if any(sha in e["bad"] for e in events)),
+        "good_versions_served": len(set(stats.shas) & good), "good_versions": len(good),
+        "reloads": result, "events": dict(Counter(e["kind"] for e in events)),
+        "same_second": {"events": len(seconds),
+                        "key_restored": sum(bool(e["key_restored"]) for e in seconds),
+                        "served": sum(stats.shas.get(e["second"], 0) > 0 for e in seconds)},
+        "alive_after": alive, "last_error": (status.get("last_error") or {}).get("reason"),
+    }  # fmt: skip
+
+
 # ---- memory: many reloads in one server -----------------------------------------------------
 
 BENCH = Path(__file__).resolve().parent.parent.parent / "benchmarks"

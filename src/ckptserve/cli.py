@@ -127,16 +127,14 @@ def _preflight(settings: Any) -> None:
     """Catch bad paths and options now, as one line, instead of in a worker's traceback."""
     from . import ModelRegistry
     from .errors import CkptServeError
+    from .formats import resolve_factory
     from .server.state import prepare_model_path
 
     if settings.factory is not None:
-        module, sep, attr = settings.factory.partition(":")
-        if not sep:
-            _fail(f"--factory {settings.factory!r} must look like 'package.module:function'")
         try:
-            obj: Any = __import__(module, fromlist=["_"])
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            resolve_factory(settings.factory)
+        except ValueError as exc:  # "factory '...' must look like ...": name the option
+            _fail(f"--{exc}")
         except (ImportError, AttributeError) as exc:
             _fail(f"--factory {settings.factory!r}: {exc}")
     try:

@@ -261,11 +261,16 @@ class AutoLoader:
         )
 
 
-def _resolve_factory(factory: str | Factory) -> Factory:
+def resolve_factory(factory: str | Factory) -> Factory:
+    """The callable a `"package.module:function"` spec names (imported now), or `factory` itself.
+
+    Raises ValueError for a malformed spec or a name that is not callable, and ImportError or
+    AttributeError for one that cannot be found.
+    """
     if callable(factory):
         return factory
     module_name, sep, attr = factory.partition(":")
-    if not sep:
+    if not (module_name and sep and attr):
         raise ValueError(f"factory {factory!r} must look like 'package.module:function'")
     obj = importlib.import_module(module_name)
     for part in attr.split("."):
@@ -301,7 +306,7 @@ class StateDictLoader(AutoLoader):
 
     def _build(self, metadata: Mapping[str, Any]) -> torch.nn.Module:
         if self._factory is None:
-            self._factory = _resolve_factory(self._spec)
+            self._factory = resolve_factory(self._spec)
         takes_metadata = _takes_metadata(self._factory)
         with torch.device("meta"):
             module = self._factory(dict(metadata)) if takes_metadata else self._factory()

@@ -53,6 +53,25 @@ def test_bad_options_are_one_line(
     assert err.count("\n") == 1 and err.startswith("ckptserve: error:") and says in err, err
 
 
+@pytest.mark.parametrize(
+    ("factory", "says"),
+    [
+        ("serverkit.make_tiny_actor", "'serverkit.make_tiny_actor' must look like"),
+        (":make_tiny_actor", "':make_tiny_actor' must look like"),
+        ("nowhere_module:make", "'nowhere_module:make': No module named 'nowhere_module'"),
+        ("serverkit:no_such_factory", "'serverkit:no_such_factory': module 'serverkit' has no"),
+        ("serverkit:OBS_DIM", "'serverkit:OBS_DIM' is not callable"),
+    ],
+)
+def test_bad_factory_is_one_line_naming_the_option(
+    model_dir: Path, capsys: pytest.CaptureFixture[str], factory: str, says: str
+) -> None:
+    """--factory is resolved before serving, as the loader would; a bad one is one line."""
+    assert run_main(["serve", str(model_dir), "--factory", factory]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ckptserve: error: --factory {says}"), err
+
+
 def test_path_under_a_file_is_a_startup_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

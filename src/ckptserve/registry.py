@@ -15,7 +15,6 @@ import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -23,22 +22,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .attempts import AttemptLog, as_checkpoint_error
 from .coordination import LoadSlots
-from .errors import CheckpointError, ModelNotAvailable, ValidationError, WouldBlock
+from .errors import CheckpointError, ModelNotAvailable, WouldBlock
 from .loading import LiveModel, PrivateCopies, load_candidate
 from .manifest import SIGNING_KEY_ENV
 from .naming import DEFAULT_NAME, model_name
 from .options import RegistryOptions
 from .options import SwapMode as SwapMode  # re-exported: it was defined here
-from .sources import FileSource, Snapshot, Source, latest_in_directory, make_source
-from .versions import LoadAttempt, LoadResult, ModelVersion
+from .sources import FileSource, Snapshot, Source, make_source
+from .versions import LoadAttempt, ModelVersion
+from .watching import UNSEEN, DirectoryWatch, SourceState
 
 # LiveModel (loading.py) and RegistryOptions (options.py) are re-exported from here.
 __all__ = ["LiveModel", "ModelRegistry", "RegistryOptions"]
 
 log = logging.getLogger("ckptserve.registry")
 
-_UNSEEN = object()
 _monotonic = time.monotonic
 
 
@@ -74,41 +74,37 @@ class ModelRegistry:
                 f"require_signature needs a key: pass signing_key= or set ${SIGNING_KEY_ENV}"
             )
         self._signing_key = key
-        # A directory is looked into again while it has nothing published (see _decide).
-        self._directory = self.model_path if self.model_path.is_dir() else None
         self._lookup_name = name or DEFAULT_NAME
-        self._watched: Source = self._make_source(self.model_path)
-        self.name = name or model_name(self._watched.path)
-        self._source: Source = self._watched
-        self._token = self._source.token  # the hot path's one bound-method lookup
+        # A directory is looked into again while it has nothing published (see _decide).
+        self._directory: DirectoryWatch | None = None
+        if self.model_path.is_dir():
+            self._directory = DirectoryWatch(
+                self.model_path, self._lookup_name, signed_only=self.options.require_signature
+            )
+        watched = SourceState(self._make_source(self.model_path))
+        self.name = name or model_name(watched.source.path)
         self._interval = self.options.check_interval
         verify = self.options.verify_interval
         if verify is None:
-            verify = 5.0 if self._watched.kind == "manifest" else 0.0
+            verify = 5.0 if watched.source.kind == "manifest" else 0.0
         self._verify_every = verify
         self._pinned: Path | None = None
 
-        # _lock serialises loads and guards the decision state below. Readers on the hot path
-        # never take it: they read `_live` (an immutable LiveModel) in one attribute access.
+        # _lock serialises loads and guards the decision state: _next_check, and the state of
+        # the watched source and of the one served now (a pin, or the same). Readers on the hot
+        # path never take it: they read `_live` (an immutable LiveModel) in one attribute access.
         self._lock = threading.Lock()
         self._live: LiveModel | None = None
-        self._seen: Hashable | object = _UNSEEN  # token of the last content decided on
-        self._recheck_at = 0.0  # monotonic time when an unchanged token must be looked at again
+        self._watched = self._current = watched
         self._next_check = 0.0  # check_interval gate
-        self._failed_sha: str | None = None
-        self._file_missing = False
         self._load_count = 0
-        self._last_error: dict[str, Any] | None = None
-        self._last_exc: CheckpointError | None = None
-        self._history: deque[LoadAttempt] = deque(maxlen=self.options.history)
-        self._attempts = 0  # load attempts recorded so far (history is bounded)
-        self._listeners: list[Callable[[ModelRegistry, LoadAttempt], None]] = []
+        self._attempts: AttemptLog[ModelRegistry] = AttemptLog(self.name, self.options.history)
         self._pending: Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._copies = PrivateCopies(self.options.cache_dir)  # removed on close() or collection
         limit = self.options.max_concurrent_loads
         self._slots = None if limit is None else LoadSlots(
-            str(self._watched.path.resolve()), limit, directory=self.options.lock_dir
+            str(watched.source.path.resolve()), limit, directory=self.options.lock_dir
         )  # fmt: skip
         self._in_worker = False  # the background worker is deciding (it waits for its turn)
 
@@ -126,8 +122,10 @@ class ModelRegistry:
             if self._interval:
                 if _monotonic() < self._next_check:
                     return live.model
-            elif self._token() == self._seen and _monotonic() < self._recheck_at:
-                return live.model
+            else:
+                state = self._current
+                if state.token() == state.seen and _monotonic() < state.recheck_at:
+                    return live.model
         return self.get(force_reload=force_reload).model
 
     @property
@@ -170,7 +168,8 @@ class ModelRegistry:
                 if now < self._next_check:
                     return live
                 self._next_check = now + self._interval
-            if self._token() == self._seen and _monotonic() < self._recheck_at:
+            state = self._current
+            if state.token() == state.seen and _monotonic() < state.recheck_at:
                 return live
         if force_reload:
             if not block:
@@ -184,10 +183,10 @@ class ModelRegistry:
         Ignores `check_interval` and the swap mode: tests and admin tools step detection with it.
         """
         with self._lock:
-            before = self._attempts
+            before = self._attempts.count
             with contextlib.suppress(ModelNotAvailable):
                 self._decide(time.monotonic(), load_here=True, force=False)
-            return self._history[-1] if self._attempts != before else None
+            return self._attempts.history[-1] if self._attempts.count != before else None
 
     # ---- pinning ------------------------------------------------------------------------------
 
@@ -197,25 +196,19 @@ class ModelRegistry:
         Raises:
             CheckpointError: it cannot be loaded or is rejected; the live model stays.
         """
-        source = FileSource(path)
+        pinned = SourceState(FileSource(path))  # its own state: the watched source's stays as is
         with self._lock:
-            # A pin that fails must not disturb what is known about the watched source.
-            state = self._seen, self._recheck_at, self._failed_sha, self._file_missing
-            try:
-                self._load(source, force=True, raise_errors=True)
-            except CheckpointError:
-                self._seen, self._recheck_at, self._failed_sha, self._file_missing = state
-                raise
-            self._set_source(source)
+            self._load(pinned, force=True, raise_errors=True)
+            self._current = pinned
             self._pinned = Path(path)
             return self._require_live()
 
     def unpin(self) -> LiveModel | None:
         """Follow the watched path again, loading what it points at now."""
         with self._lock:
-            self._set_source(self._watched)
+            self._current = self._watched
             self._pinned = None
-            self._seen, self._recheck_at = _UNSEEN, 0.0
+            self._current.seen, self._current.recheck_at = UNSEEN, 0.0
             with contextlib.suppress(ModelNotAvailable):
                 self._decide(time.monotonic(), load_here=True, force=False)
             return self._live
@@ -228,19 +221,19 @@ class ModelRegistry:
 
     def add_listener(self, listener: Callable[[ModelRegistry, LoadAttempt], None]) -> None:
         """Call `listener(registry, attempt)` after every load attempt (metrics, logs)."""
-        self._listeners.append(listener)
+        self._attempts.listeners.append(listener)
 
     @property
     def history(self) -> list[LoadAttempt]:
-        return list(self._history)
+        return list(self._attempts.history)
 
     @property
     def last_error(self) -> dict[str, Any] | None:
-        return self._last_error
+        return self._attempts.last_error
 
     @property
     def file_missing(self) -> bool:
-        return self._file_missing
+        return self._current.missing
 
     @property
     def loading(self) -> bool:
@@ -249,13 +242,14 @@ class ModelRegistry:
 
     @property
     def source(self) -> Source:
-        return self._source
+        return self._current.source
 
     def status(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
         live = self._live
         version = live.version if live is not None else None
-        history = list(self._history)  # one C-level copy: a load may append meanwhile
+        history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
+        current = self._current
         return {
             "name": self.name,
             "loaded": live is not None,
@@ -263,10 +257,10 @@ class ModelRegistry:
             "load_count": self._load_count,
             "last_mtime": version.mtime if version is not None else 0.0,
             "version": version.to_dict() if version is not None else None,
-            "last_error": self._last_error,
-            "file_missing": self._file_missing,
+            "last_error": self._attempts.last_error,
+            "file_missing": current.missing,
             "pinned": str(self._pinned) if self._pinned is not None else None,
-            "source": self._source.kind,
+            "source": current.source.kind,
             "swap": self.options.swap,
             "loading": self.loading,
             "history": [a.to_dict() for a in history],
@@ -296,7 +290,8 @@ class ModelRegistry:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ModelRegistry({self.name!r}, {self._source!r}, load_count={self._load_count})"
+        source = self._current.source
+        return f"ModelRegistry({self.name!r}, {source!r}, load_count={self._load_count})"
 
     # ---- the slow path --------------------------------------------------------------------------
 
@@ -305,55 +300,55 @@ class ModelRegistry:
         if background or not block:
             # Never wait behind a load in flight: in background mode the live model answers
             # meanwhile; with block=False the caller is told to ask again from a worker thread.
-            if not self._lock.acquire(blocking=False):
-                if background:
-                    return self._require_live()
-                raise WouldBlock(self.name)
-            try:
-                return self._decide(time.monotonic(), load_here=False, force=False)
-            finally:
-                self._lock.release()
+            busy = self._require_live if background else self._would_block
+            return self._decide_unless_busy(load_here=False, busy=busy)
         if self._slots is not None and self._live is not None:
             # Coordinated loads: a caller never queues behind a load in flight (which may be
             # waiting for its turn); the live model answers.
-            if not self._lock.acquire(blocking=False):
-                return self._require_live()
-            try:
-                return self._decide(time.monotonic(), load_here=True, force=False)
-            finally:
-                self._lock.release()
+            return self._decide_unless_busy(load_here=True, busy=self._require_live)
         with self._lock:
             return self._decide(time.monotonic(), load_here=True, force=False)
+
+    def _decide_unless_busy(self, *, load_here: bool, busy: Callable[[], LiveModel]) -> LiveModel:
+        """_decide if the lock is free at once; else what `busy()` returns (or raises)."""
+        if not self._lock.acquire(blocking=False):
+            return busy()
+        try:
+            return self._decide(time.monotonic(), load_here=load_here, force=False)
+        finally:
+            self._lock.release()
+
+    def _would_block(self) -> LiveModel:
+        raise WouldBlock(self.name)
 
     def _decide(self, now: float, *, load_here: bool, force: bool) -> LiveModel:
         """With the lock held: look at the source and load, schedule or refuse. Returns the handle."""
         self._next_check = now + self._interval  # this is a look at the source
         live = self._live
-        token = self._source.token()
-        if token is None and self._directory is not None and self._source is self._watched:
+        state = self._current
+        token = state.token()
+        if token is None and self._directory is not None and state is self._watched:
             # Nothing was published when we looked into the directory: look again, so a
             # checkpoint copied in by hand (no manifest) is found too.
-            found = latest_in_directory(self._directory, self._lookup_name)
-            signed_only = self.options.require_signature and found.suffix != ".json"
-            if found != self._watched.path and not signed_only:
-                self._watched = self._make_source(found)
-                self._set_source(self._watched)
-                token = self._source.token()
+            found = self._directory.find(now, state.source.path)
+            if found is not None:
+                state = self._watched = self._current = SourceState(self._make_source(found))
+                token = state.token()
         if token is None:
-            if not self._file_missing:
+            if not state.missing:
                 log.warning(
-                    "checkpoint missing", extra={"model": self.name, "path": str(self._source.path)}
+                    "checkpoint missing", extra={"model": self.name, "path": str(state.source.path)}
                 )
-            self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+            state.mark_missing()
             return self._require_live()
-        self._file_missing = False
-        if token == self._seen and now < self._recheck_at:
+        state.missing = False
+        if token == state.seen and now < state.recheck_at:
             return self._require_live()
-        if token == self._seen and live is not None and self._verify_every:
+        if token == state.seen and live is not None and self._verify_every:
             # Same stat key: only the periodic re-read of the manifest is due.
-            digest = self._source.digest()
-            if digest in (live.version.sha256, self._failed_sha) or digest is None:
-                self._recheck_at = now + self._verify_every
+            digest = state.source.digest()
+            if digest in (live.version.sha256, state.failed_sha) or digest is None:
+                state.recheck_at = now + self._verify_every
                 return live
         if not load_here:
             if live is not None and self.options.swap == "background":
@@ -362,19 +357,19 @@ class ModelRegistry:
             self._next_check = 0.0  # the caller's retry from a worker thread must look again
             raise WouldBlock(self.name)
         if self._slots is None:
-            self._load(self._source, force=force, raise_errors=False)
+            self._load(state, force=force, raise_errors=False)
             return self._require_live()
         if live is not None and not self._in_worker and self._slots.busy():
             # Other processes hold every load slot: keep serving, load in turn in the background.
             self._schedule()
             return live
         with self._slots.hold():
-            self._load(self._source, force=force, raise_errors=False)
+            self._load(state, force=force, raise_errors=False)
         return self._require_live()
 
     def _force(self) -> LiveModel:
         with self._lock:
-            self._load(self._source, force=True, raise_errors=False)
+            self._load(self._current, force=True, raise_errors=False)
             return self._require_live()
 
     def _schedule(self) -> None:
@@ -384,12 +379,12 @@ class ModelRegistry:
             self._executor = ThreadPoolExecutor(
                 1, thread_name_prefix=f"ckptserve-{self.name}", initializer=_yield_cpu
             )
-        self._recheck_at = math.inf  # until the worker decides, the hot path need not look again
+        self._current.recheck_at = math.inf  # until the worker decides, the hot path need not look
         self._pending = self._executor.submit(self._background_load)
 
     def _background_load(self) -> None:
         with self._lock:
-            self._recheck_at = 0.0
+            self._current.recheck_at = 0.0
             self._in_worker = True
             try:
                 self._decide(time.monotonic(), load_here=True, force=False)
@@ -400,8 +395,10 @@ class ModelRegistry:
             finally:
                 self._in_worker = False
 
-    def _load(self, source: Source, *, force: bool, raise_errors: bool) -> None:
-        """Read, verify, load, validate and swap one checkpoint. Caller holds the lock."""
+    def _load(self, state: SourceState, *, force: bool, raise_errors: bool) -> None:
+        """Read, verify, load, validate and swap the checkpoint of one source, keeping what was
+        decided in `state` (the watched source's, or a pin's). Caller holds the lock."""
+        source = state.source
         started = time.perf_counter()
         now = time.monotonic()
         live = self._live
@@ -413,11 +410,9 @@ class ModelRegistry:
             snapshot = source.fetch(self._copies.directory)
             if not force and live is not None and snapshot.sha256 == live.version.sha256:
                 # A touch or a copy of the same bytes: adopt the new key, keep the model.
-                self._seen, self._recheck_at = (
-                    snapshot.token,
-                    now + (self._verify_every or math.inf),
-                )
-                self._record("unchanged", snapshot, None, started, force)
+                state.seen = snapshot.token
+                state.recheck_at = now + (self._verify_every or math.inf)
+                self._attempts.loaded(self, snapshot, started=started, forced=force, unchanged=True)
                 return
             candidate = load_candidate(
                 snapshot, device=self.device, options=self.options, path=source.path,
@@ -425,14 +420,14 @@ class ModelRegistry:
             )  # fmt: skip
         except Exception as exc:
             if isinstance(exc, FileNotFoundError) and source.token() is None:
-                self._file_missing, self._seen, self._recheck_at = True, None, math.inf
+                state.mark_missing()
                 if raise_errors:
                     raise CheckpointError(f"{source.path} does not exist") from None
                 return
             # Whatever went wrong (bad bytes, odd metadata, a loader bug), the request that
             # triggered the load must still get the live model: record it as a failed load.
-            error = exc if isinstance(exc, CheckpointError) else _as_checkpoint_error(exc)
-            self._fail(error, snapshot, source, before, started, force, now)
+            error = exc if isinstance(exc, CheckpointError) else as_checkpoint_error(exc)
+            self._fail(state, error, snapshot, before, started, force, now)
             if raise_errors:
                 raise error  # noqa: B904 (its __cause__ is already set)
             return
@@ -440,34 +435,23 @@ class ModelRegistry:
         # writer, or a replace racing us), what we loaded may be a mix; discard it and retry.
         if source.token() != snapshot.token:
             error = CheckpointError("checkpoint changed while it was being loaded (torn write)")
-            self._fail(error, snapshot, source, before, started, force, now, retry=True)
+            self._fail(state, error, snapshot, before, started, force, now, retry=True)
             if raise_errors:
                 raise error
             return
         self._copies.keep_while(candidate.version.sha256, candidate.model)
         self._live = candidate
         self._load_count += 1
-        self._seen, self._failed_sha = snapshot.token, None
-        self._recheck_at = now + (self._verify_every or math.inf)
-        self._last_error, self._last_exc = None, None
-        self._record("ok", snapshot, None, started, force)
+        state.seen, state.failed_sha = snapshot.token, None
+        state.recheck_at = now + (self._verify_every or math.inf)
+        self._attempts.loaded(self, snapshot, started=started, forced=force, unchanged=False)
         self._copies.prune(keep=candidate.version.sha256)
-
-    def _make_source(self, path: Path) -> Source:
-        return make_source(
-            path, name=self._lookup_name, signing_key=self._signing_key,
-            require_signature=self.options.require_signature,
-        )  # fmt: skip
-
-    def _set_source(self, source: Source) -> None:
-        self._source = source
-        self._token = source.token
 
     def _fail(
         self,
-        exc: CheckpointError,
+        state: SourceState,
+        error: CheckpointError,
         snapshot: Snapshot | None,
-        source: Source,
         before: Hashable | None,
         started: float,
         force: bool,
@@ -475,75 +459,33 @@ class ModelRegistry:
         *,
         retry: bool = False,
     ) -> None:
-        result: LoadResult = "rejected" if isinstance(exc, ValidationError) else "failed"
         live = self._live
         if snapshot is not None and (live is None or snapshot.sha256 != live.version.sha256):
             self._copies.discard(snapshot.sha256)  # not kept: no disk held by rejected bytes
         # The token read before the attempt: if the source moved since, the next call sees a
         # new token and tries again at once instead of waiting out retry_after.
-        self._seen = snapshot.token if snapshot is not None else before
-        self._recheck_at = now if retry else now + self.options.retry_after
-        self._failed_sha = snapshot.sha256 if snapshot is not None else None
-        key = snapshot.key.to_dict() if snapshot is not None else None
-        self._last_exc = exc
-        self._last_error = {
-            "result": result,
-            "reason": str(exc),
-            "checkpoint": snapshot.resolved.name if snapshot is not None else source.path.name,
-            "sha256": snapshot.sha256 if snapshot is not None else None,
-            "key": key,
-            "at": time.time(),
-        }
-        self._record(result, snapshot, str(exc), started, force, source=source)
-
-    def _record(
-        self,
-        result: LoadResult,
-        snapshot: Snapshot | None,
-        reason: str | None,
-        started: float,
-        force: bool,
-        *,
-        source: Source | None = None,
-    ) -> None:
-        attempt = LoadAttempt(
-            result=result,
-            checkpoint=snapshot.resolved.name
-            if snapshot
-            else (source.path.name if source else None),
-            sha256=snapshot.sha256 if snapshot else None,
-            reason=reason,
-            duration=time.perf_counter() - started,
-            at=time.time(),
-            forced=force,
+        state.seen = snapshot.token if snapshot is not None else before
+        state.recheck_at = now if retry else now + self.options.retry_after
+        state.failed_sha = snapshot.sha256 if snapshot is not None else None
+        self._attempts.failed(
+            self, error, snapshot, state.source.path, started=started, forced=force
         )
-        self._history.append(attempt)
-        self._attempts += 1
-        level = logging.INFO if result in ("ok", "unchanged") else logging.WARNING
-        log.log(
-            level,
-            "load %s: %s %s",
-            result,
-            attempt.checkpoint,
-            reason or f"sha256={(attempt.sha256 or '')[:12]} in {attempt.duration * 1000:.1f} ms",
-            extra={
-                "model": self.name, "checkpoint": attempt.checkpoint, "sha256": attempt.sha256,
-                "result": result, "duration": round(attempt.duration, 6), "reason": reason,
-            },
+
+    def _make_source(self, path: Path) -> Source:
+        return make_source(
+            path, name=self._lookup_name, signing_key=self._signing_key,
+            require_signature=self.options.require_signature,
         )  # fmt: skip
-        for listener in self._listeners:
-            try:
-                listener(self, attempt)
-            except Exception:
-                log.exception("load listener failed")
 
     def _require_live(self) -> LiveModel:
         live = self._live
         if live is not None:
             return live
-        if self._file_missing:
-            raise ModelNotAvailable(f"{self.name}: no checkpoint at {self._source.path} yet")
-        exc = self._last_exc
+        if self._current.missing:
+            raise ModelNotAvailable(
+                f"{self.name}: no checkpoint at {self._current.source.path} yet"
+            )
+        exc = self._attempts.last_exc
         reason = str(exc) if exc is not None else "no checkpoint loaded yet"
         raise ModelNotAvailable(f"{self.name}: no model is live ({reason})") from exc
 
@@ -553,9 +495,3 @@ def _yield_cpu() -> None:
     serving thread then gets the CPU first; a load takes longer, requests do not wait for it."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-def _as_checkpoint_error(exc: Exception) -> CheckpointError:
-    error = CheckpointError(f"load failed: {type(exc).__name__}: {exc}")
-    error.__cause__ = exc
-    return error

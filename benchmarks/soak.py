@@ -1,6 +1,7 @@
 """The reliability soak (issue 7): chaos, memory, big-model stalls and the reload herd, with the
 figures written into docs/reliability.md (between the `soak:begin` / `soak:end` markers) and the
-memory curve plotted to docs/reliability_memory.png.
+memory curve plotted to docs/reliability_memory.png. `--only` reruns some parts and keeps the
+others' figures from benchmarks/results/soak.json; each section says when its part was measured.
 
 usage: python benchmarks/soak.py [--duration 60] [--reloads 1000] [--only chaos,memory,stalls,herd]
 
@@ -30,13 +31,24 @@ DOC = ROOT / "docs" / "reliability.md"
 PLOT = ROOT / "docs" / "reliability_memory.png"
 RESULTS = ROOT / "benchmarks" / "results" / "soak.json"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+PARTS = ("chaos", "memory", "stalls", "herd", "faults")
+#: Manifest-mode chaos: how often the server re-reads the manifest whose stat key did not change.
+VERIFY_INTERVAL = 0.5
 
 
 def chaos(duration: float) -> list[dict[str, Any]]:
+    """The plain-file runs, then the manifest runs (`"source": "manifest"`)."""
     runs = []
     for swap, workers in (("sync", 1), ("background", 1), ("sync", 2)):
         with tempfile.TemporaryDirectory(prefix="soak-chaos-") as tmp:
             result = relkit.run_chaos(Path(tmp), swap=swap, workers=workers, duration=duration)
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    for swap in ("background", "sync"):
+        with tempfile.TemporaryDirectory(prefix="soak-chaos-manifest-") as tmp:
+            result = relkit.run_manifest_chaos(
+                Path(tmp), swap=swap, duration=duration, verify_interval=VERIFY_INTERVAL
+            )
         print(json.dumps(result), flush=True)
         runs.append(result)
     return runs
@@ -107,38 +119,68 @@ def faults() -> dict[str, Any]:
     return out
 
 
+def _statuses(counts: dict[Any, int]) -> str:
+    """{200: 97759} whether the keys are ints (this run) or strings (read back from JSON)."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}"
+
+
 def _mb(n: float) -> str:
     return f"{n / 2**20:+.1f} MiB"
 
 
+def measured(results: dict[str, Any], part: str) -> str:
+    """When and how `part` was measured (a file from before per-part times: the block's)."""
+    m = results.get("measured", {}).get(part) or results
+    return f"measured {m['when']} with `{m['command']}`"
+
+
+def _chaos_row(r: dict[str, Any], extra: str = "") -> str:
+    mode = f"--swap {r['swap']}" + (f" --workers {r['workers']}" if r["workers"] > 1 else "")
+    rl = r["reloads"]
+    events = sum(v for k, v in r["events"].items() if k != "good")
+    return (
+        f"| {mode} | {r['duration_s']:.0f} | {r['sent']:,} | {r['rps']:,.0f} | "
+        f"{r['non_2xx']} | {r['bad_sha_responses']} | {r['good_versions_served']} | "
+        f"{rl.get('ok', 0)} / {rl.get('failed', 0)} / {rl.get('rejected', 0)} / "
+        f"{rl.get('unchanged', 0)} | {r['p99_ms']} ms | {r['max_ms']} ms | "
+        f"{events} bad + {r['events'].get('good', 0)} good |{extra}"
+    )
+
+
 def render(results: dict[str, Any]) -> str:
-    lines = [BEGIN, "", f"Measured {results['when']} on {results['machine']} with "
-             f"`{results['command']}`.", ""]  # fmt: skip
+    lines = [BEGIN, "", f"Written {results['when']} on {results['machine']} by "
+             f"`{results['command']}`; each section says when its part was measured (`--only` "
+             "keeps the other parts' figures from an earlier run).", ""]  # fmt: skip
     if "chaos" in results:
-        lines += [
-            "### 1. Chaos soak (plain file `actor_latest.pt`, 32 connections)", "",
+        plain = [r for r in results["chaos"] if r.get("source", "file") == "file"]
+        signed = [r for r in results["chaos"] if r.get("source") == "manifest"]
+        head = (
             "| mode | seconds | requests | req/s | non-2xx | bad sha256 | good versions served "
-            "| reloads ok / failed / rejected / unchanged | p99 | largest latency | chaos events |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| reloads ok / failed / rejected / unchanged | p99 | largest latency | chaos events |"
+        )
+        lines += [
+            f"### 1. Chaos soak, {measured(results, 'chaos')}", "",
+            "Plain file `actor_latest.pt`, 32 connections:", "",
+            head, "|---|---|---|---|---|---|---|---|---|---|---|",
+            *(_chaos_row(r) for r in plain), "",
         ]  # fmt: skip
-        for r in results["chaos"]:
-            mode = f"--swap {r['swap']}" + (
-                f" --workers {r['workers']}" if r["workers"] > 1 else ""
-            )
-            rl = r["reloads"]
-            events = sum(v for k, v in r["events"].items() if k != "good")
-            lines.append(
-                f"| {mode} | {r['duration_s']:.0f} | {r['sent']:,} | {r['rps']:,.0f} | "
-                f"{r['non_2xx']} | {r['bad_sha_responses']} | {r['good_versions_served']} | "
-                f"{rl.get('ok', 0)} / {rl.get('failed', 0)} / {rl.get('rejected', 0)} / "
-                f"{rl.get('unchanged', 0)} | {r['p99_ms']} ms | {r['max_ms']} ms | "
-                f"{events} bad + {r['events'].get('good', 0)} good |"
-            )
-        lines.append("")
+        if signed:
+            lines += [
+                f"Manifest `actor_latest.json` written by `publish()`, signed, served with "
+                f"`CKPTSERVE_SIGNING_KEY`, `--require-signature` and `--verify-interval "
+                f"{signed[0]['verify_interval_s']:g}` (st_ctime left out of the stat key), "
+                "32 connections:", "",
+                head + " stat-key-preserving rewrites served |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]  # fmt: skip
+            for r in signed:
+                same = r["same_second"]
+                lines.append(_chaos_row(r, f" {same['served']} of {same['events']} |"))
+            lines.append("")
     if "memory" in results:
         m = results["memory"]
         lines += [
-            "### 2. Memory", "",
+            f"### 2. Memory, {measured(results, 'memory')}", "",
             f"{m['reloads']:,} reloads of the benchmark actor (`benchmarks/make_actor.py`, "
             f"TorchScript 32-256-256-1) in one server: RSS {m['curve'][0] / 2**20:.0f} MiB after the "
             f"first reload, {m['curve'][-1] / 2**20:.0f} MiB after the last: growth "
@@ -149,7 +191,7 @@ def render(results: dict[str, Any]) -> str:
     if "stalls" in results:
         lines += [
             "### 6. Event-loop stalls while a ~100 MB actor reloads every 2 s (--swap background, "
-            "4 connections)", "",
+            f"4 connections), {measured(results, 'stalls')}", "",
             "| format | file | worst loop stall (histogram bucket) | largest request latency | "
             "slowest load | requests | non-2xx |",
             "|---|---|---|---|---|---|---|",
@@ -163,17 +205,19 @@ def render(results: dict[str, Any]) -> str:
     if "faults" in results:
         c, k = results["faults"]["clients"], results["faults"]["kill"]
         lines += [
-            "### 4. Slow and large clients (one worker, 8 normal connections for 15 s)", "",
+            "### 4. Slow and large clients (one worker, 8 normal connections for 15 s), "
+            f"{measured(results, 'faults')}", "",
             f"{c['slow'].get('opened', 0)} connections sending their body one byte every 0.25 s "
             f"({c['slow'].get('still_open', 0)} still open at the end) and two 50 MiB bodies: "
-            f"normal traffic {c['load']['sent']:,} requests, {c['load']['statuses']}, errors "
+            f"normal traffic {c['load']['sent']:,} requests, {_statuses(c['load']['statuses'])}, errors "
             f"{c['load']['errors'] or 'none'}, p99 {c['load']['p99_ms']} ms, largest "
             f"{c['load']['max_ms']} ms. Declared 50 MiB: {c['declared']['status']} after "
             f"{c['declared']['sent']:,} body bytes sent ({c['declared']['seconds'] * 1e3:.1f} ms); "
             f"chunked 50 MiB: {c['chunked']['status']} after {c['chunked']['sent']:,} bytes "
             f"({c['chunked']['seconds'] * 1e3:.1f} ms). Server RSS {_mb(c['rss_growth'])}.", "",
-            f"### 5. kill -9 of one of two workers under load ({k['concurrency']} connections)", "",
-            f"{k['sent']:,} requests: {k['statuses']}, connection errors {k['errors'] or 'none'} "
+            f"### 5. kill -9 of one of two workers under load ({k['concurrency']} connections), "
+            f"{measured(results, 'faults')}", "",
+            f"{k['sent']:,} requests: {_statuses(k['statuses'])}, connection errors {k['errors'] or 'none'} "
             f"(requests in flight on the killed worker's connections; the client reconnects). "
             f"uvicorn's supervisor started {k['replacements']} replacement, which served "
             f"`{k['replacement_checkpoint']}` (the current checkpoint: `{k['current_checkpoint']}`) "
@@ -181,8 +225,8 @@ def render(results: dict[str, Any]) -> str:
         ]  # fmt: skip
     if "herd" in results:
         lines += [
-            "### 7. Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections)",
-            "",
+            "### 7. Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections), "
+            f"{measured(results, 'herd')}", "",
             "| --max-concurrent-loads | largest request latency | p99 | worst loop stall | "
             "seconds until both workers serve each publish | non-2xx |",
             "|---|---|---|---|---|---|",
@@ -206,32 +250,42 @@ def write_doc(block: str) -> None:
     DOC.write_text(pattern.sub(lambda _: block, text))
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per chaos run")
     parser.add_argument("--reloads", type=int, default=1000, help="reloads for the memory run")
-    parser.add_argument("--only", default="chaos,memory,stalls,herd,faults")
+    parser.add_argument("--only", default=",".join(PARTS))
     args = parser.parse_args()
     parts = set(args.only.split(","))
     results: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "when": _now(),
         "machine": f"{platform.machine()} Linux, {__import__('os').cpu_count()} CPUs",
         "command": " ".join(["python benchmarks/soak.py", *sys.argv[1:]]),
+        "measured": {},  # part -> {"when", "command"}: when each part's figures were taken
     }
-    if RESULTS.exists():  # keep the parts not rerun
+    if RESULTS.exists():  # keep the parts not rerun, with when they were measured
         previous = json.loads(RESULTS.read_text())
-        results.update({k: v for k, v in previous.items() if k not in parts and k in
-                        ("chaos", "memory", "stalls", "herd", "faults")})  # fmt: skip
-    if "chaos" in parts:
-        results["chaos"] = chaos(args.duration)
-    if "memory" in parts:
-        results["memory"] = memory(args.reloads)
-    if "stalls" in parts:
-        results["stalls"] = stalls()
-    if "herd" in parts:
-        results["herd"] = herd()
-    if "faults" in parts:
-        results["faults"] = faults()
+        for part in PARTS:
+            if part in previous and part not in parts:
+                results[part] = previous[part]
+                # A file from before per-part times: the part was measured with its block.
+                results["measured"][part] = previous.get("measured", {}).get(part) or {
+                    "when": previous["when"], "command": previous["command"].strip()}  # fmt: skip
+    run = {
+        "chaos": lambda: chaos(args.duration),
+        "memory": lambda: memory(args.reloads),
+        "stalls": stalls,
+        "herd": herd,
+        "faults": faults,
+    }
+    for part in PARTS:
+        if part in parts:
+            results["measured"][part] = {"when": _now(), "command": results["command"]}
+            results[part] = run[part]()
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     write_doc(render(results))

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+import ckptserve.watching
 from ckptserve import (
     CheckpointError,
     IntegrityError,
@@ -27,6 +28,7 @@ from ckptserve import (
     WouldBlock,
     publish,
 )
+from ckptserve.sources import latest_in_directory
 from core_helpers import (
     FORMATS,
     SWAPS,
@@ -508,6 +510,32 @@ def test_empty_directory_finds_a_checkpoint_copied_by_hand(
     assert registry.source.kind == "file"
 
 
+def test_empty_directory_is_not_listed_on_every_call(
+    tmp_path, checkpoint_bytes, make_registry, monkeypatch
+):
+    """Calls without a model list an empty directory once per RESCAN_EVERY s at most, until an
+    entry appears in it: a checkpoint copied in is still found at the next call."""
+    listed: list[Path] = []
+    monkeypatch.setattr(
+        ckptserve.watching,
+        "latest_in_directory",
+        lambda directory, name: listed.append(directory) or latest_in_directory(directory, name),
+    )
+    then = time.time_ns() - 10_000_000_000  # its last change well past any timestamp tick
+    os.utime(tmp_path, ns=(then, then))
+    registry = make_registry(tmp_path)
+    started = time.monotonic()
+    for _ in range(50):
+        with pytest.raises(ModelNotAvailable):
+            registry.get_model()
+    elapsed = time.monotonic() - started
+    assert 1 <= len(listed) <= 1 + elapsed / ckptserve.watching.RESCAN_EVERY
+
+    (tmp_path / "actor_latest.pt").write_bytes(checkpoint_bytes("torchscript", 0))
+    assert registry.get_model() is not None
+    assert registry.source.kind == "file"
+
+
 # ---- 7. concurrency --------------------------------------------------------------------------------
 
 
@@ -682,6 +710,25 @@ def test_pin_of_a_bad_checkpoint_keeps_the_live_model(tmp_path, make_registry):
     assert registry.pinned is None
     assert registry.get_model() is first
     assert registry.check() is None
+
+
+def test_a_failed_pin_leaves_what_is_known_about_the_watched_checkpoint(
+    ckpt_path, checkpoint_bytes, make_registry
+):
+    """A pin that fails is not the watched file failing: no missing flag, no retry of a
+    watched checkpoint that failed, and the watched file's next change still loads."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    registry = make_registry(ckpt_path, retry_after=3600)
+    first = registry.get_model()
+    write_atomic(ckpt_path, b"garbage")
+    assert registry.check().result == "failed"
+    with pytest.raises(CheckpointError):
+        registry.pin(ckpt_path.parent / "missing.pt")
+    assert not registry.file_missing
+    assert registry.check() is None
+    assert registry.get_model() is first
+    write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(1))
 
 
 # ---- force_reload, touch, mtime 0, formats allowed -----------------------------------------------------

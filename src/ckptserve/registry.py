@@ -16,13 +16,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .attempts import AttemptLog, as_checkpoint_error
+from .background import BackgroundWorker
 from .coordination import LoadSlots
 from .errors import CheckpointError, ModelNotAvailable, WouldBlock
 from .loading import LiveModel, PrivateCopies, load_candidate
@@ -48,7 +47,7 @@ class ModelRegistry:
     Args:
         model_path: a checkpoint file, a `{name}_latest.json` manifest, or a directory.
         device: where models are loaded ("cpu", "cuda:0", ...).
-        name: the model's name in logs and status (default: the file stem's first part).
+        name: the model's name in logs and status (default: the name it was published under).
         options: a RegistryOptions; keyword overrides (check_interval=..., swap=...) apply on top.
 
     Example:
@@ -99,8 +98,7 @@ class ModelRegistry:
         self._next_check = 0.0  # check_interval gate
         self._load_count = 0
         self._attempts: AttemptLog[ModelRegistry] = AttemptLog(self.name, self.options.history)
-        self._pending: Future[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker = BackgroundWorker(f"ckptserve-{self.name}")
         self._copies = PrivateCopies(self.options.cache_dir)  # removed on close() or collection
         limit = self.options.max_concurrent_loads
         self._slots = None if limit is None else LoadSlots(
@@ -237,8 +235,7 @@ class ModelRegistry:
 
     @property
     def loading(self) -> bool:
-        pending = self._pending
-        return pending is not None and not pending.done()
+        return self._worker.busy
 
     @property
     def source(self) -> Source:
@@ -268,19 +265,11 @@ class ModelRegistry:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no background load is in flight; True if idle within `timeout`."""
-        pending = self._pending
-        if pending is None:
-            return True
-        try:
-            pending.result(timeout)
-        except FutureTimeout:
-            return False
-        return True
+        return self._worker.wait_idle(timeout)
 
     def close(self) -> None:
         """Stop the background worker and remove the private copies."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._worker.close()
         self._copies.close()
 
     def __enter__(self) -> ModelRegistry:
@@ -373,14 +362,10 @@ class ModelRegistry:
             return self._require_live()
 
     def _schedule(self) -> None:
-        if self._pending is not None and not self._pending.done():
+        if self._worker.busy:
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"ckptserve-{self.name}", initializer=_yield_cpu
-            )
         self._current.recheck_at = math.inf  # until the worker decides, the hot path need not look
-        self._pending = self._executor.submit(self._background_load)
+        self._worker.submit(self._background_load)
 
     def _background_load(self) -> None:
         with self._lock:
@@ -488,10 +473,3 @@ class ModelRegistry:
         exc = self._attempts.last_exc
         reason = str(exc) if exc is not None else "no checkpoint loaded yet"
         raise ModelNotAvailable(f"{self.name}: no model is live ({reason})") from exc
-
-
-def _yield_cpu() -> None:
-    """Run background loads at nice +10 (Linux: per thread). Where the cores are busy, the
-    serving thread then gets the CPU first; a load takes longer, requests do not wait for it."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

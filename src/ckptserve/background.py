@@ -1,0 +1,63 @@
+"""The registry's background worker: one thread, started on first use, that runs one load at a
+time at a lower CPU priority than the threads serving requests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+__all__ = ["BackgroundWorker"]
+
+
+class BackgroundWorker:
+    """Runs a function on its own thread, never two at once.
+
+    Args:
+        name: the thread's name prefix (`ckptserve-<model>`).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A run is submitted and not finished."""
+        pending = self._pending
+        return pending is not None and not pending.done()
+
+    def submit(self, run: Callable[[], None]) -> None:
+        """Start `run` on the worker thread. Callers check `busy` first (under their own lock)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix=self._name, initializer=_yield_cpu
+            )
+        self._pending = self._executor.submit(run)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no run is in flight; True if idle within `timeout`."""
+        pending = self._pending
+        if pending is None:
+            return True
+        try:
+            pending.result(timeout)
+        except FutureTimeout:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Cancel what has not started and wait for what has."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _yield_cpu() -> None:
+    """Run background loads at nice +10 (Linux: per thread). Where the cores are busy, the
+    serving thread then gets the CPU first; a load takes longer, requests do not wait for it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

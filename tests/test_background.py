@@ -1,0 +1,41 @@
+"""Specifications for background.py: the registry's one low-priority worker thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from ckptserve.background import BackgroundWorker
+
+
+def test_a_run_is_busy_until_it_finishes():
+    """busy is True from submit() until the run returns; wait_idle() waits for that."""
+    worker = BackgroundWorker("ckptserve-test")
+    assert not worker.busy and worker.wait_idle(0)
+    release = threading.Event()
+    worker.submit(release.wait)
+    assert worker.busy
+    assert not worker.wait_idle(0.01)
+    release.set()
+    assert worker.wait_idle(5)
+    assert not worker.busy
+    worker.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_runs_are_niced_and_named_for_the_model():
+    """The worker thread runs at nice 10 (or lower priority) and is named after the model."""
+    worker = BackgroundWorker("ckptserve-critic")
+    seen: dict[str, object] = {}
+
+    def run() -> None:
+        seen["name"] = threading.current_thread().name
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    worker.submit(run)
+    worker.close()
+    assert str(seen["name"]).startswith("ckptserve-critic")
+    assert isinstance(seen["nice"], int) and seen["nice"] >= 10

@@ -265,10 +265,9 @@ def inspect(file: Path, factory: str | None, obs_dim: int | None, as_json: bool)
     from .server.inspection import describe
 
     try:
-        data = file.read_bytes()
+        info = describe(file, factory=factory, obs_dim=obs_dim)
     except OSError as exc:
         _fail(f"{file}: {exc.strerror or exc}")
-    info = describe(file, data, factory=factory, obs_dim=obs_dim)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 FORMATS = ("export", "torchscript", "state_dict", "safetensors")
+WEIGHTS_FORMATS = ("state_dict", "safetensors")  # the formats that need a factory
 
 Factory = Callable[..., torch.nn.Module]
 
@@ -73,10 +74,10 @@ _Buffer = bytes | memoryview | mmap.mmap
 
 def sniff(data: bytes | memoryview) -> str:
     """Name the checkpoint format of `data`; raise CheckpointError when it is none we know."""
-    return _sniff(data, io.BytesIO(data))
+    return sniff_buffer(data, io.BytesIO(data))
 
 
-def _sniff(data: _Buffer, file: IO[bytes]) -> str:
+def sniff_buffer(data: _Buffer, file: IO[bytes]) -> str:
     """`sniff`, with the zip directory read through `file` (the same bytes as `data`)."""
     head = bytes(data[:8])
     if head[:4] == b"PK\x03\x04":
@@ -315,29 +316,9 @@ class StateDictLoader(AutoLoader):
         return module
 
     def __call__(self, path: Path, fmt: str, device: str) -> Loaded:
-        if fmt == "safetensors":
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-            metadata = _metadata_from_json(header.get(METADATA_KEY), "safetensors")
-            state = load_file(str(path), device=device)
-        elif fmt == "state_dict":
-            try:
-                state = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
-            except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
-                raise CheckpointError(
-                    f"state_dict refused by weights_only loading: {exc}"
-                ) from None
-            if not isinstance(state, dict):
-                raise CheckpointError(f"state_dict file holds {type(state).__name__}, not a dict")
-            raw = state.pop(METADATA_KEY, None)
-            if raw is not None and not isinstance(raw, str):
-                raise CheckpointError(f"{METADATA_KEY} in a state_dict must be a JSON string")
-            metadata = _metadata_from_json(raw, "state_dict")
-        else:
+        if fmt not in WEIGHTS_FORMATS:
             return super().__call__(path, fmt, device)
+        state, metadata = read_weights(path, fmt, device)
         module = self._build(metadata)
         try:
             module.load_state_dict(state, strict=True, assign=True)
@@ -352,6 +333,33 @@ class StateDictLoader(AutoLoader):
 
     def __repr__(self) -> str:
         return f"state_dict_loader({self._spec!r})"
+
+
+def read_weights(
+    path: Path, fmt: str, device: str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the metadata of a state_dict or safetensors file, without a factory.
+
+    On the CPU the tensors are mapped from the file, not read: their pages load when touched.
+    """
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=device) as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            return f.get_tensors(), _metadata_from_json(raw, "safetensors")
+    if fmt != "state_dict":
+        raise CheckpointError(f"a {fmt} checkpoint is not a weights file")
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+        raise CheckpointError(f"state_dict refused by weights_only loading: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"state_dict file holds {type(state).__name__}, not a dict")
+    raw = state.pop(METADATA_KEY, None)
+    if raw is not None and not isinstance(raw, str):
+        raise CheckpointError(f"{METADATA_KEY} in a state_dict must be a JSON string")
+    return state, _metadata_from_json(raw, "state_dict")
 
 
 def state_dict_loader(factory: str | Factory) -> Loader:
@@ -387,7 +395,7 @@ def _private_copy(data: bytes, target: Path) -> Path:
 
 
 @contextmanager
-def _mapped(path: Path) -> Iterator[tuple[_Buffer, IO[bytes]]]:
+def mapped(path: Path) -> Iterator[tuple[_Buffer, IO[bytes]]]:
     """The file at `path` as a read-only mmap (its pages are the page cache) and an open file."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:  # mmap refuses an empty file
@@ -399,7 +407,7 @@ def _mapped(path: Path) -> Iterator[tuple[_Buffer, IO[bytes]]]:
 
 def _check(data: _Buffer, file: IO[bytes], allow_formats: Collection[str] | None) -> str:
     """Sniff, refuse formats not allowed, check the CRCs or the data sha256; return the format."""
-    fmt = _sniff(data, file)
+    fmt = sniff_buffer(data, file)
     if allow_formats is not None and fmt not in allow_formats:
         allowed = ", ".join(sorted(allow_formats))
         raise CheckpointError(f"{fmt} checkpoints are not allowed here (allowed: {allowed})")
@@ -433,7 +441,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if data is None and copy_to is None:
-        with _mapped(path) as (buf, file):
+        with mapped(path) as (buf, file):
             fmt = _check(buf, file, allow_formats)
     else:
         if data is None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +175,17 @@ def test_two_workers_both_serve_a_new_publish(tmp_path: Path) -> None:
 FORMATS = ["export", "torchscript", "state_dict", "safetensors"]
 
 
+def _no_whole_file_reads(self: Path) -> bytes:
+    raise AssertionError(f"{self} was read into one bytes object")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_inspect_each_format(tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+def test_inspect_each_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """inspect reports every field for each format, without reading the file into one object."""
     path = publish(seeded(1), tmp_path, format=fmt)  # type: ignore[arg-type]
+    monkeypatch.setattr(Path, "read_bytes", _no_whole_file_reads)
     args = ["inspect", str(path), "--json"]
     if fmt in ("state_dict", "safetensors"):
         args += ["--factory", "serverkit:make_tiny_actor"]
@@ -200,6 +210,41 @@ def test_inspect_weights_without_factory_and_garbage(
     garbage.write_bytes(b"not a checkpoint at all")
     assert run_main(["inspect", str(garbage)]) == 1
     assert "unknown checkpoint format" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "safetensors"])
+def test_inspect_weights_without_factory_reads_parameters_and_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Without --factory a weights file still shows its parameter count and metadata."""
+    path = publish(seeded(1), tmp_path, format=fmt)  # type: ignore[arg-type]
+    monkeypatch.setattr(Path, "read_bytes", _no_whole_file_reads)
+    assert run_main(["inspect", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == fmt and "--factory" in info["probe"]
+    assert info["parameters"] == sum(p.numel() for p in seeded(1).parameters())
+    assert info["metadata"]["obs_dim"] == OBS_DIM
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_a_corrupt_file_says_it_would_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """A flipped bit in the weights is a failed load (exit 1), with or without --factory."""
+    path = publish(seeded(1), tmp_path, format=fmt)  # type: ignore[arg-type]
+    data = bytearray(path.read_bytes())
+    if fmt == "safetensors":
+        data[-3] ^= 0x01
+    else:  # in the middle of the first tensor's zip record, so the directory still reads
+        with zipfile.ZipFile(path) as zf:
+            record = next(i for i in zf.infolist() if i.filename.endswith("0"))
+        name_len, extra_len = struct.unpack_from("<HH", data, record.header_offset + 26)
+        data[record.header_offset + 30 + name_len + extra_len + record.compress_size // 2] ^= 0x01
+    torn = tmp_path / f"torn{path.suffix}"
+    torn.write_bytes(bytes(data))
+    assert run_main(["inspect", str(torn), "--json"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == fmt and info["error"].startswith("load failed:"), info
 
 
 def test_python_dash_m_inspect(tmp_path: Path) -> None:

@@ -4,11 +4,9 @@ the settings, hand them to uvicorn. Every `serve` option can also come from the 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -78,21 +76,6 @@ def _check_path(path: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         _fail(f"{path}: {parent} is not a directory")
-
-
-def _check_port(host: str, port: int) -> None:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        _fail(f"cannot resolve host {host!r}: {exc.strerror}")
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            _fail(f"cannot listen on {host}:{port}: {reason}")
 
 
 def _settings_error(exc: Any) -> NoReturn:
@@ -239,6 +222,8 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     (otherwise: the file name's first part, actor_latest.pt -> actor). A checkpoint that does not
     exist yet is not an error: the server starts not ready and loads it when it appears.
     """
+    from .demo.runner import port_problem
+
     for key in ("obs_low", "obs_high", "action_low", "action_high"):
         try:
             options[key] = _bound(options[key])
@@ -250,7 +235,9 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
         )
     settings = build_settings(models, options)
     _preflight(settings)
-    _check_port(settings.host, settings.port)
+    problem = port_problem(settings.host, settings.port)
+    if problem:
+        _fail(problem)
     _run(settings)
 
 

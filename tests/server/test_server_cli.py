@@ -102,6 +102,7 @@ def test_port_in_use_is_one_line_without_traceback(model_dir: Path) -> None:
     assert (
         result.stderr.strip()
         == f"ckptserve: error: cannot listen on 127.0.0.1:{port}: address already in use"
+        " (pick another with --port)"
     )
 
 

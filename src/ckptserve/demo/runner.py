@@ -34,7 +34,7 @@ from typing import Any, TextIO
 
 from .env import PairsTradingEnv
 
-__all__ = ["PROBE_Z", "probe_states", "run_demo"]
+__all__ = ["PROBE_Z", "port_problem", "probe_states", "run_demo"]
 
 PROBE_Z = (2.0, -2.0)
 """The probe states: every z-score in the window at +2 (short is right), then at -2 (long)."""
@@ -177,7 +177,9 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _port_problem(host: str, port: int) -> str | None:
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port, or None: `serve` and `demo` ask before they
+    start anything, so a taken port is one line, not a traceback after the models load."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -188,9 +190,10 @@ def _port_problem(host: str, port: int) -> str | None:
         try:
             sock.bind(address)
         except OSError as exc:
+            where = f"cannot listen on {host}:{port}"
             if exc.errno == errno.EADDRINUSE:
-                return f"{host}:{port} is already in use (pick another with --port)"
-            return f"cannot listen on {host}:{port}: {exc.strerror}"
+                return f"{where}: address already in use (pick another with --port)"
+            return f"{where}: {exc.strerror}"
     return None
 
 
@@ -303,7 +306,7 @@ def run_demo(
     def write(line: str) -> None:
         print(line, file=out, flush=True)
 
-    problem = _port_problem(host, port)
+    problem = port_problem(host, port)
     if problem:
         write(f"ckptserve demo: {problem}")
         return 1

@@ -20,7 +20,7 @@ from ckptserve import (
     sniff,
     state_dict_loader,
 )
-from ckptserve.formats import check_safetensors, check_zip
+from ckptserve.formats import check_safetensors, check_zip, read_weights
 from core_helpers import FORMATS, WEIGHTS_FORMATS, action_of, loader_for, record_span
 from policies import Actor, make_actor, make_actor_from, seeded_actor
 
@@ -53,6 +53,21 @@ def test_every_format_loads_as_a_policy(fmt, tmp_path, checkpoint_bytes):
         assert got.shape == (batch, 1)
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got_det, want)
+
+
+@pytest.mark.parametrize("fmt", WEIGHTS_FORMATS)
+def test_read_weights_gives_the_tensors_and_metadata_without_a_factory(
+    fmt, tmp_path, checkpoint_bytes
+):
+    """A weights file's tensors and metadata, as the factory's module would receive them."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(checkpoint_bytes(fmt, 0))
+    state, metadata = read_weights(path, fmt)
+    assert metadata["obs_dim"] == 4 and metadata["format"] == fmt
+    want = seeded_actor(0).state_dict()
+    assert state.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(state[name], tensor)
 
 
 def test_exported_program_is_served_through_exported_policy(tmp_path, checkpoint_bytes):

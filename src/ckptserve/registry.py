@@ -206,7 +206,8 @@ class ModelRegistry:
         with self._lock:
             self._current = self._watched
             self._pinned = None
-            self._current.seen, self._current.recheck_at = UNSEEN, 0.0
+            # What was decided before the pin was about the model the pin replaced: look again.
+            self._watched.seen, self._watched.recheck_at = UNSEEN, 0.0
             with contextlib.suppress(ModelNotAvailable):
                 self._decide(time.monotonic(), load_here=True, force=False)
             return self._live

@@ -41,7 +41,8 @@ class SourceState:
 #: The longest a directory whose entries look unchanged goes without being listed again: a
 #: directory's timestamps may be coarse, and a dangling `*_latest.*` link may gain its target.
 RESCAN_EVERY = 0.5
-#: A directory changed this recently may change again within the same timestamp tick.
+#: A directory changed this recently may change again within the same timestamp tick (and one
+#: dated in the future, by another machine's clock, is listed on every call as before).
 _SETTLED_NS = 1_000_000_000
 _MUST_LIST = object()
 

@@ -138,12 +138,15 @@ def _chaos_row(r: dict[str, Any], extra: str = "") -> str:
     mode = f"--swap {r['swap']}" + (f" --workers {r['workers']}" if r["workers"] > 1 else "")
     rl = r["reloads"]
     events = sum(v for k, v in r["events"].items() if k != "good")
+    served = f"{r['good_versions_served']}" + (
+        f" of {r['good_versions']}" if "good_versions" in r else ""
+    )
     return (
         f"| {mode} | {r['duration_s']:.0f} | {r['sent']:,} | {r['rps']:,.0f} | "
-        f"{r['non_2xx']} | {r['bad_sha_responses']} | {r['good_versions_served']} | "
+        f"{r['non_2xx']} | {r['bad_sha_responses']} | {served} | "
         f"{rl.get('ok', 0)} / {rl.get('failed', 0)} / {rl.get('rejected', 0)} / "
         f"{rl.get('unchanged', 0)} | {r['p99_ms']} ms | {r['max_ms']} ms | "
-        f"{events} bad + {r['events'].get('good', 0)} good |{extra}"
+        f"{events} chaos + {r['events'].get('good', 0)} good |{extra}"
     )
 
 

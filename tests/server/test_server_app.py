@@ -1,6 +1,7 @@
 """`create_app` served in this process: admin disabled, the OpenAPI document, the status page,
-limits and bounds, several models, loads off the event loop, and one implementation of predict
-whether a request takes the fast lane or FastAPI's route."""
+limits and bounds, several models, loads off the event loop, one implementation of predict
+whether a request takes the fast lane or FastAPI's route, and routes built before the first
+request."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import fastapi.routing
 import httpx
 import pytest
 from serverkit import (
@@ -253,3 +255,22 @@ def test_fast_lane_and_fastapi_route_answer_alike(model_dir: Path, make_server: 
             assert fast.json() == routed.json()
 
     anyio.run(compare)
+
+
+def test_routes_are_built_before_the_first_request(
+    model_dir: Path, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifespan warms FastAPI's routes up: no first request builds one on the event loop."""
+    server = make_server(model_dir, ready=False)
+    wait_for(lambda: not server.runtime.not_ready(), 20, "readiness, without a request")
+    built: list[Any] = []
+    real = fastapi.routing.get_dependant
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(kwargs.get("call"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "get_dependant", counting)
+    for path in ("/rl/status", "/rl/versions", "/metrics", "/v2/health/ready", "/v2/models/actor"):
+        assert server.client.get(path).status_code == 200, path
+    assert built == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -39,3 +40,16 @@ def test_runs_are_niced_and_named_for_the_model():
     worker.close()
     assert str(seen["name"]).startswith("ckptserve-critic")
     assert isinstance(seen["nice"], int) and seen["nice"] >= 10
+
+
+def test_close_waits_for_a_running_job_at_most_timeout() -> None:
+    """close(timeout) cancels nothing that runs, but does not wait past the timeout for it."""
+    worker = BackgroundWorker("test")
+    release = threading.Event()
+    worker.submit(release.wait)
+    started = time.monotonic()
+    worker.close(timeout=0.1)
+    assert time.monotonic() - started < 5
+    assert worker.busy
+    release.set()
+    assert worker.wait_idle(30)

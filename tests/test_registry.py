@@ -951,3 +951,30 @@ def test_odd_metadata_is_a_failed_load_not_a_crash(
     write_atomic(ckpt_path, odd)
     assert registry.get_model() is first
     assert "minus one" in registry.last_error["reason"]
+
+
+def test_close_waits_for_a_load_in_flight_before_removing_the_copies(
+    ckpt_path, checkpoint_bytes, tmp_path
+):
+    """close() from another thread lets a running load finish; then the cache is emptied."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    started, release = threading.Event(), threading.Event()
+
+    def slow_validate(model: Any) -> None:
+        started.set()
+        assert release.wait(30)
+
+    cache = tmp_path / "cache"
+    registry = ModelRegistry(ckpt_path, cache_dir=str(cache), validate=slow_validate)
+    loader = threading.Thread(target=registry.get_model)
+    loader.start()
+    assert started.wait(30)
+    closer = threading.Thread(target=registry.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # waiting for the load, not pulling the copy from under it
+    release.set()
+    loader.join(30)
+    closer.join(30)
+    assert [a.result for a in registry.history] == ["ok"]
+    assert list(cache.iterdir()) == []

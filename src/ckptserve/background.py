@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 
 __all__ = ["BackgroundWorker"]
@@ -50,10 +50,12 @@ class BackgroundWorker:
             return False
         return True
 
-    def close(self) -> None:
-        """Cancel what has not started and wait for what has."""
+    def close(self, timeout: float | None = None) -> None:
+        """Cancel what has not started and wait (at most `timeout` s) for what has."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._pending is not None:
+                wait([self._pending], timeout)
 
 
 def _yield_cpu() -> None:

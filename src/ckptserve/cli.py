@@ -40,12 +40,12 @@ def _bound(value: str | None) -> float | list[float] | None:
 
 def default_name(path: Path) -> str:
     """The model name for a path without `NAME=`: `actor_latest.pt` -> `actor`."""
-    from .server.state import checkpoint_prefix, looks_like_directory
+    from .naming import model_name, name_in_directory
+    from .server.state import looks_like_directory
 
     if path.is_dir() or (not path.exists() and looks_like_directory(str(path))):
-        found = sorted({p.name.split("_latest")[0] for p in path.glob("*_latest.*")})
-        return found[0] if len(found) == 1 else "actor"
-    return checkpoint_prefix(path) or "model"
+        return name_in_directory(path)
+    return model_name(path)
 
 
 def parse_models(args: Sequence[str]) -> list[dict[str, str]]:

@@ -89,10 +89,11 @@ class PrivateCopies:
     def prune(self, keep: str) -> None:
         """Remove every copy but those of `keep` (a sha256) and of models still alive."""
         spare = self._reaper.spare(keep)
-        for entry in self.directory.iterdir():
-            if _CACHED.match(entry.name) and not entry.name.lstrip(".").startswith(spare):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        with contextlib.suppress(OSError):  # a closed cache has no directory left to prune
+            for entry in self.directory.iterdir():
+                if _CACHED.match(entry.name) and not entry.name.lstrip(".").startswith(spare):
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
 
     def close(self) -> None:
         """Remove the copies (and the directory if it was ours). Also runs on garbage collection."""

@@ -268,10 +268,17 @@ class ModelRegistry:
         """Wait until no background load is in flight; True if idle within `timeout`."""
         return self._worker.wait_idle(timeout)
 
-    def close(self) -> None:
-        """Stop the background worker and remove the private copies."""
-        self._worker.close()
-        self._copies.close()
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the background worker and remove the private copies, after waiting (at most
+        `timeout` s) for a load that another thread is running to finish with them."""
+        deadline = time.monotonic() + timeout
+        self._worker.close(timeout)
+        acquired = self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            self._copies.close()
+        finally:
+            if acquired:
+                self._lock.release()
 
     def __enter__(self) -> ModelRegistry:
         return self

@@ -9,7 +9,6 @@ import gc
 import hmac
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from ..errors import ModelNotAvailable, WouldBlock
+from ..naming import checkpoint_prefix
 from ..publishing import list_checkpoints
 from ..registry import LiveModel, ModelRegistry
 from .batching import Batcher
@@ -26,7 +26,7 @@ from .errors import ApiError
 from .metrics import Metrics, prune_dead_workers
 from .settings import ModelSpec, Settings
 
-__all__ = ["ModelHandle", "Runtime", "checkpoint_prefix", "prepare_model_path"]
+__all__ = ["ModelHandle", "Runtime", "prepare_model_path"]
 
 log = logging.getLogger("ckptserve.server")
 
@@ -36,25 +36,12 @@ def looks_like_directory(path: str) -> bool:
     return path.endswith(("/", os.sep)) or not Path(path).suffix
 
 
-_TIMESTAMPED = re.compile(r"_\d{8}_\d{6}(?:_\d+)?$")
-
-
 def prepare_model_path(path: str) -> None:
     """Create a model directory that does not exist yet (publish() would), so the registry follows
     `{name}_latest.*` inside it instead of watching the directory's path as a file."""
     p = Path(path)
     if not p.exists() and looks_like_directory(path):
         p.mkdir(parents=True, exist_ok=True)
-
-
-def checkpoint_prefix(path: Path) -> str:
-    """`actor` for `actor_latest.pt`, `actor_latest.json` or `actor_20260412_143022.pt`;
-    `policy_v2` for `policy_v2_20260412_143022.pt` (the prefix `list_checkpoints` needs)."""
-    name = path.name
-    for marker in ("_latest.", "_latest"):
-        if marker in name:
-            return name.split(marker, 1)[0]
-    return _TIMESTAMPED.sub("", path.stem)
 
 
 @dataclass(slots=True)
@@ -208,6 +195,7 @@ class Runtime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        deadline = time.monotonic() + load_timeout
         loading = {h._loading: h.name for h in self.models.values() if h._loading is not None}
         if loading:
             _, late = await asyncio.wait(loading, timeout=load_timeout)
@@ -217,7 +205,7 @@ class Runtime:
                     loading[future], load_timeout,
                 )  # fmt: skip
         registries = [handle.registry for handle in self.models.values()]
-        await anyio.to_thread.run_sync(_close_all, registries)
+        await anyio.to_thread.run_sync(_close_all, registries, deadline)
         self.metrics.close()
 
     async def _watch(self) -> None:
@@ -299,9 +287,9 @@ class Runtime:
         return [(name, *h.staleness(now)) for name, h in self.models.items()]
 
 
-def _close_all(registries: list[ModelRegistry]) -> None:
-    for registry in registries:
-        registry.close()
+def _close_all(registries: list[ModelRegistry], deadline: float) -> None:
+    for registry in registries:  # each waits for a load of its own until the deadline at most
+        registry.close(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _multiprocess_dir() -> str | None:

@@ -420,28 +420,45 @@ def run_chaos(root: Path, *, swap: str = "sync", workers: int = 1, duration: flo
         server.wait_ready()
         log_path = root / "writer.jsonl"
         writer = start_writer(target, staging, duration, seed=seed, pace=pace, log_path=log_path)
-        stats = run_load(server.port, concurrency=concurrency, duration=duration + 1)
-        writer.join(duration + 30)
-        alive = server.client.get("/healthz").status_code == 200
-        result = reloads(server.url)
-        status = server.client.get("/rl/status").json()
+        stats, after = _load_during(server, writer, concurrency, duration + 1, duration + 30)
     finally:
-        if writer is not None and writer.is_alive():
-            writer.kill()
-            writer.join(10)
-        server.stop()
-    good = staging.good_sha
-    bad_served = {sha: n for sha, n in stats.shas.items() if sha not in good}
+        _stop(writer, server)
     return {
         "swap": swap, "workers": workers, "duration_s": duration, "concurrency": concurrency,
-        **stats.summary(),
+        **stats.summary(), **_served(stats, staging.good_sha),
+        "events": dict(writer_events(log_path)), **after,
+    }  # fmt: skip
+
+
+def _load_during(server: Any, writer: Any, concurrency: int, seconds: float,
+                 join: float) -> tuple[LoadStats, dict[str, Any]]:  # fmt: skip
+    """Send /rl/predict for `seconds` while the writer runs, wait for the writer, then read
+    what the server says about itself."""
+    stats = run_load(server.port, concurrency=concurrency, duration=seconds)
+    writer.join(join)
+    alive = server.client.get("/healthz").status_code == 200
+    result = reloads(server.url)
+    status = server.client.get("/rl/status").json()
+    return stats, {"reloads": result, "alive_after": alive,
+                   "last_error": (status.get("last_error") or {}).get("reason")}  # fmt: skip
+
+
+def _stop(writer: Any, server: Any) -> None:
+    if writer is not None and writer.is_alive():
+        writer.kill()
+        writer.join(10)
+    server.stop()
+
+
+def _served(stats: LoadStats, good: set[str]) -> dict[str, Any]:
+    """Failed requests, and responses from a checkpoint that is not one of the `good` sha256s."""
+    bad_served = {sha: n for sha, n in stats.shas.items() if sha not in good}
+    return {
         "non_2xx": sum(n for s, n in stats.statuses.items() if not 200 <= s < 300),
         "non_2xx_samples": [(s, b.decode(errors="replace")) for _, s, b in stats.non2xx[:5]],
         "bad_sha_responses": sum(bad_served.values()),
         "good_versions_served": len(set(stats.shas) & good),
-        "reloads": result, "events": dict(writer_events(log_path)),
-        "alive_after": alive, "last_error": (status.get("last_error") or {}).get("reason"),
-    }  # fmt: skip
+    }
 
 
 # ---- the manifest chaos (publish() + {name}_latest.json, signed) ------------------------------
@@ -666,34 +683,25 @@ def run_manifest_chaos(root: Path, *, swap: str = "sync", duration: float = 12.0
         if not ready.wait(60):
             raise AssertionError("the manifest chaos writer did not start")
         # Past the writer's last event, with time for a last same_second rewrite to be found.
-        stats = run_load(server.port, concurrency=concurrency, duration=duration + settle + 1)
-        writer.join(duration + 30)
-        alive = server.client.get("/healthz").status_code == 200
-        result = reloads(server.url)
-        status = server.client.get("/rl/status").json()
+        stats, after = _load_during(
+            server, writer, concurrency, duration + settle + 1, duration + 30
+        )
     finally:
-        if writer is not None and writer.is_alive():
-            writer.kill()
-            writer.join(10)
-        server.stop()
+        _stop(writer, server)
     events = read_events(log_path)
     good = {first} | {sha for e in events for sha in e["good"]}
-    bad_served = {sha: n for sha, n in stats.shas.items() if sha not in good}
+    bad = {sha for e in events for sha in e["bad"]}
     seconds = [e for e in events if e["kind"] == "same_second"]
     return {
         "source": "manifest", "swap": swap, "workers": 1, "duration_s": duration,
         "concurrency": concurrency, "verify_interval_s": verify_interval, **stats.summary(),
-        "non_2xx": sum(n for s, n in stats.statuses.items() if not 200 <= s < 300),
-        "non_2xx_samples": [(s, b.decode(errors="replace")) for _, s, b in stats.non2xx[:5]],
-        "bad_sha_responses": sum(bad_served.values()),
-        "known_bad_served": sum(n for sha, n in bad_served.items()
-                                if any(sha in e["bad"] for e in events)),
-        "good_versions_served": len(set(stats.shas) & good), "good_versions": len(good),
-        "reloads": result, "events": dict(Counter(e["kind"] for e in events)),
+        **_served(stats, good), "good_versions": len(good),
+        "known_bad_served": sum(n for sha, n in stats.shas.items() if sha in bad and sha not in good),
+        "events": dict(Counter(e["kind"] for e in events)),
         "same_second": {"events": len(seconds),
                         "key_restored": sum(bool(e["key_restored"]) for e in seconds),
                         "served": sum(stats.shas.get(e["second"], 0) > 0 for e in seconds)},
-        "alive_after": alive, "last_error": (status.get("last_error") or {}).get("reason"),
+        **after,
     }  # fmt: skip
 
 

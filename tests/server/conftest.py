@@ -7,11 +7,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from serverkit import ADMIN_TOKEN, InProcessServer, ServerProcess, seeded, torch_script, wait_for
 
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings, create_app
+
+
+@pytest.fixture
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every function sent to a worker thread through `anyio.to_thread.run_sync`, in order."""
+    hops: list[Any] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        hops.append(args[0])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    return hops
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 import pytest
 from serverkit import SLOW_LOAD_SECONDS, seeded, torch_script, wait_for
 
@@ -123,21 +122,11 @@ def test_shutdown_waits_for_a_load_at_most_load_timeout(
     wait_for(lambda: bool(registry.history), 10, "the abandoned load to end")
 
 
-def test_watcher_and_request_share_one_load(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_watcher_and_request_share_one_load(tmp_path: Path, thread_hops: list[Any]) -> None:
     """A request that finds the watcher's first load under way waits for that load: one thread."""
     directory = tmp_path / "models"
     publish(torch_script(seeded(1)), directory)
     runtime = runtime_for(directory)
-    hops: list[Any] = []
-    real = anyio.to_thread.run_sync
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        hops.append(args[0])
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
 
     async def scenario() -> None:
         await runtime.start()
@@ -151,5 +140,5 @@ def test_watcher_and_request_share_one_load(
 
     asyncio.run(scenario())
     registry = runtime.models["actor"].registry
-    assert [h for h in hops if h == registry.get] == [registry.get]
+    assert [h for h in thread_hops if h == registry.get] == [registry.get]
     assert registry.load_count == 1

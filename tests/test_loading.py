@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -106,3 +107,54 @@ def test_a_copy_stays_while_its_model_lives_and_is_removed_after(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [new]
     copies.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def _gone(path, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not path.exists()
+
+
+class _Model:
+    pass
+
+
+def test_a_copy_is_not_discarded_while_a_model_maps_it(tmp_path):
+    """discard() (a failed candidate of the same bytes) leaves a copy that a live model holds."""
+    sha = "c" * 64
+    copies = PrivateCopies(tmp_path)
+    (tmp_path / sha).write_text("x")
+    model = _Model()
+    copies.keep_while(sha, model)
+    copies.discard(sha)
+    assert (tmp_path / sha).exists()
+    del model
+    assert _gone(tmp_path / sha)
+    copies.close()
+
+
+def test_copies_released_during_a_load_are_removed_when_it_ends(tmp_path):
+    """A load may be about to open a copy of the same bytes (a rollback): removal waits for it."""
+    old, new = "d" * 64, "e" * 64
+    copies = PrivateCopies(tmp_path)
+    for name in (old, new):
+        (tmp_path / name).write_text("x")
+    model = _Model()
+    copies.keep_while(old, model)
+    copies.prune(keep=new)
+    with copies.loading():
+        del model
+        time.sleep(0.3)  # the reaper has seen the release by now
+        assert (tmp_path / old).exists()
+    assert not (tmp_path / old).exists()
+    copies.close()
+
+
+def test_a_closed_cache_keeps_nothing_and_starts_no_thread(tmp_path):
+    """keep_while() after close() does not hold the copy or start the reaper again."""
+    copies = PrivateCopies(tmp_path / "copies")
+    copies.close()
+    before = threading.active_count()
+    copies.keep_while("f" * 64, _Model())
+    assert threading.active_count() == before

@@ -978,3 +978,32 @@ def test_close_waits_for_a_load_in_flight_before_removing_the_copies(
     closer.join(30)
     assert [a.result for a in registry.history] == ["ok"]
     assert list(cache.iterdir()) == []
+
+
+def test_a_load_that_outlasts_close_keeps_nothing(ckpt_path, checkpoint_bytes):
+    """close() that stops waiting leaves the late load without effect: nothing swapped or kept."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    started, release = threading.Event(), threading.Event()
+
+    def slow_validate(model: Any) -> None:
+        started.set()
+        assert release.wait(30)
+
+    registry = ModelRegistry(ckpt_path, validate=slow_validate)
+    copies = registry._copies.directory
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            registry.get_model()
+        except ModelNotAvailable as exc:  # nothing was swapped in: the registry was closed
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    assert started.wait(30)
+    registry.close(timeout=0)
+    release.set()
+    loader.join(30)
+    assert registry.current is None and len(outcome) == 1
+    assert not copies.exists()

@@ -99,3 +99,15 @@ def test_confine_refuses_a_symlink_pointing_out(tmp_path):
     (inside / "escape.pt").symlink_to(tmp_path / "elsewhere" / "secret.pt")
     with pytest.raises(PathNotAllowed):
         confine(inside, "escape.pt")
+
+
+def test_fetching_the_same_bytes_again_keeps_the_existing_copy(tmp_path):
+    """The copy a live model may still map is not replaced by a new file of the same bytes."""
+    ckpt = tmp_path / "actor_latest.pt"
+    ckpt.write_bytes(b"same bytes" * 100)
+    spool = tmp_path / "copies"
+    first = FileSource(ckpt).fetch(spool)
+    inode = first.file.stat().st_ino
+    again = FileSource(ckpt).fetch(spool)
+    assert again.file == first.file and again.file.stat().st_ino == inode
+    assert sorted(p.name for p in spool.iterdir()) == [first.sha256]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -59,7 +60,11 @@ class BackgroundWorker:
 
 
 def _yield_cpu() -> None:
-    """Run background loads at nice +10 (Linux: per thread). Where the cores are busy, the
-    serving thread then gets the CPU first; a load takes longer, requests do not wait for it."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    """Run background loads 10 nice levels below the process (Linux sets it per thread; elsewhere
+    a thread id is not a process id, so nothing is done). Where the cores are busy, the serving
+    threads then get the CPU first; a load takes longer, requests do not wait for it."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))

@@ -347,7 +347,8 @@ def read_weights(
 
         with safe_open(str(path), framework="pt", device=device) as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
-            return f.get_tensors(), _metadata_from_json(raw, "safetensors")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            return tensors, _metadata_from_json(raw, "safetensors")
     if fmt != "state_dict":
         raise CheckpointError(f"a {fmt} checkpoint is not a weights file")
     try:

@@ -19,6 +19,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,19 +82,24 @@ class PrivateCopies:
         """
         self._reaper.hold(sha256, holder)
 
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """Hold back removing copies whose models are gone while a load runs: it may be about to
+        open a copy of the same bytes (a rollback to a version old requests still hold)."""
+        self._reaper.begin_load()
+        try:
+            yield
+        finally:
+            self._reaper.end_load()
+
     def discard(self, sha256: str) -> None:
-        """Remove the copy of one sha256 (a candidate that was not kept)."""
-        with contextlib.suppress(OSError):
-            self.path_for(sha256).unlink()
+        """Remove the copy of one sha256 (a candidate that was not kept) unless a model maps it."""
+        if self._reaper.removable(sha256):
+            _unlink(self.path_for(sha256))
 
     def prune(self, keep: str) -> None:
         """Remove every copy but those of `keep` (a sha256) and of models still alive."""
-        spare = self._reaper.spare(keep)
-        with contextlib.suppress(OSError):  # a closed cache has no directory left to prune
-            for entry in self.directory.iterdir():
-                if _CACHED.match(entry.name) and not entry.name.lstrip(".").startswith(spare):
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
+        _remove_copies(self.directory, spare=self._reaper.spare(keep))
 
     def close(self) -> None:
         """Remove the copies (and the directory if it was ours). Also runs on garbage collection."""
@@ -111,17 +117,22 @@ class _Reaper:
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._keep: str | None = None
+        self._loads = 0  # loads running: copies released meanwhile wait in _deferred
+        self._deferred: set[str] = set()
+        self._stopped = False
         self._released: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def hold(self, sha256: str, holder: object) -> None:
+        if self._stopped:  # closed: nothing would remove the copy later, prune/close do
+            return
         try:
             weakref.finalize(holder, self._released.put, sha256)
         except TypeError:  # not weak-referenceable: prune removes its copy at the next swap
             return
         with self._lock:
             self._held[sha256] += 1
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(
                     target=self._run, name="ckptserve-copies", daemon=True
                 )
@@ -133,6 +144,31 @@ class _Reaper:
             self._keep = keep
             return (keep, *self._held)
 
+    def removable(self, sha256: str) -> bool:
+        with self._lock:
+            return sha256 not in self._held and sha256 != self._keep
+
+    def begin_load(self) -> None:
+        with self._lock:
+            self._loads += 1
+
+    def end_load(self) -> None:
+        with self._lock:
+            self._loads -= 1
+            if not self._loads:
+                deferred, self._deferred = self._deferred, set()
+                for sha256 in deferred:
+                    self._remove(sha256)
+
+    def _remove(self, sha256: str) -> None:
+        """With the lock held (so no load starts meanwhile): remove a copy nothing holds."""
+        if sha256 in self._held or sha256 == self._keep:
+            return
+        if self._loads:
+            self._deferred.add(sha256)
+            return
+        _unlink(self._directory / sha256)
+
     def _run(self) -> None:
         while (sha256 := self._released.get()) is not None:
             # The finalizer runs as the model is torn down, before its storage is unmapped:
@@ -140,32 +176,41 @@ class _Reaper:
             time.sleep(0.05)
             with self._lock:
                 self._held[sha256] -= 1
-                if self._held[sha256] > 0:
-                    continue
-                del self._held[sha256]
-                if sha256 == self._keep:
-                    continue
-            with contextlib.suppress(OSError):
-                (self._directory / sha256).unlink()
+                if self._held[sha256] <= 0:
+                    del self._held[sha256]
+                    self._remove(sha256)
 
     def stop(self) -> None:
         with self._lock:
+            self._stopped = True
             thread, self._thread = self._thread, None
         if thread is not None:
             self._released.put(None)
-            thread.join(timeout=5)
+            if thread is not threading.current_thread():  # a collection on the reaper's thread
+                thread.join(timeout=5)
 
 
 def _cleanup(directory: Path, owned: bool, reaper: _Reaper) -> None:
-    reaper.stop()
-    if owned:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    with contextlib.suppress(OSError):
+    try:
+        reaper.stop()
+    finally:
+        if owned:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            _remove_copies(directory)
+
+
+def _remove_copies(directory: Path, spare: tuple[str, ...] = ()) -> None:
+    """Remove our copies in `directory` (files named by a sha256) but those in `spare`."""
+    with contextlib.suppress(OSError):  # a closed cache has no directory left
         for entry in directory.iterdir():
-            if _CACHED.match(entry.name):
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            if _CACHED.match(entry.name) and not entry.name.lstrip(".").startswith(spare):
+                _unlink(entry)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def load_candidate(

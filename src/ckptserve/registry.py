@@ -100,6 +100,7 @@ class ModelRegistry:
         self._attempts: AttemptLog[ModelRegistry] = AttemptLog(self.name, self.options.history)
         self._worker = BackgroundWorker(f"ckptserve-{self.name}")
         self._copies = PrivateCopies(self.options.cache_dir)  # removed on close() or collection
+        self._closed = False
         limit = self.options.max_concurrent_loads
         self._slots = None if limit is None else LoadSlots(
             str(watched.source.path.resolve()), limit, directory=self.options.lock_dir
@@ -274,6 +275,7 @@ class ModelRegistry:
         deadline = time.monotonic() + timeout
         self._worker.close(timeout)
         acquired = self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        self._closed = True  # a load that starts (or, not waited for, ends) now keeps nothing
         try:
             self._copies.close()
         finally:
@@ -391,6 +393,12 @@ class ModelRegistry:
     def _load(self, state: SourceState, *, force: bool, raise_errors: bool) -> None:
         """Read, verify, load, validate and swap the checkpoint of one source, keeping what was
         decided in `state` (the watched source's, or a pin's). Caller holds the lock."""
+        if self._closed:
+            return
+        with self._copies.loading():
+            self._load_copy(state, force=force, raise_errors=raise_errors)
+
+    def _load_copy(self, state: SourceState, *, force: bool, raise_errors: bool) -> None:
         source = state.source
         started = time.perf_counter()
         now = time.monotonic()
@@ -431,6 +439,9 @@ class ModelRegistry:
             self._fail(state, error, snapshot, before, started, force, now, retry=True)
             if raise_errors:
                 raise error
+            return
+        if self._closed:  # close() gave up waiting for this load: keep nothing
+            self._copies.discard(candidate.version.sha256)
             return
         self._copies.keep_while(candidate.version.sha256, candidate.model)
         self._live = candidate

@@ -105,9 +105,13 @@ def _spool(path: Path, spool: Path, verify: Callable[[str, int], None] | None = 
             sha = digest.hexdigest()
             if verify is not None:
                 verify(sha, size)
-            # Same name, same bytes: replacing a copy another load still maps is harmless.
             target = spool / sha
-            os.replace(tmp, target)
+            if target.is_file() and target.stat().st_size == size:
+                # The same bytes are there already (a model that still maps them, a touch or a
+                # rollback): keep that file, so its pages are not freed on the last unmap.
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

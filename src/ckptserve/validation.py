@@ -67,7 +67,7 @@ def _inside(
     """Whether every value is within the bounds, in C loops (min, max, map): every request's state
     is checked. `not low <= min(...)` is also true when min() returns a NaN (it does when the
     first value is one), which sends the row to first_violation's exact search."""
-    if not values:
+    if len(values) == 0:
         return True
     if low is not None:
         if len(low) == 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ..formats import (
     state_dict_loader,
 )
 from ..inference import act
+from ..sources import FileSource
 from ..validation import expectations_for, run_checks
 
 __all__ = ["describe"]
@@ -46,14 +47,20 @@ def describe(
 ) -> dict[str, Any]:
     """Format, size, sha256, metadata, parameter count, load time and probe shapes of a file.
 
-    The file is read through a read-only mmap and loaded once; OSError if it cannot be opened.
+    Like the server, it streams the file into a private temporary copy (hashed on the way) and
+    checks and loads that copy once, so a file replaced or truncated meanwhile cannot mix two
+    versions into one report. OSError if the file cannot be read.
     """
-    with mapped(path) as (data, file):
-        info: dict[str, Any] = {
-            "file": str(path),
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+    with tempfile.TemporaryDirectory(prefix="ckptserve-inspect-") as spool:
+        snapshot = FileSource(path).fetch(Path(spool))
+        info: dict[str, Any] = {"file": str(path), "size": snapshot.size, "sha256": snapshot.sha256}
+        return _describe_copy(snapshot.file, info, factory=factory, obs_dim=obs_dim)
+
+
+def _describe_copy(
+    copy: Path, info: dict[str, Any], *, factory: str | None, obs_dim: int | None
+) -> dict[str, Any]:
+    with mapped(copy) as (data, file):
         try:
             fmt = sniff_buffer(data, file)
         except CheckpointError as exc:
@@ -67,8 +74,7 @@ def describe(
     )
     started = time.perf_counter()
     try:
-        # Checked (CRCs, data sha256) where it lies, then loaded from the same path.
-        loaded = load_checkpoint(path, loader=loader)
+        loaded = load_checkpoint(copy, loader=loader)  # checked (CRCs, data sha256), then loaded
     except (CheckpointError, ValueError, ImportError, AttributeError) as exc:
         info["error"] = f"load failed: {exc}"
         return info

@@ -77,6 +77,12 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
 
         async def scenario() -> list[int]:
             partial = await open_partial(server.port, 20)
+            # A request on a connection opened after them, answered: the server has accepted the
+            # 20 and read what they sent (not still in the listen backlog, which closing drops).
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 20)).startswith(b"HTTP/1.1 200")
+            writer.close()
             os.kill(server.proc.pid, signal.SIGTERM)
 
             def refusing() -> bool:

@@ -53,3 +53,17 @@ def test_close_waits_for_a_running_job_at_most_timeout() -> None:
     assert worker.busy
     release.set()
     assert worker.wait_idle(30)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_nice_zero_keeps_the_process_priority():
+    """With nice=0 the worker runs at the priority of the process that started it."""
+    worker = BackgroundWorker("ckptserve-actor", nice=0)
+    seen: dict[str, int] = {}
+
+    def run() -> None:
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    worker.submit(run)
+    worker.close()
+    assert seen["nice"] == os.getpriority(os.PRIO_PROCESS, 0)

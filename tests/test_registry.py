@@ -800,6 +800,13 @@ def test_unknown_format_name_in_allow_formats_is_a_configuration_error(ckpt_path
         ModelRegistry(ckpt_path, allow_formats={"exported"})
 
 
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_background_nice_outside_what_nice_allows_is_a_configuration_error(ckpt_path, nice):
+    """background_nice is 0..19 (0: the background load runs at the callers' priority)."""
+    with pytest.raises(ValueError, match="background_nice"):
+        ModelRegistry(ckpt_path, background_nice=nice)
+
+
 # ---- swap="background" and block=False --------------------------------------------------------------
 
 

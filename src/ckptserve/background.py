@@ -19,10 +19,12 @@ class BackgroundWorker:
 
     Args:
         name: the thread's name prefix (`ckptserve-<model>`).
+        nice: nice levels the thread runs below the process (Linux; 0 = the same).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, nice: int = 10) -> None:
         self._name = name
+        self._nice = nice
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
 
@@ -36,7 +38,7 @@ class BackgroundWorker:
         """Start `run` on the worker thread. Callers check `busy` first (under their own lock)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
-                1, thread_name_prefix=self._name, initializer=_yield_cpu
+                1, thread_name_prefix=self._name, initializer=_yield_cpu, initargs=(self._nice,)
             )
         self._pending = self._executor.submit(run)
 
@@ -59,12 +61,12 @@ class BackgroundWorker:
                 wait([self._pending], timeout)
 
 
-def _yield_cpu() -> None:
-    """Run background loads 10 nice levels below the process (Linux sets it per thread; elsewhere
+def _yield_cpu(nice: int) -> None:
+    """Run background loads `nice` levels below the process (Linux sets it per thread; elsewhere
     a thread id is not a process id, so nothing is done). Where the cores are busy, the serving
     threads then get the CPU first; a load takes longer, requests do not wait for it."""
-    if not sys.platform.startswith("linux"):
+    if not nice or not sys.platform.startswith("linux"):
         return
     tid = threading.get_native_id()
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))

@@ -183,6 +183,9 @@ _FORMATS = "export, torchscript, state_dict, safetensors"
 @click.option("--swap", type=click.Choice(["sync", "background"]),
               help="sync: requests wait for a new checkpoint; background: keep serving the old one "
                    "while it loads.  [default: sync]")  # fmt: skip
+@click.option("--background-nice", type=int,
+              help="Nice levels below the server for --swap background loads (Linux; 0: the "
+                   "same priority): busy cores serve requests first.  [default: 10]")  # fmt: skip
 @click.option("--check-interval", type=float,
               help="Seconds between checks of the file (0: one stat per request).  [default: 0]")  # fmt: skip
 @click.option("--retry-after", type=float, help="Seconds before a failed checkpoint is retried.")

@@ -24,9 +24,11 @@ class RegistryOptions:
     """How a registry detects, loads, validates and swaps. All fields have working defaults.
 
     check_interval: 0 = one stat per call (the original); > 0 = at most one per interval (s).
-    swap: "sync" loads in the calling thread; "background" loads on a worker thread (at nice
-        +10 on Linux) while callers keep getting the live model (a cold start still waits for
-        the first load).
+    swap: "sync" loads in the calling thread; "background" loads on a worker thread while
+        callers keep getting the live model (a cold start still waits for the first load).
+    background_nice: nice levels added to the background worker thread (Linux): where the cores
+        are busy, requests get the CPU first and a load takes longer (measured: p99 during
+        reloads 1.34x -> 1.09x the no-reload run, freshness 17 -> 46 ms). 0 = same priority.
     loader: "auto" (export, TorchScript) or `state_dict_loader(...)` for weights formats.
     validate: called with a freshly loaded model; raising rejects it.
     retry_after: seconds before a checkpoint that failed is tried again (unless it changes).
@@ -46,6 +48,7 @@ class RegistryOptions:
 
     check_interval: float = 0.0
     swap: SwapMode = "sync"
+    background_nice: int = 10
     loader: Loader | str = "auto"
     validate: Callable[[Any], object] | None = None
     retry_after: float = 5.0
@@ -67,6 +70,8 @@ class RegistryOptions:
     def __post_init__(self) -> None:
         if self.swap not in ("sync", "background"):
             raise ValueError(f"swap must be 'sync' or 'background', not {self.swap!r}")
+        if not 0 <= self.background_nice <= 19:
+            raise ValueError("background_nice must be between 0 and 19")
         if self.check_interval < 0 or self.retry_after < 0:
             raise ValueError("check_interval and retry_after must be >= 0")
         if self.verify_interval is not None and self.verify_interval < 0:

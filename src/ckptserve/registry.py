@@ -98,7 +98,7 @@ class ModelRegistry:
         self._next_check = 0.0  # check_interval gate
         self._load_count = 0
         self._attempts: AttemptLog[ModelRegistry] = AttemptLog(self.name, self.options.history)
-        self._worker = BackgroundWorker(f"ckptserve-{self.name}")
+        self._worker = BackgroundWorker(f"ckptserve-{self.name}", self.options.background_nice)
         self._copies = PrivateCopies(self.options.cache_dir)  # removed on close() or collection
         self._closed = False
         limit = self.options.max_concurrent_loads

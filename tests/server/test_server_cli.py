@@ -287,6 +287,16 @@ def test_options_come_from_the_environment(
     assert options.swap == "background" and options.allow_formats == ("export",)
 
 
+def test_background_nice_reaches_the_registry_and_is_bounded(model_dir: Path) -> None:
+    """--background-nice N becomes the registry's background_nice; outside 0..19 is refused."""
+    from ckptserve.cli import StartupError, build_settings
+
+    settings = build_settings([str(model_dir)], {"background_nice": 3})
+    assert settings.registry_options().background_nice == 3
+    with pytest.raises(StartupError, match="background"):
+        build_settings([str(model_dir)], {"background_nice": 20})
+
+
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main([]) == 2
     assert "serve" in capsys.readouterr().out

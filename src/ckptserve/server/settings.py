@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     prefix: str = "/rl"
     swap: Literal["sync", "background"] = "sync"
+    background_nice: int = Field(10, ge=0, le=19)
     check_interval: float = Field(0.0, ge=0)
     retry_after: float = Field(5.0, ge=0)
     verify_interval: float | None = Field(None, ge=0)
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
         return RegistryOptions(
             check_interval=self.check_interval,
             swap=self.swap,
+            background_nice=self.background_nice,
             loader=loader,
             retry_after=self.retry_after,
             verify_interval=self.verify_interval,

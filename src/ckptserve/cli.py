@@ -225,7 +225,7 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     (otherwise: the file name's first part, actor_latest.pt -> actor). A checkpoint that does not
     exist yet is not an error: the server starts not ready and loads it when it appears.
     """
-    from .demo.runner import port_problem
+    from .server.listening import port_problem
 
     for key in ("obs_low", "obs_high", "action_low", "action_high"):
         try:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from typing import Any, TextIO
 
 from .env import PairsTradingEnv
 
-__all__ = ["PROBE_Z", "port_problem", "probe_states", "run_demo"]
+__all__ = ["PROBE_Z", "probe_states", "run_demo"]
 
 PROBE_Z = (2.0, -2.0)
 """The probe states: every z-score in the window at +2 (short is right), then at -2 (long)."""
@@ -177,26 +175,6 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def port_problem(host: str, port: int) -> str | None:
-    """Why a server could not listen on host:port, or None: `serve` and `demo` ask before they
-    start anything, so a taken port is one line, not a traceback after the models load."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        return f"cannot resolve host {host!r}: {exc.strerror}"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            where = f"cannot listen on {host}:{port}"
-            if exc.errno == errno.EADDRINUSE:
-                return f"{where}: address already in use (pick another with --port)"
-            return f"{where}: {exc.strerror}"
-    return None
-
-
 # The server is local: never send the runner's polls through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -305,6 +283,8 @@ def run_demo(
 
     def write(line: str) -> None:
         print(line, file=out, flush=True)
+
+    from ..server.listening import port_problem
 
     problem = port_problem(host, port)
     if problem:

@@ -394,6 +394,8 @@ class ModelRegistry:
         """Read, verify, load, validate and swap the checkpoint of one source, keeping what was
         decided in `state` (the watched source's, or a pin's). Caller holds the lock."""
         if self._closed:
+            if raise_errors:
+                raise CheckpointError(f"{self.name}: the registry is closed")
             return
         with self._copies.loading():
             self._load_copy(state, force=force, raise_errors=raise_errors)

@@ -27,11 +27,11 @@ __all__ = ["describe"]
 
 
 def _count_parameters(model: Any) -> int:
-    if isinstance(model, dict):  # weights read without a factory
-        return sum(int(t.numel()) for t in model.values() if hasattr(t, "numel"))
     program = getattr(model, "program", None)
-    if program is not None:  # ExportedPolicy: the program holds the weights
-        return sum(int(t.numel()) for t in program.state_dict.values())
+    # Weights read without a factory are a dict; an ExportedPolicy's program holds its weights.
+    tensors = model if isinstance(model, dict) else getattr(program, "state_dict", None)
+    if tensors is not None:
+        return sum(int(t.numel()) for t in tensors.values() if hasattr(t, "numel"))
     params = getattr(model, "parameters", None)
     return sum(int(p.numel()) for p in params()) if params is not None else 0
 

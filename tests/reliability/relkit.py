@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1069,13 +1070,11 @@ def run_herd(root: Path, *, limit: int | None, workers: int = 2, publishes: int 
 # ---- process faults ------------------------------------------------------------------------------
 
 
-def run_kill(root: Path, *, concurrency: int = 16, duration: float = 8.0) -> dict[str, Any]:
-    """--workers 2 under load: publish, kill -9 one worker, and time until its replacement
-    serves the checkpoint published before the kill."""
-    import signal
-    import threading
-
-    from serverkit import ServerProcess, seeded, torch_script
+@contextlib.contextmanager
+def two_workers_on_a_new_checkpoint(root: Path) -> Iterator[tuple[Any, Path, set[int]]]:
+    """`--workers 2` serving `root/models`; a second checkpoint is published and both workers
+    serve it. Yields (server, that checkpoint, the two workers' pids); stops the server after."""
+    from serverkit import ServerProcess
 
     directory = root / "models"
     publish(torch_script(seeded(0)), directory)
@@ -1088,7 +1087,18 @@ def run_kill(root: Path, *, concurrency: int = 16, duration: float = 8.0) -> dic
             states = worker_states(server.url, 2, 5)
             if len(states) == 2 and all(live_checkpoint(s) == new.name for s in states.values()):
                 break
-        before = set(worker_states(server.url, 2, 5))
+        else:
+            raise AssertionError("both workers did not come to serve the new checkpoint")
+        yield server, new, set(states)
+
+
+def run_kill(root: Path, *, concurrency: int = 16, duration: float = 8.0) -> dict[str, Any]:
+    """--workers 2 under load: publish, kill -9 one worker, and time until its replacement
+    serves the checkpoint published before the kill."""
+    import signal
+    import threading
+
+    with two_workers_on_a_new_checkpoint(root) as (server, new, before):
         stats: list[LoadStats] = []
         load = threading.Thread(target=lambda: stats.append(
             run_load(server.port, concurrency=concurrency, duration=duration)))  # fmt: skip

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relkit import LoadStats, live_checkpoint, open_partial, run_load, worker_states
+from relkit import (
+    LoadStats,
+    live_checkpoint,
+    open_partial,
+    run_load,
+    two_workers_on_a_new_checkpoint,
+    worker_states,
+)
 from serverkit import ServerProcess, seeded, torch_script, wait_for
 
 from ckptserve import publish
@@ -22,16 +29,7 @@ pytestmark = pytest.mark.slow
 def test_killed_worker_is_replaced_and_serves_the_current_checkpoint(tmp_path: Path) -> None:
     """kill -9 of one of two workers during load: only requests on its connections fail, the
     others keep succeeding, and the new worker serves the checkpoint published before the kill."""
-    directory = tmp_path / "models"
-    publish(torch_script(seeded(0)), directory)
-    server = ServerProcess([str(directory), "--workers", "2", "--log-level", "warning"],
-                           log=tmp_path / "server.log")  # fmt: skip
-    with server:
-        server.wait_ready(timeout=90)
-        new = publish(torch_script(seeded(1)), directory)
-        wait_for(lambda: [live_checkpoint(s) for s in worker_states(server.url, 2, 5).values()]
-                 == [new.name] * 2, 60, "both workers on the new checkpoint")  # fmt: skip
-        before = set(worker_states(server.url, 2, 5))
+    with two_workers_on_a_new_checkpoint(tmp_path) as (server, new, before):
         assert len(before) == 2
         stats: list[LoadStats] = []
         load = threading.Thread(

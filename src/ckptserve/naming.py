@@ -10,10 +10,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["DEFAULT_NAME", "checkpoint_prefix", "model_name", "name_in_directory"]
+__all__ = [
+    "DEFAULT_NAME",
+    "FORMAT_NAMES",
+    "WEIGHTS_FORMATS",
+    "checkpoint_prefix",
+    "model_name",
+    "name_in_directory",
+]
 
 #: The name publish() and a registry watching a directory use when none is given.
 DEFAULT_NAME = "actor"
+
+#: The checkpoint formats, by the names `publish(format=...)` and `allow_formats` use. Declared
+#: here, without torch, so options and the CLI can name them without importing the loaders.
+FORMAT_NAMES = ("export", "torchscript", "state_dict", "safetensors")
+#: The formats that hold weights only and need a factory to build the module.
+WEIGHTS_FORMATS = ("state_dict", "safetensors")
 
 # `_latest` or a timestamp `_YYYYmmdd_HHMMSS[_N]` that ends the name, before any extensions.
 _MARKER = re.compile(r"_(?:latest|\d{8}_\d{6}(?:_\d+)?)(?=\.|$)")

@@ -199,11 +199,10 @@ def test_forged_manifest_without_the_key_is_rejected(tmp_path, make_registry):
     assert action_of(registry.get_model()) == pytest.approx(expected(3))
 
 
-def test_require_signature_rejects_unsigned_manifests(tmp_path, make_registry, monkeypatch):
-    """require_signature with the key from the environment refuses an unsigned manifest."""
+def test_require_signature_rejects_unsigned_manifests(tmp_path, make_registry):
+    """require_signature with a key refuses an unsigned manifest."""
     publish_ts(tmp_path, 0)
-    monkeypatch.setenv(SIGNING_KEY_ENV, "key")
-    registry = make_registry(tmp_path, require_signature=True)
+    registry = make_registry(tmp_path, require_signature=True, signing_key="key")
     with pytest.raises(ModelNotAvailable) as info:
         registry.get_model()
     assert isinstance(info.value.__cause__, IntegrityError)
@@ -284,9 +283,9 @@ def test_manifest_replaced_during_a_failed_load_is_loaded_at_once(tmp_path, make
     real_fetch = source.fetch
     raced: list[Path] = []
 
-    def fetch_while_the_trainer_publishes(spool):
+    def fetch_while_the_trainer_publishes(copies, **kw):
         try:
-            return real_fetch(spool)
+            return real_fetch(copies, **kw)
         finally:
             if not raced:
                 raced.append(publish_ts(tmp_path, 1))

@@ -8,7 +8,6 @@ from .errors import (
     PathNotAllowed,
     PublishError,
     ValidationError,
-    WouldBlock,
 )
 from .formats import FORMATS, ExportedPolicy, load_checkpoint, sniff, state_dict_loader
 from .publishing import list_checkpoints, publish
@@ -38,7 +37,6 @@ __all__ = (
     "Source",
     "ValidationError",
     "VersionKey",
-    "WouldBlock",
     "__version__",
     "confine",
     "list_checkpoints",

@@ -44,6 +44,8 @@ class RegistryOptions:
         (`--workers N`: one publish would start N loads); a process whose turn has not come
         keeps serving its live model. None = no coordination. See coordination.py.
     lock_dir: where the coordination lock files live (default: a per-user temp dir).
+    max_checkpoint_bytes: the most bytes of one checkpoint that are read (manifest mode: also at
+        most the size the manifest states, plus one).
     """
 
     check_interval: float = 0.0
@@ -66,6 +68,7 @@ class RegistryOptions:
     cache_dir: str | None = None
     max_concurrent_loads: int | None = None
     lock_dir: str | None = None
+    max_checkpoint_bytes: int = 8 << 30
 
     def __post_init__(self) -> None:
         if self.swap not in ("sync", "background"):
@@ -78,6 +81,8 @@ class RegistryOptions:
             raise ValueError("verify_interval must be >= 0 (or None for the default)")
         if self.max_concurrent_loads is not None and self.max_concurrent_loads < 1:
             raise ValueError("max_concurrent_loads must be >= 1 (or None for no coordination)")
+        if self.max_checkpoint_bytes < 1:
+            raise ValueError("max_checkpoint_bytes must be >= 1")
         if self.history < 1:
             raise ValueError("history must keep at least one load attempt")
         if isinstance(self.loader, str) and self.loader != "auto":

@@ -11,7 +11,7 @@ import pytest
 from serverkit import SLOW_LOAD_SECONDS, ServerProcess, seeded, wait_for
 
 from ckptserve import ModelRegistry, publish
-from ckptserve.coordination import LoadSlots
+from ckptserve._coordination import LoadSlots
 from ckptserve.formats import state_dict_loader
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._copies import PrivateCopies
 from ..errors import CheckpointError
 from ..formats import (
     WEIGHTS_FORMATS,
@@ -52,7 +53,8 @@ def describe(
     versions into one report. OSError if the file cannot be read.
     """
     with tempfile.TemporaryDirectory(prefix="ckptserve-inspect-") as spool:
-        snapshot = FileSource(path).fetch(Path(spool))
+        copies = PrivateCopies(spool)
+        snapshot = FileSource(path).fetch(copies)
         info: dict[str, Any] = {"file": str(path), "size": snapshot.size, "sha256": snapshot.sha256}
         return _describe_copy(snapshot.file, info, factory=factory, obs_dim=obs_dim)
 
@@ -93,11 +95,9 @@ def _describe_copy(
         info["probe"] = f"rejected: {exc}"
         info["error"] = f"would not be served: {exc}"
         return info
-    if probed is None:
-        info["probe"] = "skipped: the observation size is unknown (pass --obs-dim)"
-        return info
-    action = act(loaded.model, torch.zeros(1, probed))
-    info["input_shape"] = [1, probed]
+    obs_dim = probed.obs_dim or 0
+    action = act(loaded.model, torch.zeros(1, obs_dim))
+    info["input_shape"] = [1, obs_dim]
     info["output_shape"] = list(action.shape)
     info["probe"] = "ok"
     return info

@@ -3,6 +3,7 @@ environment, prefix `CKPTSERVE_`) to `create_app`."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -134,6 +135,7 @@ class Settings(BaseSettings):
             allow_formats=self.allow_formats,
             require_signature=self.require_signature,
             max_concurrent_loads=self.max_concurrent_loads,
+            signing_key=os.environ.get("CKPTSERVE_SIGNING_KEY") or None,
         )
 
     def to_env(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..errors import ModelNotAvailable, WouldBlock
+from ..errors import ModelNotAvailable
 from ..naming import checkpoint_prefix
 from ..publishing import list_checkpoints
 from ..registry import LiveModel, ModelRegistry
@@ -64,23 +64,27 @@ class ModelHandle:
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
     _meta: _LiveMeta | None = field(default=None, repr=False)
-    _loading: asyncio.Future[LiveModel] | None = field(default=None, repr=False)
+    _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
-        """The live handle; a load that is needed runs in a worker thread, never on the loop.
-        Requests that find a load needed while one is under way wait for that same one (one
-        thread, not one thread hop per request: a sync swap under load stays short)."""
+        """The live handle. A check that is needed runs in a worker thread, never on the loop:
+        the swap policy hands it to the registry's worker (background mode, timers), or the
+        requests that find the source stale await one shared `to_thread(check)` (one thread,
+        not one thread hop per request: a sync swap under load stays short)."""
         registry = self.registry
         if force_reload:
-            return await anyio.to_thread.run_sync(partial(registry.get, force_reload=True))
-        try:
-            return registry.get(block=False)
-        except WouldBlock:
-            pass
-        loading = self._loading
-        if loading is None or loading.done():
-            loading = self._loading = asyncio.ensure_future(anyio.to_thread.run_sync(registry.get))
-        return await asyncio.shield(loading)
+            await anyio.to_thread.run_sync(partial(registry.check, reload=True))
+        elif registry.stale():
+            live = registry.policy.serve_stale(registry)
+            if live is not None:
+                return live
+            checking = self._checking
+            if checking is None or checking.done():
+                checking = self._checking = asyncio.ensure_future(
+                    anyio.to_thread.run_sync(registry.check)
+                )
+            await asyncio.shield(checking)
+        return registry.require_live()
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""
@@ -198,7 +202,7 @@ class Runtime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         deadline = time.monotonic() + load_timeout
-        loading = {h._loading: h.name for h in self.models.values() if h._loading is not None}
+        loading = {h._checking: h.name for h in self.models.values() if h._checking is not None}
         if loading:
             _, late = await asyncio.wait(loading, timeout=load_timeout)
             for future in late:

@@ -26,28 +26,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._attempts import AttemptLog, as_checkpoint_error
+from ._attempts import AttemptLog
 from ._coordination import LoadSlots
 from ._copies import PrivateCopies
+from ._following import Following
+from ._harness import Passed, move, try_load
 from ._watching import (
-    RESCAN_EVERY,
     Action,
-    DirectoryWatch,
     Outcome,
     SourceState,
-    Timing,
     Watch,
-    advance,
     next_action,
 )
 from ._worker import BackgroundWorker
 from .errors import CheckpointError, ModelNotAvailable
 from .fallback import Fallback, FallbackSearch
-from .loading import LiveModel, load_candidate
-from .naming import DEFAULT_NAME, checkpoint_prefix, model_name
+from .loading import LiveModel
+from .naming import model_name
 from .options import RegistryOptions
 from .scheduling import SWAP_POLICIES, SwapPolicy
-from .sources import Snapshot, Source, checkpoint_source, make_source
+from .sources import Source
 from .versions import LoadAttempt, ModelVersion
 
 # LiveModel (loading.py) and RegistryOptions (options.py) are re-exported from here.
@@ -89,17 +87,8 @@ class ModelRegistry:
         self.device = device
         if options.require_signature and not options.signing_key:
             raise ValueError("require_signature needs a key: pass signing_key=")
-        # Having a key means only signed manifests are followed: without that, deleting the
-        # manifest and writing a plain checkpoint would downgrade the source.
-        self._signed = bool(options.signing_key) or options.require_signature
-        self._lookup_name = name or DEFAULT_NAME
-        self._directory: DirectoryWatch | None = None
-        if os.path.isdir(self.model_path):
-            self._directory = DirectoryWatch(
-                self.model_path, self._lookup_name, signed_only=self._signed
-            )
-        self._watched = self._watch(self._make_source(self.model_path))
-        self.name = name or model_name(self._watched.source.path)
+        self._follow = Following(self.model_path, options, name)
+        self.name = name or model_name(self._follow.watched.source.path)
         self.policy: SwapPolicy = SWAP_POLICIES[options.swap]()
         self._interval = options.check_interval
         self._pinned: Path | None = None
@@ -110,18 +99,19 @@ class ModelRegistry:
         # they read `_live` (an immutable LiveModel) and a watch's immutable state once each.
         self._lock = threading.Lock()
         self._live: LiveModel | None = None
-        self._serving = self._watched  # the watched path's, or a pin's
+        self._serving = self._follow.watched  # the watched path's, or a pin's
         self._next_check = 0.0  # check_interval gate
         self._load_count = 0
         self._attempts: AttemptLog[ModelRegistry] = AttemptLog(self.name, options.history)
         self._worker = BackgroundWorker(f"ckptserve-{self.name}", options.background_nice)
         self._copies = PrivateCopies(options.cache_dir)  # removed on close() or collection
-        self._verified: dict[str, str] = {}  # checkpoint name -> sha256 a manifest vouched for
-        self._fallbacks = FallbackSearch(self.name, self._checkpoint_source, self._try_fallback)
+        self._fallbacks = FallbackSearch(
+            self.name, self._follow.checkpoint_source, self._try_fallback
+        )
         self._closed = False
         limit = options.max_concurrent_loads
         self._slots = None if limit is None else LoadSlots(
-            str(self._watched.source.path.resolve()), limit, directory=options.lock_dir
+            str(self._follow.watched.source.path.resolve()), limit, directory=options.lock_dir
         )  # fmt: skip
 
     # ---- the hot path -------------------------------------------------------------------------
@@ -215,10 +205,10 @@ class ModelRegistry:
         self._next_check = now + self._interval  # this is a look at the source
         watch = self._serving
         token = watch.token()
-        if token is None and watch is self._watched and self._directory is not None:
-            found = self._directory.find(now, watch.source.path)
+        if token is None and watch is self._follow.watched:
+            found = self._follow.refind(now)
             if found is not None:  # e.g. a checkpoint copied in by hand (no manifest)
-                watch = self._watched = self._serving = self._watch(self._make_source(found))
+                watch = self._serving = found
                 token = watch.token()
         action = next_action(watch.state, token, now)
         if reload and action is not Action.MISSING:
@@ -227,8 +217,8 @@ class ModelRegistry:
             return None
         if action is Action.MISSING:
             was_missing = watch.missing
-            self._move(watch, Outcome.MISSING, None, None, now)
-            if self._live is None and self._directory is not None:
+            move(watch, Outcome.MISSING, None, None, now)
+            if self._live is None and self._follow.directory is not None:
                 # Nothing to serve meanwhile: every look may list the directory (DirectoryWatch
                 # lists it only when its entries changed, or every RESCAN_EVERY s).
                 watch.state = replace(watch.state, due=now)
@@ -242,7 +232,7 @@ class ModelRegistry:
             # Same stat key: only the periodic re-read of the manifest is due.
             digest = watch.source.digest()
             if digest is None or digest == watch.state.sha256:
-                self._move(watch, Outcome.VERIFIED, token, watch.state.sha256, now)
+                move(watch, Outcome.VERIFIED, token, watch.state.sha256, now)
                 return None
         attempt = self._load(watch, token, reload=reload, force=force)
         for _ in range(_SUPERSEDED_TRIES):  # a newer write replaced what was read: take it now
@@ -265,77 +255,33 @@ class ModelRegistry:
     def _load_copy(
         self, watch: Watch, token: Any, *, reload: bool, force: bool
     ) -> LoadAttempt | None:
-        source = watch.source
-        started = time.perf_counter()
-        now = _monotonic()
-        live = self._live
-        snapshot: Snapshot | None = None
-        try:
-            if token is None:
-                raise FileNotFoundError(str(source.path))
-            snapshot = source.fetch(self._copies, limit=self.options.max_checkpoint_bytes)
-            if not reload and live is not None and snapshot.sha256 == live.version.sha256:
-                # A touch or a copy of the same bytes: adopt the new key, keep the model.
-                self._move(watch, Outcome.LOADED, snapshot.token, snapshot.sha256, now)
-                return self._attempts.loaded(self, snapshot, started=started, forced=reload,
-                                             unchanged=True)  # fmt: skip
-            candidate = load_candidate(
-                snapshot, device=self.device, options=self.options, path=source.path,
-                served=None if force or live is None else live.expect, started=started,
-            )  # fmt: skip
-        except Exception as exc:
-            if isinstance(exc, FileNotFoundError) and source.token() is None:
-                self._move(watch, Outcome.MISSING, None, None, now)
-                return None
-            # Whatever went wrong (bad bytes, odd metadata, a loader bug), the request that
-            # triggered the load must still get the live model: record it as a failed load.
-            error = exc if isinstance(exc, CheckpointError) else as_checkpoint_error(exc)
-            if snapshot is not None and (live is None or snapshot.sha256 != live.version.sha256):
-                self._copies.discard(snapshot.sha256)  # no disk held by rejected bytes
-            # The token read before the attempt: if the source moved since, the next look sees
-            # a new token and tries again at once instead of waiting out retry_after.
-            sha256 = snapshot.sha256 if snapshot is not None else None
-            self._move(watch, Outcome.FAILED, token, sha256, now)
-            return self._attempts.failed(self, error, snapshot, source.path, started=started,
-                                         forced=reload)  # fmt: skip
-        # The stat key read again after the load: if the file moved while we read it (a newer
-        # publish, a slow writer or a replace racing us), what we loaded may be a mix; discard
-        # it and look at the newer one next.
-        if source.token() != snapshot.token or self._closed:
-            self._copies.discard(candidate.version.sha256)
-            if self._closed:  # close() gave up waiting for this load: keep nothing
-                return None
-            self._move(watch, Outcome.SUPERSEDED, snapshot.token, None, now)
-            return self._attempts.superseded(self, snapshot, started=started, forced=reload)
+        result = try_load(
+            watch, token, live=self._live, copies=self._copies, options=self.options,
+            device=self.device, attempts=self._attempts, owner=self, reload=reload, force=force,
+            closed=lambda: self._closed,
+        )  # fmt: skip
+        if not isinstance(result, Passed):
+            return result
+        candidate, snapshot = result.candidate, result.snapshot
         self._copies.keep_while(candidate.version.sha256, candidate.model)
         self._live = candidate
         self._load_count += 1
-        if source.kind != "file":  # its digest was checked against the manifest
-            self._verified[snapshot.path.name] = snapshot.sha256
-        if watch is self._watched:
+        self._follow.vouch(watch.source, snapshot)
+        if watch is self._follow.watched:
             self.fallback = None
-        self._move(watch, Outcome.LOADED, snapshot.token, snapshot.sha256, now)
-        attempt = self._attempts.loaded(self, snapshot, started=started, forced=reload,
+        move(watch, Outcome.LOADED, snapshot.token, snapshot.sha256, result.now)
+        attempt = self._attempts.loaded(self, snapshot, started=result.started, forced=reload,
                                         unchanged=False)  # fmt: skip
         self._copies.prune(keep=candidate.version.sha256)
         return attempt
 
-    def _move(self, watch: Watch, outcome: Outcome, token: Any, sha256: str | None,
-              now: float) -> None:  # fmt: skip
-        watch.state = advance(
-            watch.state, outcome, token=token, sha256=sha256, now=now, timing=watch.timing
-        )
-
     def _fall_back_if_nothing_live(self) -> None:
-        if self._live is not None or self._serving is not self._watched or self._closed:
+        if self._live is not None or self._serving is not self._follow.watched or self._closed:
             return
-        watched = self._watched.source.path
         error = self._attempts.last_error
-        reason = (
-            f"{error['checkpoint']}: {error['reason']}" if error else f"{watched.name} is missing"
-        )
-        prefix = checkpoint_prefix(watched) or self._lookup_name
-        self.fallback = self._fallbacks.find(watched.parent, prefix, reason)
+        missing = f"{self._follow.watched.source.path.name} is missing"
+        reason = f"{error['checkpoint']}: {error['reason']}" if error else missing
+        self.fallback = self._fallbacks.find(*self._follow.earlier(), reason)
 
     # ---- scheduling (scheduling.Schedulable) ---------------------------------------------------
 
@@ -371,7 +317,7 @@ class ModelRegistry:
         with self._lock:
             if self._closed:
                 raise CheckpointError(f"{self.name}: the registry is closed")
-            watch = self._watch(self._checkpoint_source(Path(path)))
+            watch = self._follow.watch(self._follow.checkpoint_source(Path(path)))
             if force:
                 log.warning("forced pin", extra={"model": self.name, "audit": "force",
                                                  "checkpoint": Path(path).name})  # fmt: skip
@@ -386,9 +332,9 @@ class ModelRegistry:
     def unpin(self) -> LiveModel | None:
         """Follow the watched path again, loading what it points at now."""
         with self._lock:
-            self._serving, self._pinned = self._watched, None
+            self._serving, self._pinned = self._follow.watched, None
             # What was decided before the pin was about the model the pin replaced: look again.
-            self._watched.state = SourceState()
+            self._serving.state = SourceState()
             self._step(reload=False, force=False)
             return self._live
 
@@ -488,29 +434,8 @@ class ModelRegistry:
             f"ModelRegistry({self.name!r}, {self._serving.source!r}, load_count={self._load_count})"
         )
 
-    # ---- building sources ----------------------------------------------------------------------
-
-    def _make_source(self, path: Path) -> Source:
-        return make_source(
-            path, name=self._lookup_name, signing_key=self.options.signing_key,
-            require_signature=self._signed,
-        )  # fmt: skip
-
-    def _watch(self, source: Source) -> Watch:
-        verify = self.options.verify_interval
-        if verify is None:
-            verify = 5.0 if source.kind == "manifest" else 0.0
-        rescan = RESCAN_EVERY if self._directory is not None else float("inf")
-        return Watch(source, Timing(self.options.retry_after, verify, rescan))
-
-    def _checkpoint_source(self, path: Path) -> Source:
-        return checkpoint_source(
-            path, watched=self._watched.source, signing_key=self.options.signing_key,
-            signed=self._signed, verified_sha256=self._verified.get(path.name),
-        )  # fmt: skip
-
     def _try_fallback(self, source: Source) -> bool:
         """Load `source` as a fallback candidate (the search calls it with the lock held)."""
-        watch = self._watch(source)
+        watch = self._follow.watch(source)
         attempt = self._load(watch, watch.token(), reload=False, force=False)
         return attempt is not None and attempt.result == "ok"

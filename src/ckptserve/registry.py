@@ -296,6 +296,17 @@ class ModelRegistry:
         if not self._closed and not self._worker.busy:
             self._worker.submit(self._check_in_worker)
 
+    def look_again(self) -> None:
+        """Look at the source again soon, on the worker, as if a retry or a verify were due (the
+        server's SIGHUP): a manifest is re-read, content that failed is tried again."""
+        if not self._closed and not self._worker.busy:
+            self._worker.submit(self._look_again_now)
+
+    def _look_again_now(self) -> None:
+        with self._lock:
+            self._serving.state = replace(self._serving.state, due=0.0)
+        self._check_in_worker()
+
     def _check_in_worker(self) -> None:
         try:
             self.check()

@@ -9,6 +9,7 @@ import gc
 import hmac
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -188,6 +189,8 @@ class Runtime:
             # Collected first, so no garbage is frozen with it.
             gc.collect()
             gc.freeze()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread only
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.look_again)
         self._watcher = asyncio.create_task(self._watch(), name="ckptserve-watch")
         if self.settings.loop_probe_interval:
             self._probe = asyncio.create_task(self._lag_probe(), name="ckptserve-lag-probe")
@@ -196,6 +199,8 @@ class Runtime:
         """Stop watching, let the loads this server started finish (up to `load_timeout` s), then
         close the registries in a worker thread: closing waits for a background load and removes
         the private copies, which a load still reading one would record as a failed load."""
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for task in (self._watcher, self._probe):
             if task is not None:
                 task.cancel()
@@ -213,6 +218,13 @@ class Runtime:
         registries = [handle.registry for handle in self.models.values()]
         await anyio.to_thread.run_sync(_close_all, registries, deadline)
         self.metrics.close()
+
+    def look_again(self) -> None:
+        """SIGHUP: look at every model's source again now, off the event loop (a manifest is
+        re-read, content that failed is retried); the server keeps serving meanwhile."""
+        log.info("SIGHUP: looking at the sources again", extra={"pid": os.getpid()})
+        for handle in self.models.values():
+            handle.registry.look_again()
 
     async def _watch(self) -> None:
         """Keep every model fresh without traffic: the first load at start-up, a checkpoint that

@@ -31,7 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import machine, make_actor, now_utc, table, versions
+from harness import (
+    machine,
+    make_actor,
+    now_utc,
+    results_path,
+    table,
+    versions,
+    write_doc_block,
+)
 
 OBS = 32
 CONFIGS = {"default (batch_max_size 1)": 1, "--batch-max-size 32": 32}
@@ -126,8 +134,13 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3000, help="requests per figure")
     p.add_argument("--pairs", type=int, default=7)
     p.add_argument("--routes", default="rl,oip")
-    p.add_argument("--json", help="write every pair's figures here")
+    p.add_argument("--out", help="write OUT.md and OUT.json (default: benchmarks/results/batch_default; "
+                   "a smoke run: $TMPDIR/ckptserve-smoke/batch_default)")  # fmt: skip
+    p.add_argument("--docs", action="store_true",
+                   help="also write the figures into docs/benchmarks.md (not for smoke runs)")  # fmt: skip
     args = p.parse_args()
+    if args.docs and (args.requests < 1000 or args.pairs < 3):
+        sys.exit("--docs: a smoke run's figures do not go into the docs")
     os.environ.setdefault("CKPTSERVE_TORCH_THREADS", "1")
     state = [0.1] * OBS
     all_routes = {
@@ -165,15 +178,21 @@ def main() -> None:
                          f"{c64:,.0f}", f"{statistics.median(r64):.2f}",
                          ", ".join(f"{d:+.1%}" for d in d1)])  # fmt: skip
     smoke = args.requests < 1000 or args.pairs < 3
-    print(("SMOKE RUN (tiny sizes, not a measurement)\n\n" if smoke else "")
-          + f"Measured {now_utc()} by `python benchmarks/bench_batch_default.py "
-          f"{' '.join(sys.argv[1:])}` ({time.monotonic() - started:.0f} s); {machine()}; "
-          f"{versions()}\n")  # fmt: skip
-    print(table(["route", "config", "c=1 µs/request (median of pairs)", "c=1 vs default",
-                 "c=64 req/s", "c=64 vs default", "c=1 vs default, each pair"], rows))  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:],
-                                               "pairs": pairs}, indent=1))  # fmt: skip
+    text = "\n".join([
+        "# Dynamic batching on by default? (in-process)" + (" — SMOKE RUN (tiny sizes)" if smoke else ""), "",
+        f"Measured {now_utc()} by `python benchmarks/bench_batch_default.py {' '.join(sys.argv[1:])}` "
+        f"({time.monotonic() - started:.0f} s); {machine()}; {versions()}. {args.pairs} pairs of "
+        f"{args.requests} requests per figure.", "",
+        table(["route", "config", "c=1 µs/request (median of pairs)", "c=1 vs default",
+               "c=64 req/s", "c=64 vs default", "c=1 vs default, each pair"], rows), ""])  # fmt: skip
+    print(text)
+    out = results_path("batch_default", args.out, args.requests < 1000 or args.pairs < 3)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:],
+                                                    "machine": machine(), "pairs": pairs}, indent=1))  # fmt: skip
+    if args.docs:
+        write_doc_block("bench-batch-default", text)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from typing import Any
 from harness import (
     HERE,
     LOAD_CPUS,
-    ROOT,
     Row,
     Server,
     body_file,
@@ -51,11 +50,14 @@ from harness import (
     make_actor,
     median,
     now_utc,
+    plot_path,
     proc_status,
+    results_path,
     scrape,
     table,
     versions,
     workdir,
+    write_doc_block,
     wrk,
 )
 
@@ -282,13 +284,19 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=4.0, help="seconds per wrk row")
     p.add_argument("--publish-rate", type=float, default=2.0, help="publishes per second in all")
     p.add_argument("--calls", type=int, default=100_000, help="in-process calls per repeat")
-    p.add_argument("--plot", default=str(ROOT / "docs" / "bench_models.png"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "models"))
+    p.add_argument("--plot", help="the PNG (default: docs/bench_models.png with --docs, else "
+                   "beside OUT)")  # fmt: skip
+    p.add_argument("--out", help="write OUT.md and OUT.json (default: benchmarks/results/models; "
+                   "a smoke run: $TMPDIR/ckptserve-smoke/models)")  # fmt: skip
+    p.add_argument("--docs", action="store_true",
+                   help="also write the figures into docs/benchmarks.md (not for smoke runs)")  # fmt: skip
     p.add_argument("--workdir")
     p.add_argument("--publisher", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     p.add_argument("dirs", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.docs and (args.duration < 2 or args.rounds < 2):
+        sys.exit("--docs: a smoke run's figures do not go into the docs")
     if args.publisher:
         publisher_main(Path(args.publisher), [Path(d) for d in args.dirs], args.rate)
         return
@@ -302,15 +310,20 @@ def main() -> None:
         inproc = in_process(work, ns, args.calls)
     text = render(rows, rss, reloads, inproc, ns, args, time.monotonic() - started)
     print(text)
-    out = Path(args.out)
+    out = results_path("models", args.out, args.duration < 2 or args.rounds < 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    if args.docs:
+        write_doc_block(
+            "bench-models",
+            f"{text}\n![CPU per request, the reload check per call and RSS against the number of models](bench_models.png)\n",
+        )
     out.with_suffix(".json").write_text(json.dumps({
         "when": now_utc(), "argv": sys.argv[1:], "machine": machine(), "rss_mb": rss,
         "reloads": reloads, "in_process": inproc, "rows": [asdict(r) for r in rows]}, indent=1))  # fmt: skip
-    if args.plot:
-        plot(rows, rss, inproc, ns, Path(args.plot))
-        print(f"plot: {args.plot}", file=sys.stderr)
+    png = plot_path("models", args.plot, args.docs, out)
+    plot(rows, rss, inproc, ns, png)
+    print(f"plot: {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,11 @@ from harness import (
     make_actor,
     median,
     now_utc,
+    results_path,
     table,
     versions,
     workdir,
+    write_doc_block,
     wrk,
 )
 
@@ -241,10 +243,14 @@ def main() -> None:
     p.add_argument(
         "--peers", default="triton-pybackend", help=f"comma-separated, of: {', '.join(PEERS)}"
     )
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers"),
-                   help="write OUT.md and OUT.json (default: benchmarks/results/peers)")  # fmt: skip
+    p.add_argument("--out", help="write OUT.md and OUT.json (default: benchmarks/results/peers; "
+                   "a smoke run: $TMPDIR/ckptserve-smoke/peers)")  # fmt: skip
+    p.add_argument("--docs", action="store_true",
+                   help="also write the figures into docs/benchmarks.md (not for smoke runs)")  # fmt: skip
     p.add_argument("--workdir")
     args = p.parse_args()
+    if args.docs and (args.duration < 3 or args.rounds < 2):
+        sys.exit("--docs: a smoke run's figures do not go into the docs")
     kit = find_kit(args.kit)
     if kit is None:
         where = (
@@ -285,9 +291,11 @@ def main() -> None:
     med = summarise(rows)
     text = render(med, servers, args, time.monotonic() - started, vers)
     print(text)
-    out = Path(args.out)
+    out = results_path("peers", args.out, args.duration < 3 or args.rounds < 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    if args.docs:
+        write_doc_block("bench-peers", text)
     out.with_suffix(".json").write_text(json.dumps({
         "when": now_utc(), "command": " ".join(["python", "benchmarks/bench_peers.py", *sys.argv[1:]]),
         "machine": machine(), "versions": {s.name: s.version for s in servers} | vers,

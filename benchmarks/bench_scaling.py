@@ -27,7 +27,6 @@ from pathlib import Path
 
 from harness import (
     HERE,
-    ROOT,
     Row,
     Server,
     body_file,
@@ -39,10 +38,13 @@ from harness import (
     make_actor,
     median,
     now_utc,
+    plot_path,
+    results_path,
     table,
     uvicorn_cmd,
     versions,
     workdir,
+    write_doc_block,
     wrk,
 )
 
@@ -136,7 +138,7 @@ def render(med: dict[tuple[str, str, int, int], dict[str, float]], args: argpars
                         f"{m['rps'] / ceil['rps']:.2f}" if ceil else "-",
                         f"{m['p99'] / ceil['p99']:.2f}" if ceil else "-", f"{m['cpu_us']:.0f}",
                         int(m["non2xx"])])  # fmt: skip
-    lines += ["## Concurrency (one state per request)", "", table(head, out), ""]
+    lines += ["**Concurrency** (one state per request):", "", table(head, out), ""]
     head = ["server", "states per request", "c", "req/s", "states/s", "p99", "states/s ÷ ceiling",
             "p99 ÷ ceiling", "non-2xx"]  # fmt: skip
     out = []
@@ -150,7 +152,7 @@ def render(med: dict[tuple[str, str, int, int], dict[str, float]], args: argpars
                 out.append([name, b, c, fmt_rate(m["rps"]), fmt_rate(m["rps"] * b), fmt_time(m["p99"]),
                             f"{m['rps'] / ceil['rps']:.2f}" if ceil else "-",
                             f"{m['p99'] / ceil['p99']:.2f}" if ceil else "-", int(m["non2xx"])])  # fmt: skip
-    lines += ["## States per request", "", table(head, out), ""]
+    lines += ["**States per request:**", "", table(head, out), ""]
     return "\n".join(lines)
 
 
@@ -208,10 +210,16 @@ def main() -> None:
     p.add_argument("--batch-concurrency", default="1,16")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--duration", type=float, default=3.0, help="seconds per wrk row")
-    p.add_argument("--plot", default=str(ROOT / "docs" / "bench_scaling.png"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling"))
+    p.add_argument("--plot", help="the PNG (default: docs/bench_scaling.png with --docs, else "
+                   "beside OUT)")  # fmt: skip
+    p.add_argument("--out", help="write OUT.md and OUT.json (default: benchmarks/results/scaling; "
+                   "a smoke run: $TMPDIR/ckptserve-smoke/scaling)")  # fmt: skip
+    p.add_argument("--docs", action="store_true",
+                   help="also write the figures into docs/benchmarks.md (not for smoke runs)")  # fmt: skip
     p.add_argument("--workdir")
     args = p.parse_args()
+    if args.docs and (args.duration < 2 or args.rounds < 2):
+        sys.exit("--docs: a smoke run's figures do not go into the docs")
     args.concurrency_list = _ints(args.concurrency)
     args.batch_list = _ints(args.batches)
     args.batch_concurrency_list = _ints(args.batch_concurrency)
@@ -224,14 +232,19 @@ def main() -> None:
     med = medians(rows)
     text = render(med, args, names, time.monotonic() - started)
     print(text)
-    out = Path(args.out)
+    out = results_path("scaling", args.out, args.duration < 2 or args.rounds < 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    if args.docs:
+        write_doc_block(
+            "bench-scaling",
+            f"{text}\n![req/s, states/s and p99 against concurrency and states per request, ckptserve and the model ceiling](bench_scaling.png)\n",
+        )
     out.with_suffix(".json").write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:], "machine": machine(),
                                                     "rows": [asdict(r) for r in rows]}, indent=1))  # fmt: skip
-    if args.plot:
-        plot(med, args, names, Path(args.plot))
-        print(f"plot: {args.plot}", file=sys.stderr)
+    png = plot_path("scaling", args.plot, args.docs, out)
+    plot(med, args, names, png)
+    print(f"plot: {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":

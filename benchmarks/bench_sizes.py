@@ -43,7 +43,6 @@ from typing import Any
 from harness import (
     HERE,
     LOAD_CPUS,
-    ROOT,
     Server,
     body_file,
     ckptserve_cmd,
@@ -52,13 +51,16 @@ from harness import (
     lag_buckets,
     machine,
     now_utc,
+    plot_path,
     proc_status,
     reset_peak_rss,
+    results_path,
     scrape,
     table,
     versions,
     workdir,
     worst_lag,
+    write_doc_block,
 )
 
 FORMATS = ("export", "torchscript", "state_dict", "safetensors")
@@ -370,9 +372,12 @@ def main() -> None:
     p.add_argument(
         "--timeout", type=float, default=300.0, help="seconds for one checkpoint to go live"
     )
-    p.add_argument("--plot", default=str(ROOT / "docs" / "bench_sizes.png"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sizes"),
-                   help="write OUT.md and OUT.json")  # fmt: skip
+    p.add_argument("--plot", help="the PNG (default: docs/bench_sizes.png with --docs, else "
+                   "beside OUT)")  # fmt: skip
+    p.add_argument("--out", help="write OUT.md and OUT.json (default: benchmarks/results/sizes; "
+                   "a smoke run: $TMPDIR/ckptserve-smoke/sizes)")  # fmt: skip
+    p.add_argument("--docs", action="store_true",
+                   help="also write the figures into docs/benchmarks.md (not for smoke runs)")  # fmt: skip
     p.add_argument("--workdir")
     p.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -383,6 +388,8 @@ def main() -> None:
     args.size_list = [float(s) for s in args.sizes.split(",") if s] + (
         [1000.0] if args.with_1gb else []
     )
+    if args.docs and max(args.size_list) < 10:
+        sys.exit("--docs: a smoke run's figures do not go into the docs")
     formats = [f for f in args.formats.split(",") if f]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -402,14 +409,19 @@ def main() -> None:
         pub.close()
     text = render(results, args, time.monotonic() - started)
     print(text)
-    out = Path(args.out)
+    out = results_path("sizes", args.out, max(args.size_list) < 10)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    if args.docs:
+        write_doc_block(
+            "bench-sizes",
+            f"{text}\n![load time, freshness, loop stall and memory beyond the weights against checkpoint size, per format](bench_sizes.png)\n",
+        )
     out.with_suffix(".json").write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:],
                                                     "machine": machine(), "results": results}, indent=1))  # fmt: skip
-    if args.plot:
-        plot(results, Path(args.plot))
-        print(f"plot: {args.plot}", file=sys.stderr)
+    png = plot_path("sizes", args.plot, args.docs, out)
+    plot(results, png)
+    print(f"plot: {png}", file=sys.stderr)
 
 
 if __name__ == "__main__":

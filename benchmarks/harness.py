@@ -338,3 +338,38 @@ def versions() -> dict[str, str]:
 
 def now_utc() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_doc_block(name: str, text: str, doc: Path = DOC) -> None:
+    """Replace what docs/benchmarks.md holds between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+    with `text` (the scripts' `--docs`)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = doc.read_text()
+    if begin not in old or end not in old:
+        raise SystemExit(f"{doc} has no {begin} ... {end} block")
+    if text.startswith("# "):  # the results file's title: the docs' own heading stands for it
+        text = text.split("\n", 1)[1]
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
+    print(f"updated the {name} block of {doc}", file=sys.stderr)
+
+
+def results_path(name: str, given: str | None, smoke: bool) -> Path:
+    """Where a run writes NAME.md / NAME.json: `given`, else benchmarks/results/NAME, except that
+    a smoke run does not overwrite the record there (it writes to $TMPDIR/ckptserve-smoke/)."""
+    if given:
+        return Path(given)
+    if smoke:
+        return Path(tempfile.gettempdir()) / "ckptserve-smoke" / name
+    return ROOT / "benchmarks" / "results" / name
+
+
+def plot_path(name: str, given: str | None, docs: bool, results: Path) -> Path:
+    """The plot: `given`, else docs/bench_NAME.png with `--docs`, else beside the results."""
+    if given:
+        return Path(given)
+    return ROOT / "docs" / f"bench_{name}.png" if docs else results.with_suffix(".png")

@@ -46,6 +46,7 @@ from harness import (
     fmt_time,
     free_port,
     get_json,
+    log_axis,
     machine,
     make_actor,
     median,
@@ -244,9 +245,7 @@ def plot(rows: list[Row], rss: dict[int, list[float]], inproc: dict[int, dict[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     by: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in rows:
         by[(r.name, r.concurrency)].append(r.cpu_us)
@@ -268,7 +267,7 @@ def plot(rows: list[Row], rss: dict[int, list[float]], inproc: dict[int, dict[st
     axes[2].set_title("server RSS (MB), every model live", fontsize=9)
     for ax in axes:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
+        log_axis(ax.xaxis)
         ax.set_xlabel("models in one server", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -34,6 +34,7 @@ from harness import (
     fmt_rate,
     fmt_time,
     free_port,
+    log_axis,
     machine,
     make_actor,
     median,
@@ -162,9 +163,7 @@ def plot(med: dict[tuple[str, str, int, int], dict[str, float]], args: argparse.
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     cs = args.concurrency_list
     for name in names:
@@ -188,8 +187,8 @@ def plot(med: dict[tuple[str, str, int, int], dict[str, float]], args: argparse.
         for j, ax in enumerate(row):
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.xaxis.set_major_formatter(plain)
-            ax.yaxis.set_major_formatter(plain)
+            log_axis(ax.xaxis)
+            log_axis(ax.yaxis)
             ax.set_title(titles[i][j], fontsize=9)
             ax.set_xlabel(xlabels[i], fontsize=8)
             ax.grid(alpha=0.3, which="both")

@@ -49,6 +49,7 @@ from harness import (
     free_port,
     get_json,
     lag_buckets,
+    log_axis,
     machine,
     now_utc,
     plot_path,
@@ -327,9 +328,7 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     panels = [
         (axes[0][0], "load time (ms)", lambda e: e["load_s"] * 1e3, None),
@@ -348,10 +347,10 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         if goal is not None:
             ax.axhline(goal, color="k", lw=0.8, ls="--", label=f"goal at 1 GB ({goal:g})")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
+        log_axis(ax.xaxis)
         if "÷" not in title:
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(plain)
+            log_axis(ax.yaxis)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("checkpoint size (MB)", fontsize=8)
         ax.grid(alpha=0.3, which="both")

@@ -373,3 +373,12 @@ def plot_path(name: str, given: str | None, docs: bool, results: Path) -> Path:
     if given:
         return Path(given)
     return ROOT / "docs" / f"bench_{name}.png" if docs else results.with_suffix(".png")
+
+
+def log_axis(axis: object) -> None:
+    """A log-scale matplotlib axis labelled 1, 2, 5, 10, 20, 50 ... in plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # type: ignore[attr-defined]
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # type: ignore[attr-defined]
+    axis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]

@@ -38,6 +38,14 @@ $(VENV)/.bench-installed: $(STAMP) pyproject.toml
 bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/run_all.py
 
+# ckptserve side by side with Triton through the shared peer kit, where it is present (it is not
+# part of this repository): writes benchmarks/results/peers.md. Without the kit it says so and
+# exits 0. PEER_KIT=DIR names the kit's more-peers folder (default: ../shared/bench/more-peers);
+# ARGS="--docs" also writes the figures into docs/benchmarks.md.
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py $(if $(PEER_KIT),--kit $(PEER_KIT)) $(ARGS)
+
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py
 

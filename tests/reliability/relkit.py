@@ -968,7 +968,12 @@ def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
         for _ in deadline_loop(60):
             if serving(1):
                 break
+        # The same load without reloads first: the loop's lag on this machine right now, so a
+        # test can compare within one run instead of against a figure load can move.
+        quiet = lag_buckets(server.url)
+        run_load(server.port, concurrency=concurrency, duration=period)
         before = lag_buckets(server.url)
+        baseline_lag = worst_lag(quiet, before)
         stats: list[LoadStats] = []
         import threading
 
@@ -996,6 +1001,7 @@ def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
     return {
         "format": fmt, "size_mb": round(files[0].stat().st_size / 1e6, 1), "swap": swap,
         "reloads": reloads, "reloads_seen": seen, "worst_lag_ms": worst_lag(before, after) * 1e3,
+        "baseline_lag_ms": baseline_lag * 1e3,
         "ticks": after.get(math.inf, 0) - before.get(math.inf, 0),
         "load_ms_max": round(max(loads, default=0) * 1e3, 1),
         "request_max_ms": round(s.max_latency * 1e3, 2), "requests": s.sent,

@@ -101,10 +101,8 @@ class LoadSlots:
 def _own_private_directory(root: Path) -> None:
     """Create `root` 0700, or accept an existing one only if it is a real directory of ours that
     nobody else can write: a directory another user pre-created would let them hold the slots."""
-    try:
+    with contextlib.suppress(FileExistsError):
         root.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        pass
     st = os.lstat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"lock directory {root} is not a directory (a symlink?): refused")

@@ -26,6 +26,8 @@ class Following:
     """
 
     def __init__(self, path: Path, options: RegistryOptions, name: str | None) -> None:
+        if options.require_signature and not options.signing_key:
+            raise ValueError("require_signature needs a key: pass signing_key=")
         self._options = options
         # Having a key means only signed manifests are followed: without that, deleting the
         # manifest and writing a plain checkpoint would downgrade the source.

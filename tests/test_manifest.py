@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ckptserve import (
     CheckpointError,
@@ -18,6 +20,7 @@ from ckptserve import (
     publish,
 )
 from ckptserve.manifest import (
+    MAX_MANIFEST_BYTES,
     SIGNING_KEY_ENV,
     canonical_bytes,
     parse_manifest,
@@ -131,6 +134,131 @@ def test_malformed_manifests_are_integrity_errors(raw, message):
     """A manifest that is not one is refused with a reason."""
     with pytest.raises(IntegrityError, match=message):
         parse_manifest(raw)
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def good_manifest(**fields: object) -> dict:
+    return {"checkpoint": "actor_20260101_000000.pt", "sha256": "0" * 64, "size": 1, **fields}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (json.dumps(good_manifest(signature="\u00e9" * 64)).encode(), "signature is not a hex"),
+        (json.dumps(good_manifest(signature=7)).encode(), "signature is not a hex"),
+        (b"[" * 100_000 + b"]" * 100_000, f"over {MAX_MANIFEST_BYTES} bytes"),
+        (b"[" * 30_000 + b"]" * 30_000, "nested"),
+        (json.dumps(good_manifest(metadata={"a": nested(100)})).encode(), "nested"),
+        (b'{"checkpoint": "x.pt", "sha256": "' + b"0" * 64 + b'", "size": ' + b"9" * 5000 + b"}", "number too long"),
+        (b'{"checkpoint": "x\xff.pt"}', "not UTF-8"),
+        (b"\xff\xfe{\x00}\x00", "not UTF-8"),
+        (b"\x00" * 16, "not valid JSON"),
+        (json.dumps(good_manifest(checkpoint="actor_a\nX.pt")).encode(), "invalid checkpoint"),
+        (json.dumps(good_manifest(checkpoint="x" * 300)).encode(), "invalid checkpoint"),
+        (json.dumps(good_manifest(sha256="A" * 64)).encode(), "hex digest"),
+        (json.dumps(good_manifest(size=2**70)).encode(), "byte count"),
+        (json.dumps(good_manifest(size=True)).encode(), "byte count"),
+    ],
+    ids=[
+        "non-ascii-signature", "number-signature", "100k-levels", "30k-levels", "deep-metadata",
+        "5000-digits", "invalid-utf8", "utf16", "nul-bytes", "control-character-name",
+        "long-name", "uppercase-sha", "huge-size", "bool-size",
+    ],
+)  # fmt: skip
+def test_hostile_manifests_are_integrity_errors_with_a_one_line_reason(raw, message):
+    """What a directory writer without the key can put in a manifest is refused as an
+    IntegrityError whose reason is one short line, never a TypeError, RecursionError or
+    ValueError from the parser or the signature check."""
+    with pytest.raises(IntegrityError, match=message) as info:
+        parse_manifest(raw)
+    reason = str(info.value)
+    assert "\n" not in reason and len(reason) < 200, reason
+
+
+def test_a_signature_that_is_not_ascii_fails_verification_not_the_caller():
+    """verify_signature on a mapping with a non-ASCII signature raises IntegrityError (the
+    constant-time compare of two str raises TypeError on non-ASCII)."""
+    manifest = good_manifest(signature="\u00e9" * 64)
+    with pytest.raises(IntegrityError, match="not a hex"):
+        verify_signature(manifest, "key")
+
+
+def test_a_manifest_over_the_size_limit_is_refused_before_it_is_parsed():
+    """MAX_MANIFEST_BYTES (64 KiB) is the cap; a manifest of exactly that size still parses."""
+    body = json.dumps(good_manifest(metadata={"pad": ""}))
+    pad = "x" * (MAX_MANIFEST_BYTES - len(body))
+    exact = json.dumps(good_manifest(metadata={"pad": pad})).encode()
+    assert len(exact) == MAX_MANIFEST_BYTES
+    assert parse_manifest(exact)["metadata"]["pad"] == pad
+    with pytest.raises(IntegrityError, match="over 65536 bytes"):
+        parse_manifest(exact + b" ")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+HEX_ISH = st.text(alphabet="0123456789abcdefABC\u00e9\n", min_size=63, max_size=65)
+
+
+def field(valid: object, *near: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly the valid value, else something close to it or any JSON value."""
+    return st.one_of(st.just(valid), st.just(valid), *near, JSON_VALUES)
+
+
+MANIFESTS = st.fixed_dictionaries(
+    {
+        "checkpoint": field("actor_20260101_000000.pt", st.text(max_size=12)),
+        "sha256": field("0" * 64, HEX_ISH),
+        "size": field(1, st.integers(min_value=-(2**64), max_value=2**64)),
+    },
+    optional={
+        "metadata": field({"step": 1}, st.dictionaries(st.text(max_size=4), JSON_VALUES)),
+        "signature": field("f" * 64, HEX_ISH),
+        "key_id": field("k1", st.text(max_size=8)),
+        "format": field("export", st.text(max_size=8)),
+    },
+)
+
+
+def _only_integrity_errors(raw: bytes) -> None:
+    try:
+        manifest = parse_manifest(raw)
+    except IntegrityError as exc:
+        assert "\n" not in str(exc), str(exc)
+        return
+    for key in ("key", b"k\xff"):
+        try:
+            verify_signature(manifest, key, required=True)
+        except IntegrityError as exc:
+            assert "\n" not in str(exc), str(exc)
+
+
+@settings(derandomize=True, deadline=None, max_examples=400)
+@given(st.binary(max_size=200))
+def test_any_bytes_give_a_manifest_or_an_integrity_error(raw):
+    """parse_manifest then verify_signature over arbitrary bytes raise nothing but IntegrityError."""
+    _only_integrity_errors(raw)
+
+
+@settings(derandomize=True, deadline=None, max_examples=400)
+@given(MANIFESTS, st.booleans())
+def test_any_json_object_gives_a_manifest_or_an_integrity_error(fields, indent):
+    """Over manifests whose fields hold valid, nearly valid or any JSON values: only
+    IntegrityError, from parsing and from checking the signature."""
+    raw = json.dumps(fields, indent=2 if indent else None, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+    _only_integrity_errors(raw)
 
 
 # ---- 2. manifest mode in the registry ----------------------------------------------------------

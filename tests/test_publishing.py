@@ -6,8 +6,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +230,55 @@ def test_tied_weights_publish_and_load(fmt, tmp_path):
     state = torch.randn(2, 4)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model(state)[0], actor(state)[0])
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (`umask(0o022)`), restored afterwards."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield lambda mask: os.umask(mask)
+    os.umask(before)
+
+
+def published_files(directory) -> list:
+    return [p for p in directory.iterdir() if not p.is_symlink()]
+
+
+@pytest.mark.parametrize(
+    ("mask", "mode"),
+    [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+    ids=["umask-022", "umask-002", "umask-077"],
+)
+def test_published_files_follow_the_umask(mask, mode, tmp_path, umask):
+    """The checkpoint and the manifest get 0666 minus the umask (0644 under 022), as any file
+    the trainer writes would, so a server running as another user can read them."""
+    umask(mask)
+    publish(seeded_actor(0), tmp_path, format="state_dict")
+    files = published_files(tmp_path)
+    assert {p.suffix for p in files} >= {".pt", ".json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.name: oct(mode) for p in files
+    }
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_a_server_running_as_another_user_can_read_what_publish_wrote(umask):
+    """Under umask 022, an unprivileged user (nobody, via setpriv) reads the checkpoint and
+    the manifest that root published."""
+    umask(0o022)
+    root = Path(tempfile.mkdtemp(prefix="ckptserve-umask-"))
+    try:
+        root.chmod(0o755)
+        checkpoint = publish(seeded_actor(0), root / "models", format="state_dict")
+        for path in (checkpoint, root / "models" / "actor_latest.json"):
+            result = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+                capture_output=True,
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stdout == path.read_bytes()
+    finally:
+        shutil.rmtree(root)

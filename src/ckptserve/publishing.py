@@ -14,8 +14,8 @@ import io
 import json
 import os
 import re
+import secrets
 import struct
-import tempfile
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -157,7 +157,21 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    """Write `data` to a new hidden file in `directory`, fsynced, with the umask's mode.
+
+    Not mkstemp: it makes 0600 files whatever the umask, which a server running as another
+    user cannot read. Opened 0666 with O_EXCL, the kernel applies the umask (0644 under 022).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = directory / f".tmp-{secrets.token_hex(8)}{suffix}"
+        try:
+            fd = os.open(tmp, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise PublishError(f"no free temporary name in {directory}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -167,7 +181,7 @@ def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def _place_unique(tmp: Path, directory: Path, name: str, when: datetime) -> Path:

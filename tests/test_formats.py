@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+import ckptserve
 from ckptserve import (
     CheckpointError,
     ExportedPolicy,
@@ -21,6 +23,7 @@ from ckptserve import (
     state_dict_loader,
 )
 from ckptserve.formats import check_safetensors, check_zip, read_weights
+from ckptserve.naming import FORMAT_NAMES
 from core_helpers import FORMATS, WEIGHTS_FORMATS, action_of, loader_for, record_span
 from policies import Actor, make_actor, make_actor_from, seeded_actor
 
@@ -171,16 +174,6 @@ def test_allow_formats_refuses_before_loading(fmt, tmp_path, checkpoint_bytes):
         load(checkpoint_bytes(fmt, 0), tmp_path, allow_formats={"safetensors"})
 
 
-def test_private_copy_is_what_gets_loaded(tmp_path, checkpoint_bytes):
-    """With copy_to, the checked bytes are loaded from a private copy, not the original path."""
-    original = tmp_path / "actor_latest.pt"
-    original.write_bytes(b"replaced by a writer after the read")
-    data = checkpoint_bytes("torchscript", 1)
-    loaded = load_checkpoint(original, data=data, copy_to=tmp_path / "cache" / "abc")
-    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(1)))
-    assert (tmp_path / "cache" / "abc.pt").read_bytes() == data
-
-
 def test_safetensors_file_written_by_hand_loads_with_a_factory(tmp_path):
     """Plain safetensors weights (no ckptserve metadata) load through a factory."""
     actor = seeded_actor(3)
@@ -218,7 +211,7 @@ def test_exported_policy_keeps_the_output_structure(tmp_path):
     """An exported model returning a bare tensor is served returning a bare tensor."""
     torch.manual_seed(5)
     actor = BareActor().eval()
-    loaded = load_checkpoint(publish(actor, tmp_path), copy_to=tmp_path / "cache" / "x")
+    loaded = load_checkpoint(publish(actor, tmp_path))
     state = torch.randn(3, 4)
     with torch.inference_mode():
         got = loaded.model(state, True)
@@ -257,3 +250,28 @@ def test_truncated_safetensors_without_checksum_is_refused(tmp_path):
     data = save_safetensors({k: v.contiguous() for k, v in seeded_actor(0).state_dict().items()})
     with pytest.raises(IntegrityError, match="truncated"):
         check_safetensors(data[:-4])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_format_of_the_table_reads_what_it_writes(name, tmp_path):
+    """`FORMATS[name]` writes bytes that `sniff` names `name`, that pass its check, and that its
+    read gives back with the metadata; the weights formats read as a dict of tensors."""
+    fmt = ckptserve.FORMATS[name]
+    data = fmt.write(seeded_actor(0), json.dumps({"obs_dim": 4}), torch.zeros(2, 4))
+    assert sniff(data) == name
+    path = tmp_path / "checkpoint.bin"
+    path.write_bytes(data)
+    loaded = fmt.read(path, "cpu")
+    assert loaded.format == name and loaded.metadata == {"obs_dim": 4}
+    if fmt.needs_factory:
+        assert loaded.model.keys() == seeded_actor(0).state_dict().keys()
+    else:
+        assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(0)))
+
+
+def test_the_format_table_is_named_as_naming_declares():
+    """`ckptserve.FORMATS` maps the names of `naming.FORMAT_NAMES`, in that order, to formats;
+    only TorchScript runs code on load, and the weights formats need a factory."""
+    assert tuple(ckptserve.FORMATS) == FORMAT_NAMES
+    assert {n for n, f in ckptserve.FORMATS.items() if f.needs_factory} == set(WEIGHTS_FORMATS)
+    assert [n for n, f in ckptserve.FORMATS.items() if f.runs_code_on_load] == ["torchscript"]

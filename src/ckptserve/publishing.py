@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import secrets
-import struct
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -25,14 +23,9 @@ from typing import Any, Literal
 import torch
 
 from .errors import PublishError
+from .formats import FORMATS
 from .inference import act, infer_obs_dim
-from .manifest import (
-    METADATA_FILE,
-    METADATA_KEY,
-    SAFETENSORS_SHA256_KEY,
-    SIGNING_KEY_ENV,
-    sign_manifest,
-)
+from .manifest import SIGNING_KEY_ENV, sign_manifest
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
@@ -61,91 +54,6 @@ def _callable_of(model: Any) -> Any:
         module = model.module()
         return lambda state, deterministic=True: module(state)
     return model
-
-
-def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch")
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes={"state": {0: batch}})
-    except Exception as first:
-        try:  # forward's first argument may not be named `state`
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        except Exception:
-            raise PublishError(
-                f"{type(model).__name__} cannot be exported with torch.export ({type(first).__name__}: "
-                f"{first}); publish with format='state_dict' or 'safetensors' (and serve with "
-                "state_dict_loader), or format='torchscript' if it can be scripted"
-            ) from first
-
-
-def _script(model: Any) -> Any:
-    if isinstance(model, torch.jit.ScriptModule):
-        return model
-    try:
-        return torch.jit.script(model)
-    except Exception as exc:
-        raise PublishError(
-            f"{type(model).__name__} cannot be scripted ({type(exc).__name__}: {exc}); "
-            "publish with format='export' (the default) or 'safetensors'"
-        ) from exc
-
-
-def _weights(model: Any, *, unshared: bool = False) -> dict[str, torch.Tensor]:
-    """The model's tensors on the CPU; `unshared` copies tied ones (safetensors refuses them)."""
-    state = (
-        model.state_dict if isinstance(model, torch.export.ExportedProgram) else model.state_dict()
-    )
-    weights: dict[str, torch.Tensor] = {}
-    seen: set[tuple[Any, ...]] = set()
-    for k, v in state.items():
-        t = v.detach().cpu().contiguous()
-        if unshared:
-            where = (t.untyped_storage().data_ptr(),)
-            if where in seen:
-                t = t.clone()
-            seen.add(where)
-        weights[k] = t
-    return weights
-
-
-def _serialize(model: Any, fmt: str, meta_json: str, example: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "export":
-        program = (
-            model if isinstance(model, torch.export.ExportedProgram) else _export(model, example)
-        )
-        torch.export.save(program, buf, extra_files={METADATA_FILE: meta_json})
-    elif fmt == "torchscript":
-        if isinstance(model, torch.export.ExportedProgram):
-            raise PublishError(
-                "an ExportedProgram cannot be saved as TorchScript: use format='export'"
-            )
-        torch.jit.save(_script(model), buf, _extra_files={METADATA_FILE: meta_json})
-    elif fmt == "state_dict":
-        state: dict[str, Any] = dict(_weights(model))
-        state[METADATA_KEY] = meta_json
-        torch.save(state, buf)
-    elif fmt == "safetensors":
-        from safetensors.torch import save
-
-        weights = _weights(model, unshared=True)
-        plain = save(weights, metadata={METADATA_KEY: meta_json})
-        data = _safetensors_data(plain)
-        digest = hashlib.sha256(data).hexdigest()
-        checked = save(weights, metadata={METADATA_KEY: meta_json, SAFETENSORS_SHA256_KEY: digest})
-        if _safetensors_data(checked) != data:  # the header is the only part that may differ
-            raise PublishError("safetensors wrote different data for the same weights")
-        return checked
-    else:
-        raise PublishError(
-            f"unknown format {fmt!r}: choose export, torchscript, state_dict or safetensors"
-        )
-    return buf.getvalue()
-
-
-def _safetensors_data(blob: bytes) -> bytes:
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    return blob[8 + header_len :]
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -252,6 +160,8 @@ def publish(
     directory.mkdir(parents=True, exist_ok=True)
     if format is None:
         format = "torchscript" if isinstance(model, torch.jit.ScriptModule) else "export"
+    if format not in FORMATS:
+        raise PublishError(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
     meta: dict[str, Any] = dict(metadata or {})
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
@@ -278,7 +188,7 @@ def publish(
         except TypeError as exc:
             raise PublishError(f"metadata is not JSON-serialisable: {exc}") from None
         try:
-            data = _serialize(model, format, meta_json, example_input)
+            data = FORMATS[format].write(model, meta_json, example_input)
         except PublishError:
             raise
         except Exception as exc:

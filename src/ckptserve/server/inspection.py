@@ -10,15 +10,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..formats import (
-    WEIGHTS_FORMATS,
-    Loaded,
-    load_checkpoint,
-    mapped,
-    read_weights,
-    sniff_buffer,
-    state_dict_loader,
-)
+from ..formats import Loaded, load_checkpoint, mapped, read_weights, sniff, state_dict_loader
+from ..naming import WEIGHTS_FORMATS
 from ..inference import act
 from ..sources import FileSource
 from ..validation import expectations_for, run_checks
@@ -60,9 +53,9 @@ def describe(
 def _describe_copy(
     copy: Path, info: dict[str, Any], *, factory: str | None, obs_dim: int | None
 ) -> dict[str, Any]:
-    with mapped(copy) as (data, file):
+    with mapped(copy) as data:
         try:
-            fmt = sniff_buffer(data, file)
+            fmt = sniff(data)
         except CheckpointError as exc:
             info["error"] = str(exc)
             return info

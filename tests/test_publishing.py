@@ -282,3 +282,30 @@ def test_a_server_running_as_another_user_can_read_what_publish_wrote(umask):
             assert result.stdout == path.read_bytes()
     finally:
         shutil.rmtree(root)
+
+
+def test_safetensors_are_published_as_dot_safetensors(tmp_path):
+    """A safetensors checkpoint and its latest link end in `.safetensors`; the manifest names it."""
+    path = publish(seeded_actor(0), tmp_path, format="safetensors")
+    assert re.fullmatch(r"actor_\d{8}_\d{6}\.safetensors", path.name)
+    latest = tmp_path / "actor_latest.safetensors"
+    assert latest.is_symlink() and os.readlink(latest) == path.name
+    assert json.loads((tmp_path / "actor_latest.json").read_text())["checkpoint"] == path.name
+    assert list_checkpoints(tmp_path) == [path]
+    assert not (tmp_path / "actor_latest.pt").exists()
+
+
+def test_switching_format_keeps_one_latest_link_and_one_retention(tmp_path, monkeypatch):
+    """From `.pt` to `.safetensors` and back within one second: names number on across both
+    suffixes, the other suffix's latest link goes, retention counts both."""
+    freeze_clock(monkeypatch, datetime(2026, 4, 12, 14, 30, 22, tzinfo=timezone.utc))
+    first = publish(seeded_actor(0), tmp_path, format="state_dict", keep=2)
+    second = publish(seeded_actor(1), tmp_path, format="safetensors", keep=2)
+    assert second.name == f"{first.stem}_1.safetensors"
+    assert not os.path.lexists(tmp_path / "actor_latest.pt")
+    assert os.readlink(tmp_path / "actor_latest.safetensors") == second.name
+    third = publish(seeded_actor(2), tmp_path, format="export", keep=2)
+    assert third.name == f"{first.stem}_2.pt"
+    assert not os.path.lexists(tmp_path / "actor_latest.safetensors")
+    assert list_checkpoints(tmp_path) == [third, second]
+    assert not first.exists()

@@ -1,9 +1,10 @@
 """PUBLISH: the trainer side. Write a checkpoint so that a server never sees half of it.
 
-Each call writes `{name}_{YYYYmmdd_HHMMSS}.pt` (temp file in the same directory, fsync, atomic
-link), points `{name}_latest.pt` at it (an atomic symlink swap), writes the manifest
-`{name}_latest.json` (sha256, size, metadata, optional HMAC signature), then removes the oldest
-timestamped checkpoints beyond `keep`, never the live one.
+Each call writes `{name}_{YYYYmmdd_HHMMSS}.pt` (`.safetensors` for safetensors; temp file in the
+same directory, fsync, atomic link), points `{name}_latest.pt` at it (an atomic symlink swap),
+writes the manifest `{name}_latest.json` (sha256, size, metadata, optional HMAC signature), then
+removes the oldest timestamped checkpoints beyond `keep`, never the live one. The file names
+are the rules of `naming.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -26,26 +26,22 @@ from .errors import PublishError
 from .formats import FORMATS
 from .inference import act, infer_obs_dim
 from .manifest import SIGNING_KEY_ENV, sign_manifest
+from .naming import (
+    CHECKPOINT_SUFFIXES,
+    DEFAULT_NAME,
+    MANIFEST_SUFFIX,
+    STAMP_FORMAT,
+    checkpoint_name,
+    latest_link,
+    latest_manifest,
+    list_checkpoints,
+    parse_checkpoint_name,
+    suffix_for,
+)
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
 PublishFormat = Literal["export", "torchscript", "state_dict", "safetensors"]
-_STAMP = "%Y%m%d_%H%M%S"
-
-
-def _timestamped(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(name)}_(\d{{8}}_\d{{6}})(?:_(\d+))?\.pt$")
-
-
-def list_checkpoints(directory: str | os.PathLike[str], name: str = "actor") -> list[Path]:
-    """The timestamped checkpoints `{name}_YYYYmmdd_HHMMSS[_N].pt` in `directory`, newest first."""
-    pattern = _timestamped(name)
-    found = []
-    for entry in os.scandir(directory):
-        m = pattern.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False):
-            found.append((m.group(1), int(m.group(2) or 0), Path(entry.path)))
-    return [p for *_, p in sorted(found, reverse=True)]
 
 
 def _callable_of(model: Any) -> Any:
@@ -92,23 +88,27 @@ def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
     return tmp
 
 
-def _place_unique(tmp: Path, directory: Path, name: str, when: datetime) -> Path:
+def _place_unique(tmp: Path, directory: Path, name: str, when: datetime, fmt: str) -> Path:
     """Link `tmp` under a fresh timestamped name; a second call in the same second gets `_1`, ..."""
-    stem = f"{name}_{when.strftime(_STAMP)}"
-    # Number after the highest suffix of this second still on disk, so a name that retention
-    # freed is never reused and names keep sorting in publish order.
-    taken = re.compile(rf"^{re.escape(stem)}(?:_(\d+))?\.pt$")
-    used = [int(m.group(1) or 0) for e in os.scandir(directory) if (m := taken.match(e.name))]
+    stamp = when.strftime(STAMP_FORMAT)
+    # Number after the highest of this second still on disk (any suffix), so a name that
+    # retention freed is never reused and names keep sorting in publish order.
+    used = [
+        parts.n
+        for entry in os.scandir(directory)
+        if (parts := parse_checkpoint_name(entry.name))
+        and (parts.name, parts.stamp) == (name, stamp)
+    ]
     first = max(used) + 1 if used else 0
     for n in range(first, first + 10_000):
-        target = directory / (f"{stem}.pt" if n == 0 else f"{stem}_{n}.pt")
+        target = directory / checkpoint_name(name, when, fmt, n)
         try:
             os.link(tmp, target)
         except FileExistsError:
             continue
         os.unlink(tmp)
         return target
-    raise PublishError(f"no free checkpoint name for {stem} in {directory}")
+    raise PublishError(f"no free checkpoint name for {name}_{stamp} in {directory}")
 
 
 def _replace_symlink(link: Path, target_name: str) -> None:
@@ -117,17 +117,33 @@ def _replace_symlink(link: Path, target_name: str) -> None:
     os.replace(tmp, link)
 
 
+def _point_latest(directory: Path, name: str, fmt: str, checkpoint: Path) -> None:
+    """Point `{name}_latest{suffix}` at `checkpoint`; drop the link of another suffix (a format
+    published before), which would point at an older checkpoint."""
+    link = latest_link(directory, name, fmt)
+    _replace_symlink(link, checkpoint.name)
+    for suffix in CHECKPOINT_SUFFIXES:
+        other = link.with_name(f"{name}_latest{suffix}")
+        if other != link and other.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                other.unlink()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 def _retain(directory: Path, name: str, keep: int, live: Path) -> None:
     for old in list_checkpoints(directory, name)[keep:]:
         if old.name != live.name:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+            _unlink(old)
 
 
 def publish(
     model: torch.nn.Module | torch.export.ExportedProgram,
     directory: str | os.PathLike[str],
-    name: str = "actor",
+    name: str = DEFAULT_NAME,
     keep: int = 10,
     metadata: Mapping[str, Any] | None = None,
     *,
@@ -141,7 +157,8 @@ def publish(
         model: an `nn.Module`, a `ScriptModule` or an `ExportedProgram` with
             `forward(state, deterministic=True) -> (action, log_prob)` or `-> action`.
         directory: the model directory the server watches (created if missing).
-        name: file name prefix: `{name}_latest.pt`, `{name}_latest.json`, `{name}_<stamp>.pt`.
+        name: file name prefix: `{name}_latest.json`, `{name}_latest.pt`, `{name}_<stamp>.pt`
+            (`.safetensors` instead of `.pt` for safetensors; the layout is in `naming.py`).
         keep: how many timestamped checkpoints to keep (the live one is never removed).
         metadata: JSON-serialisable extras (`step`, `eval_return`, `obs_low`, `action_high`...);
             `obs_dim`, `action_dim`, `format` and `created_at` are filled in.
@@ -197,15 +214,15 @@ def publish(
         if was_training and isinstance(model, torch.nn.Module):
             model.train()
 
-    tmp = _write_temp(directory, data, ".pt")
+    tmp = _write_temp(directory, data, suffix_for(format))
     try:
-        checkpoint = _place_unique(tmp, directory, name, when.astimezone())
+        checkpoint = _place_unique(tmp, directory, name, when.astimezone(), format)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(directory)
-    _replace_symlink(directory / f"{name}_latest.pt", checkpoint.name)
+    _point_latest(directory, name, format, checkpoint)
     manifest: dict[str, Any] = {
         "checkpoint": checkpoint.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -218,7 +235,7 @@ def publish(
     if key:
         manifest["signature"] = sign_manifest(manifest, key)
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    os.replace(_write_temp(directory, payload, ".json"), directory / f"{name}_latest.json")
+    os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), latest_manifest(directory, name))
     _fsync_dir(directory)
     _retain(directory, name, keep, checkpoint)
     return checkpoint

@@ -11,8 +11,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..formats import Loaded, load_checkpoint, mapped, read_weights, sniff, state_dict_loader
-from ..naming import WEIGHTS_FORMATS
 from ..inference import act
+from ..naming import WEIGHTS_FORMATS
 from ..sources import FileSource
 from ..validation import expectations_for, run_checks
 

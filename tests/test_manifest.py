@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from ckptserve import (
     ManifestSource,
     ModelNotAvailable,
     ModelRegistry,
+    PublishError,
     publish,
 )
 from ckptserve.manifest import (
@@ -27,6 +29,7 @@ from ckptserve.manifest import (
     sign_manifest,
     verify_signature,
 )
+from ckptserve.naming import record_for
 from core_helpers import action_of, freeze_clock, wait_for, wait_for_timestamp_tick
 from policies import seeded_actor
 
@@ -60,7 +63,8 @@ def no_key_in_environment(monkeypatch):
 
 
 def test_manifest_is_written_after_the_checkpoint_it_names(tmp_path, monkeypatch):
-    """The manifest appears only once its checkpoint is complete and linked in place."""
+    """The checkpoint's record, then the latest link, then the manifest: each appears only once
+    the checkpoint it names is complete and linked in place."""
     events: list[str] = []
     real_link, real_replace = os.link, os.replace
 
@@ -69,7 +73,7 @@ def test_manifest_is_written_after_the_checkpoint_it_names(tmp_path, monkeypatch
         return real_link(src, dst, *args, **kwargs)
 
     def replace(src, dst, *args, **kwargs):
-        if Path(dst).name == "actor_latest.json":
+        if Path(dst).suffix == ".json":
             named = json.loads(Path(src).read_text())["checkpoint"]
             assert (tmp_path / named).exists(), "manifest published before its checkpoint"
         events.append(f"replace {Path(dst).name}")
@@ -80,6 +84,7 @@ def test_manifest_is_written_after_the_checkpoint_it_names(tmp_path, monkeypatch
     checkpoint = publish_ts(tmp_path, 0)
     assert events == [
         f"link {checkpoint.name}",
+        f"replace {checkpoint.stem}.json",
         "replace actor_latest.pt",
         "replace actor_latest.json",
     ]
@@ -446,3 +451,51 @@ def test_require_signature_ignores_a_plain_checkpoint_dropped_into_the_directory
         registry.get_model()
     publish_ts(tmp_path, 1, signing_key="key")
     assert action_of(registry.get_model()) == pytest.approx(expected(1))
+
+
+# ---- 4. a signed record per checkpoint ----------------------------------------------------------
+
+
+def test_each_checkpoint_has_a_record_like_the_latest_manifest(tmp_path, monkeypatch):
+    """Beside every timestamped checkpoint, `record_for(checkpoint)` holds the same manifest as
+    `{name}_latest.json` did when it was published: same fields, same signature."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "s3cret")
+    first = publish_ts(tmp_path, 0, metadata={"step": 1})
+    first_manifest = manifest_of(tmp_path)
+    second = publish_ts(tmp_path, 1, metadata={"step": 2})
+    assert json.loads(record_for(first).read_text()) == first_manifest
+    assert json.loads(record_for(second).read_text()) == manifest_of(tmp_path)
+    for checkpoint in (first, second):
+        record = parse_manifest(record_for(checkpoint).read_bytes())
+        verify_signature(record, "s3cret", required=True)
+        assert record["checkpoint"] == checkpoint.name
+        assert record["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_a_record_serves_as_a_manifest_for_its_checkpoint(tmp_path, make_registry):
+    """A registry given a checkpoint's record serves that checkpoint, checked by its sha256."""
+    first = publish_ts(tmp_path, 0)
+    publish_ts(tmp_path, 1)
+    registry = make_registry(record_for(first))
+    assert registry.source.kind == "manifest"
+    assert action_of(registry.get_model()) == pytest.approx(expected(0))
+    assert registry.version.checkpoint == first.name
+
+
+def test_retention_removes_each_record_with_its_checkpoint(tmp_path):
+    """Records go with the checkpoints retention removes; the ones kept keep theirs."""
+    published = [publish_ts(tmp_path, i, keep=2) for i in range(4)]
+    for gone in published[:2]:
+        assert not gone.exists() and not record_for(gone).exists()
+    for kept in published[2:]:
+        assert record_for(kept).exists()
+    records = sorted(p.name for p in tmp_path.glob("actor_2*.json"))
+    assert records == sorted(record_for(p).name for p in published[2:])
+
+
+def test_metadata_a_server_would_refuse_is_refused_at_publish(tmp_path):
+    """A manifest over MAX_MANIFEST_BYTES would never load: publish() refuses it and leaves
+    no checkpoint behind."""
+    with pytest.raises(PublishError, match="over 65536 bytes"):
+        publish_ts(tmp_path, 0, metadata={"notes": "x" * MAX_MANIFEST_BYTES})
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]

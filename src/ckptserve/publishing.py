@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import PublishError
+from .errors import IntegrityError, PublishError
 from .formats import FORMATS
 from .inference import act, infer_obs_dim
-from .manifest import SIGNING_KEY_ENV, sign_manifest
+from .manifest import SIGNING_KEY_ENV, parse_manifest, sign_manifest
 from .naming import (
     CHECKPOINT_SUFFIXES,
     DEFAULT_NAME,
@@ -36,6 +36,7 @@ from .naming import (
     latest_manifest,
     list_checkpoints,
     parse_checkpoint_name,
+    record_for,
     suffix_for,
 )
 
@@ -135,8 +136,10 @@ def _unlink(path: Path) -> None:
 
 
 def _retain(directory: Path, name: str, keep: int, live: Path) -> None:
+    """Remove the timestamped checkpoints beyond the `keep` newest, each with its record."""
     for old in list_checkpoints(directory, name)[keep:]:
         if old.name != live.name:
+            _unlink(record_for(old))
             _unlink(old)
 
 
@@ -221,8 +224,6 @@ def publish(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(directory)
-    _point_latest(directory, name, format, checkpoint)
     manifest: dict[str, Any] = {
         "checkpoint": checkpoint.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -235,6 +236,16 @@ def publish(
     if key:
         manifest["signature"] = sign_manifest(manifest, key)
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    try:
+        parse_manifest(payload)
+    except IntegrityError as exc:  # e.g. metadata over the 64 KiB a server reads
+        _unlink(checkpoint)
+        raise PublishError(f"a server would refuse this checkpoint's manifest: {exc}") from None
+    # The checkpoint's own record first (a pin or a fallback to it is checked against it),
+    # then the latest link and manifest: each file replaced atomically, each after what it names.
+    os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), record_for(checkpoint))
+    _fsync_dir(directory)
+    _point_latest(directory, name, format, checkpoint)
     os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), latest_manifest(directory, name))
     _fsync_dir(directory)
     _retain(directory, name, keep, checkpoint)

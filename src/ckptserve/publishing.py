@@ -39,6 +39,7 @@ from .naming import (
     record_for,
     suffix_for,
 )
+from .statedir import STATE_DIR_ENV, pinned_in
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
@@ -135,10 +136,12 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _retain(directory: Path, name: str, keep: int, live: Path) -> None:
-    """Remove the timestamped checkpoints beyond the `keep` newest, each with its record."""
+def _retain(directory: Path, name: str, keep: int, live: Path, state_dir: str | None) -> None:
+    """Remove the timestamped checkpoints beyond the `keep` newest, each with its record, but
+    never the live one nor one a server has pinned (its pins are in its state directory)."""
+    spared = {live.name} | (pinned_in(state_dir, directory) if state_dir else set())
     for old in list_checkpoints(directory, name)[keep:]:
-        if old.name != live.name:
+        if old.name not in spared:
             _unlink(record_for(old))
             _unlink(old)
 
@@ -153,6 +156,7 @@ def publish(
     format: PublishFormat | None = None,
     signing_key: str | bytes | None = None,
     example_input: torch.Tensor | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Publish a checkpoint atomically and return the path of the new timestamped file.
 
@@ -162,7 +166,8 @@ def publish(
         directory: the model directory the server watches (created if missing).
         name: file name prefix: `{name}_latest.json`, `{name}_latest.pt`, `{name}_<stamp>.pt`
             (`.safetensors` instead of `.pt` for safetensors; the layout is in `naming.py`).
-        keep: how many timestamped checkpoints to keep (the live one is never removed).
+        keep: how many timestamped checkpoints to keep (the live one and pinned ones are never
+            removed).
         metadata: JSON-serialisable extras (`step`, `eval_return`, `obs_low`, `action_high`...);
             `obs_dim`, `action_dim`, `format` and `created_at` are filled in.
         format: "export" (default for modules), "torchscript" (default for ScriptModules),
@@ -170,6 +175,8 @@ def publish(
         signing_key: HMAC key for the manifest signature; defaults to `$CKPTSERVE_SIGNING_KEY`.
         example_input: a `[batch, obs_dim]` tensor to export and probe with, if `obs_dim` is
             neither in `metadata` nor the width of the model's first weight.
+        state_dir: the servers' state directory (`--state-dir`), whose pins retention spares;
+            defaults to `$CKPTSERVE_STATE_DIR`.
 
     Example:
         publish(actor, "models/", metadata={"step": step, "eval_return": ret})
@@ -248,5 +255,7 @@ def publish(
     _point_latest(directory, name, format, checkpoint)
     os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), latest_manifest(directory, name))
     _fsync_dir(directory)
-    _retain(directory, name, keep, checkpoint)
+    if state_dir is None:
+        state_dir = os.environ.get(STATE_DIR_ENV) or None
+    _retain(directory, name, keep, checkpoint, None if state_dir is None else os.fspath(state_dir))
     return checkpoint

@@ -24,12 +24,14 @@ from ckptserve import (
 from ckptserve.manifest import (
     MAX_MANIFEST_BYTES,
     SIGNING_KEY_ENV,
+    SIGNING_KEYS_ENV,
     canonical_bytes,
+    parse_keyring,
     parse_manifest,
     sign_manifest,
     verify_signature,
 )
-from ckptserve.naming import record_for
+from ckptserve.naming import list_checkpoints, record_for
 from core_helpers import action_of, freeze_clock, wait_for, wait_for_timestamp_tick
 from policies import seeded_actor
 
@@ -57,6 +59,7 @@ def flip_a_bit(path: Path) -> None:
 @pytest.fixture(autouse=True)
 def no_key_in_environment(monkeypatch):
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    monkeypatch.delenv(SIGNING_KEYS_ENV, raising=False)
 
 
 # ---- 1. the manifest pointer ---------------------------------------------------------------
@@ -499,3 +502,102 @@ def test_metadata_a_server_would_refuse_is_refused_at_publish(tmp_path):
     with pytest.raises(PublishError, match="over 65536 bytes"):
         publish_ts(tmp_path, 0, metadata={"notes": "x" * MAX_MANIFEST_BYTES})
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+# ---- 5. rotating keys: key ids and several accepted keys -----------------------------------------
+
+
+def test_a_keyring_parses_ids_and_secrets_and_the_first_signs():
+    """`id:secret` pairs, comma-separated, the first listed signing; the legacy single key is
+    accepted for manifests that name no key; secrets never show in the repr."""
+    keyring = parse_keyring(keys=" new:s2:with-colon , old:s1 ", key="legacy")
+    assert keyring.ids == ("new", "old", "") and keyring.signing_id == "new"
+    assert keyring.secret("new") == b"s2:with-colon" and keyring.secret("") == b"legacy"
+    assert keyring.secret("other") is None
+    assert "s1" not in repr(keyring) and "legacy" not in repr(keyring)
+    only_legacy = parse_keyring(key="legacy")
+    assert only_legacy.ids == ("",) and only_legacy.signing_id == ""
+    assert parse_keyring() is None and parse_keyring(keys="  ") is None
+
+
+def test_a_key_file_lists_one_key_per_line(tmp_path):
+    """An absolute path in CKPTSERVE_SIGNING_KEYS is a file of `id:secret` lines."""
+    path = tmp_path / "keys"
+    path.write_text("# rotated 2026-04\nk2:second\n\nk1:first\n")
+    keyring = parse_keyring(keys=str(path))
+    assert keyring.ids == ("k2", "k1") and keyring.secret("k1") == b"first"
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("k1:TOPSECRET,TOPSECRET", "entry 2 is not id:secret"),
+        ("k1:TOPSECRET,k1:TOPSECRET2", "'k1' is listed twice"),
+        ("k1:TOPSECRET,k2:", "key 'k2' has an empty secret"),
+        ("bad id:TOPSECRET", "is not up to 64"),
+        ("/nonexistent/keys", "key file /nonexistent/keys"),
+    ],
+    ids=["no-colon", "duplicate", "empty-secret", "bad-id", "missing-file"],
+)
+def test_malformed_keys_are_refused_without_showing_a_secret(keys, message):
+    """A malformed CKPTSERVE_SIGNING_KEYS is a ValueError naming the problem, never a secret."""
+    with pytest.raises(ValueError, match=message) as info:
+        parse_keyring(keys=keys)
+    assert "TOPSECRET" not in str(info.value)
+
+
+def test_the_key_id_is_signed_and_selects_the_key(tmp_path):
+    """publish() with a keyring writes `key_id` (covered by the signature); a reader verifies
+    with that key, and changing the key_id breaks the signature."""
+    publish_ts(tmp_path, 0, signing_key=parse_keyring(keys="k2:second,k1:first"))
+    manifest = manifest_of(tmp_path)
+    assert manifest["key_id"] == "k2"
+    verify_signature(manifest, parse_keyring(keys="k1:first,k2:second"), required=True)
+    with pytest.raises(IntegrityError, match="not an accepted one"):
+        verify_signature(manifest, parse_keyring(keys="k1:first"))
+    with pytest.raises(IntegrityError, match="does not match"):
+        verify_signature({**manifest, "key_id": "k1"}, parse_keyring(keys="k1:second"))
+
+
+def test_publish_reads_the_keys_from_the_environment(tmp_path, monkeypatch):
+    """CKPTSERVE_SIGNING_KEYS wins over CKPTSERVE_SIGNING_KEY for signing; both are accepted."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "legacy")
+    monkeypatch.setenv(SIGNING_KEYS_ENV, "new:s2")
+    publish_ts(tmp_path, 0)
+    assert manifest_of(tmp_path)["key_id"] == "new"
+    monkeypatch.setenv(SIGNING_KEYS_ENV, "k1")
+    with pytest.raises(PublishError, match="not id:secret"):
+        publish_ts(tmp_path / "b", 0)
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").iterdir())
+
+
+def test_a_key_is_rotated_without_an_outage(tmp_path, make_registry):
+    """The documented steps: servers accept old and new, the trainer switches to the new, the
+    servers drop the old. Every publish of every step is served; none is refused."""
+    old_only, both, new_only = "old:s1", "old:s1,new:s2", "new:s2"
+
+    def served_by(accepted: str, seed: int, signer: str) -> None:
+        publish_ts(tmp_path, seed, signing_key=parse_keyring(keys=signer))
+        registry = make_registry(tmp_path, signing_key=parse_keyring(keys=accepted),
+                                 require_signature=True)  # fmt: skip
+        assert action_of(registry.get_model()) == pytest.approx(expected(seed)), registry.last_error
+
+    served_by(old_only, 0, signer=old_only)  # before
+    served_by(both, 1, signer=old_only)  # 1. servers accept both keys (a rolling restart)
+    served_by(both, 2, signer="new:s2,old:s1")  # 2. the trainer signs with the new key
+    served_by(new_only, 3, signer=new_only)  # 3. servers drop the old key
+    with pytest.raises(IntegrityError, match="not an accepted one"):
+        verify_signature(parse_manifest(record_for(list_checkpoints(tmp_path)[2]).read_bytes()),
+                         parse_keyring(keys=new_only))  # fmt: skip
+
+
+def test_a_legacy_manifest_verifies_with_a_single_key(tmp_path):
+    """A manifest signed with CKPTSERVE_SIGNING_KEY alone has no key_id and verifies with the
+    single key, as before keyrings (byte-compatible with older servers)."""
+    publish_ts(tmp_path, 0, signing_key="s3cret")
+    manifest = manifest_of(tmp_path)
+    assert "key_id" not in manifest
+    assert manifest["signature"] == sign_manifest(manifest, "s3cret")
+    verify_signature(manifest, parse_keyring(key="s3cret"), required=True)
+    with pytest.raises(IntegrityError, match="signed with no key id"):
+        verify_signature(manifest, parse_keyring(keys="k1:s3cret"))

@@ -25,7 +25,7 @@ import torch
 from .errors import IntegrityError, PublishError
 from .formats import FORMATS
 from .inference import act, infer_obs_dim
-from .manifest import SIGNING_KEY_ENV, parse_manifest, sign_manifest
+from .manifest import Keyring, keyring_from_environment, parse_manifest
 from .naming import (
     CHECKPOINT_SUFFIXES,
     DEFAULT_NAME,
@@ -131,6 +131,17 @@ def _point_latest(directory: Path, name: str, fmt: str, checkpoint: Path) -> Non
                 other.unlink()
 
 
+def _keyring(signing_key: str | bytes | Keyring | None) -> Keyring | None:
+    if isinstance(signing_key, Keyring):
+        return signing_key
+    if signing_key:
+        return Keyring.single(signing_key)
+    try:
+        return keyring_from_environment()
+    except ValueError as exc:
+        raise PublishError(f"signing keys: {exc}") from None
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -154,7 +165,7 @@ def publish(
     metadata: Mapping[str, Any] | None = None,
     *,
     format: PublishFormat | None = None,
-    signing_key: str | bytes | None = None,
+    signing_key: str | bytes | Keyring | None = None,
     example_input: torch.Tensor | None = None,
     state_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
@@ -172,7 +183,9 @@ def publish(
             `obs_dim`, `action_dim`, `format` and `created_at` are filled in.
         format: "export" (default for modules), "torchscript" (default for ScriptModules),
             "state_dict" or "safetensors" (weights only; serve them with `state_dict_loader`).
-        signing_key: HMAC key for the manifest signature; defaults to `$CKPTSERVE_SIGNING_KEY`.
+        signing_key: HMAC key for the manifest signature, or a `Keyring` (its signing key signs,
+            and its id goes into the manifest as `key_id`); defaults to the keys of
+            `$CKPTSERVE_SIGNING_KEYS` (the first listed signs) or `$CKPTSERVE_SIGNING_KEY`.
         example_input: a `[batch, obs_dim]` tensor to export and probe with, if `obs_dim` is
             neither in `metadata` nor the width of the model's first weight.
         state_dir: the servers' state directory (`--state-dir`), whose pins retention spares;
@@ -183,6 +196,7 @@ def publish(
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
+    keyring = _keyring(signing_key)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format is None:
@@ -239,9 +253,8 @@ def publish(
         "metadata": meta,
         "created_at": meta["created_at"],
     }
-    key = signing_key if signing_key is not None else os.environ.get(SIGNING_KEY_ENV) or None
-    if key:
-        manifest["signature"] = sign_manifest(manifest, key)
+    if keyring is not None:
+        manifest = keyring.sign(manifest)
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
     try:
         parse_manifest(payload)

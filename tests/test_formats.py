@@ -275,3 +275,83 @@ def test_the_format_table_is_named_as_naming_declares():
     assert tuple(ckptserve.FORMATS) == FORMAT_NAMES
     assert {n for n, f in ckptserve.FORMATS.items() if f.needs_factory} == set(WEIGHTS_FORMATS)
     assert [n for n, f in ckptserve.FORMATS.items() if f.runs_code_on_load] == ["torchscript"]
+
+
+# ---- a pickled module, and reasons in one line --------------------------------------------------
+
+
+class FlatActor(torch.nn.Module):
+    """A module with its own parameters and no submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, 4))
+
+    def forward(self, state, deterministic=True):
+        return state @ self.weight.T, None
+
+
+def assert_one_line(reason: str) -> None:
+    assert "\n" not in reason and "\x1b" not in reason and len(reason) < 400, repr(reason)
+
+
+@pytest.mark.parametrize(
+    ("model", "protocol"),
+    [(seeded_actor(0), 2), (seeded_actor(0), 4), (FlatActor(), 2)],
+    ids=["actor", "actor-protocol-4", "flat-module"],
+)
+@pytest.mark.parametrize("with_factory", [False, True], ids=["auto", "factory"])
+def test_a_pickled_module_is_named_as_one_with_the_two_ways_to_resave_it(
+    model, protocol, with_factory, tmp_path
+):
+    """`torch.save(model)` is reported as a pickled module that can run code, refused, with
+    publish() and state_dict() + --factory as the ways out, in one line without escapes; not
+    as a weights file that needs a factory, and not as PyTorch's page of advice."""
+    path = tmp_path / "model.pt"
+    torch.save(model, path, pickle_protocol=protocol)
+    loader = state_dict_loader(make_actor) if with_factory else "auto"
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, loader=loader)
+    reason = str(info.value)
+    assert reason.startswith("a pickled module (torch.save(model))"), reason
+    assert "run any code" in reason and "publish(" in reason
+    assert "torch.save(model.state_dict(), path)" in reason and "--factory" in reason
+    assert "weights_only=False" not in reason
+    assert_one_line(reason)
+
+
+def test_torch_refusing_a_pickle_is_told_in_one_line(tmp_path, monkeypatch):
+    """Where only torch's weights_only check sees the pickle (too big to scan here), its
+    refusal becomes one line naming the global it refused, without its advice."""
+    monkeypatch.setattr("ckptserve._pytorch._SCANNED", 0)
+    path = tmp_path / "model.pt"
+    torch.save(seeded_actor(0), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, loader=state_dict_loader(make_actor))
+    reason = str(info.value)
+    assert "references policies.Actor" in reason and "weights_only=False" not in reason
+    assert_one_line(reason)
+
+
+def test_a_state_dict_with_a_modules_key_is_not_a_module(tmp_path):
+    """Plain tensors under keys named like a module's state still load."""
+    path = tmp_path / "weights.pt"
+    torch.save({"_modules": torch.zeros(1), "_parameters": torch.ones(1)}, path)
+    state, _ = read_weights(path, "state_dict")
+    assert set(state) == {"_modules", "_parameters"}
+
+
+def test_every_load_error_reason_is_one_line(tmp_path, checkpoint_bytes):
+    """A loader's multi-line reason with terminal escapes, and a factory whose module does not
+    fit (PyTorch's reason spans lines), come out of load_checkpoint as one line."""
+
+    def noisy(path, fmt, device):
+        raise IntegrityError("first line\n\tsecond \x1b[1mbold\x1b[0m line")
+
+    data = checkpoint_bytes("state_dict", 0)
+    with pytest.raises(IntegrityError) as info:
+        load(data, tmp_path, loader=noisy)
+    assert str(info.value) == "first line second bold line"
+    with pytest.raises(CheckpointError, match="do not fit") as info:
+        load(data, tmp_path, loader=state_dict_loader(lambda: Actor(hidden=16)))
+    assert_one_line(str(info.value))

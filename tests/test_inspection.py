@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ckptserve import publish
+from ckptserve._pytorch import PICKLED_MODULE
 from ckptserve.inspection import describe
 from core_helpers import FORMATS, WEIGHTS_FORMATS
 from policies import seeded_actor
@@ -80,3 +82,12 @@ def test_inspect_a_directory_from_the_command_line_without_fastapi(tmp_path):
     info = json.loads("\n".join(report))
     assert info["format"] == "export" and info["probe"] == "ok"
     assert info["manifest"].endswith("actor_latest.json")
+
+
+def test_inspect_says_a_pickled_module_is_one(tmp_path):
+    """`ckptserve inspect` on `torch.save(model)` gives the same one-line reason as a load."""
+    path = tmp_path / "model.pt"
+    torch.save(seeded_actor(0), path)
+    info = describe(path)
+    assert info["format"] == "state_dict"
+    assert info["error"] == f"load failed: {PICKLED_MODULE}"

@@ -8,10 +8,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._zipcheck import ZipEntry
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ._zipcheck import ZipEntry
 
 __all__ = ["Buffer", "Format", "Loaded", "Sniffed", "metadata_from_json", "one_line"]
 
@@ -56,7 +58,8 @@ class Format:
         needs_factory: it holds weights only; `read` gives a dict of tensors.
         runs_code_on_load: reading it may execute code from the file (TorchScript).
         detect: whether a first look at a file (`Sniffed`) is this format.
-        check: raise IntegrityError unless the bytes are whole (zip CRCs, a data sha256).
+        check: raise IntegrityError unless the bytes are whole (zip CRCs, a data sha256), and
+            CheckpointError for a file of this format that is never loaded (a pickled module).
         read: `read(path, device) -> Loaded`, from a file that passed `check`.
         write: `write(model, metadata_json, example_input) -> bytes`, for `publish()`.
     """

@@ -8,6 +8,8 @@ checked by the CRC-32 of every record, read with PyTorch's own loader (state_dic
 from __future__ import annotations
 
 import io
+import pickletools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from ._zipcheck import check_crcs
 from .errors import CheckpointError, PublishError
 from .manifest import METADATA_FILE, METADATA_KEY
 
-__all__ = ["EXPORT", "STATE_DICT", "TORCHSCRIPT", "ExportedPolicy", "cpu_weights"]
+__all__ = ["EXPORT", "PICKLED_MODULE", "STATE_DICT", "TORCHSCRIPT", "ExportedPolicy", "cpu_weights"]
 
 
 class ExportedPolicy(torch.nn.Module):
@@ -152,19 +154,102 @@ def _is_state_dict(sniffed: Sniffed) -> bool:
     return "data.pkl" in sniffed.names
 
 
+#: Why a full pickle of a module is refused, and how to re-save it: one line, for every reader.
+PICKLED_MODULE = (
+    "a pickled module (torch.save(model)): unpickling it can run any code, so it is never "
+    "loaded; re-save it with ckptserve.publish(model, directory), or save "
+    "torch.save(model.state_dict(), path) and serve it with --factory package.module:make_model"
+)
+# Where the globals of a plain state_dict pickle come from (tensors, storages, containers).
+_PLAIN = ("torch", "collections", "builtins", "__builtin__", "copyreg", "_codecs", "numpy")
+_SCANNED = 16 << 20  # bigger pickles are left to torch's own weights_only check
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+            "BINSTRING", "STRING"}  # fmt: skip
+
+
+def _pickle_globals(pickle: bytes) -> tuple[list[str], bool]:
+    """The globals a pickle references (`module.name`), and whether it holds nn.Module state
+    (`_modules` and `_parameters` keys); read opcode by opcode, nothing is unpickled."""
+    found: list[str] = []
+    keys: set[str] = set()
+    memo: dict[int, str] = {}  # memo slots that hold strings
+    slots = 0  # MEMOIZE numbers the memo in order (protocol 4)
+    top: list[str] = []  # the strings just pushed, for STACK_GLOBAL (module, name)
+    try:
+        for op, arg, _ in pickletools.genops(pickle):
+            name = op.name
+            if name in _STRINGS:
+                top = [*top[-1:], str(arg)]
+                keys.add(str(arg))
+            elif name == "MEMOIZE":
+                if top:
+                    memo[slots] = top[-1]
+                slots += 1
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                if top and isinstance(arg, int):
+                    memo[arg] = top[-1]
+            elif name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
+                top = [*top[-1:], memo[arg]]
+            else:
+                if name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif name == "STACK_GLOBAL" and len(top) == 2:
+                    found.append(".".join(top))
+                top = []
+    except (ValueError, KeyError, TypeError):  # not a well-formed pickle: torch refuses it
+        pass
+    return found, {"_modules", "_parameters"} <= keys
+
+
+def _refuse_pickled_objects(data: Buffer, sniffed: Sniffed) -> None:
+    """Refuse a state_dict file whose pickle is a module or other Python objects, with the
+    reason in one line (torch's own weights_only refusal is a page of advice)."""
+    entry = next(
+        (e for e in sniffed.entries or () if e.name.split("/", 1)[1:] == ["data.pkl"]), None
+    )
+    if entry is None or entry.method != 0 or entry.compressed > _SCANNED:
+        return
+    globals_, module_state = _pickle_globals(bytes(data[entry.start : entry.start + entry.size]))
+    foreign = [g for g in globals_ if g.split(".", 1)[0] not in _PLAIN]
+    if any(g.startswith("torch.nn.modules.") for g in globals_) or (module_state and foreign):
+        raise CheckpointError(PICKLED_MODULE)
+    if foreign:
+        raise CheckpointError(
+            f"state_dict refused by weights_only loading: its pickle references "
+            f"{one_line(foreign[0], 80)}, not only tensors and plain containers (unpickling "
+            "it could run code)"
+        )
+
+
+def _check_state_dict(data: Buffer, sniffed: Sniffed) -> None:
+    check_crcs(data, sniffed.entries or ())
+    _refuse_pickled_objects(data, sniffed)
+
+
 def _read_state_dict(path: Path, device: str) -> Loaded:
     try:
         state = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
-        raise CheckpointError(
-            f"state_dict refused by weights_only loading: {one_line(str(exc), 200)}"
-        ) from None
+        raise CheckpointError(_weights_only_reason(str(exc))) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"state_dict file holds {type(state).__name__}, not a dict")
     raw = state.pop(METADATA_KEY, None)
     if raw is not None and not isinstance(raw, str):
         raise CheckpointError(f"{METADATA_KEY} in a state_dict must be a JSON string")
     return Loaded(state, "state_dict", metadata_from_json(raw, "state_dict"))
+
+
+def _weights_only_reason(text: str) -> str:
+    """torch's weights_only refusal in one line: the global it refused, not its advice to
+    load with `weights_only=False`, which ckptserve never does."""
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        what = f"its pickle references {refused[1]}, not only tensors and plain containers"
+    elif text.startswith("Weights only load failed"):
+        what = "its pickle holds objects other than tensors and plain containers"
+    else:
+        what = one_line(text, 200)
+    return f"state_dict refused by weights_only loading: {what}"
 
 
 def cpu_weights(model: Any, *, unshared: bool = False) -> dict[str, torch.Tensor]:
@@ -203,5 +288,5 @@ TORCHSCRIPT = Format(
 )  # fmt: skip
 STATE_DICT = Format(
     "state_dict", needs_factory=True, runs_code_on_load=False, detect=_is_state_dict,
-    check=_check_records, read=_read_state_dict, write=_write_state_dict,
+    check=_check_state_dict, read=_read_state_dict, write=_write_state_dict,
 )  # fmt: skip

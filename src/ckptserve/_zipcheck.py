@@ -15,6 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from ._codec import one_line
 from .errors import CheckpointError, IntegrityError
 
 __all__ = ["MAX_INFLATED_BYTES", "MAX_ZIP_ENTRIES", "ZipEntry", "check_crcs", "read_directory"]
@@ -131,6 +132,7 @@ def _read_directory(data: memoryview) -> tuple[ZipEntry, ...]:
         extra = bytes(data[extra_at : extra_at + extra_len])
         pos = extra_at + extra_len + comment_len
         name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        shown = one_line(name, 120)  # a hostile name may hold newlines or terminal escapes
         wanted = [size == 0xFFFFFFFF, compressed == 0xFFFFFFFF, offset == 0xFFFFFFFF]
         if any(wanted):
             values = iter(_zip64_values(extra, wanted))
@@ -138,32 +140,32 @@ def _read_directory(data: memoryview) -> tuple[ZipEntry, ...]:
             compressed = next(values) if wanted[1] else compressed
             offset = next(values) if wanted[2] else offset
         if flags & 0x41:
-            raise CheckpointError(f"zip entry {name} is encrypted")
+            raise CheckpointError(f"zip entry {shown} is encrypted")
         if disk and disk != 0xFFFF:
             raise _unreadable("a multi-volume archive")
         if method == _STORED:
             if compressed != size:
-                raise _unreadable(f"stored entry {name} has two sizes")
+                raise _unreadable(f"stored entry {shown} has two sizes")
         elif method == _DEFLATED:
             inflated += size
             if inflated > MAX_INFLATED_BYTES:
                 raise CheckpointError(
-                    f"zip entry {name} is deflated to {size} bytes: PyTorch stores its data "
+                    f"zip entry {shown} is deflated to {size} bytes: PyTorch stores its data "
                     f"uncompressed, and at most {MAX_INFLATED_BYTES} bytes are inflated"
                 )
         else:
-            raise CheckpointError(f"zip entry {name} uses compression method {method}")
+            raise CheckpointError(f"zip entry {shown} uses compression method {method}")
         if offset + _LOCAL.size > cd_offset:
-            raise IntegrityError(f"zip entry {name} starts past the data (truncated or torn)")
+            raise IntegrityError(f"zip entry {shown} starts past the data (truncated or torn)")
         (local_sig, _, _, local_method, _, _, _, _, _, local_name_len,
          local_extra_len) = _LOCAL.unpack_from(data, offset)  # fmt: skip
         start = offset + _LOCAL.size + local_name_len + local_extra_len
         if local_sig != b"PK\x03\x04" or local_method != method:
-            raise _unreadable(f"the local header of {name} is damaged")
+            raise _unreadable(f"the local header of {shown} is damaged")
         if bytes(data[offset + _LOCAL.size : offset + _LOCAL.size + local_name_len]) != raw_name:
-            raise _unreadable(f"the local header of {name} names another file")
+            raise _unreadable(f"the local header of {shown} names another file")
         if start + compressed > cd_offset:
-            raise IntegrityError(f"zip entry {name} ends past the data (truncated or torn)")
+            raise IntegrityError(f"zip entry {shown} ends past the data (truncated or torn)")
         entries.append((offset, ZipEntry(name, method, start, compressed, size, crc)))
     if pos != cd_offset + cd_size:
         raise _unreadable("the central directory has bytes its entries do not account for")
@@ -172,7 +174,7 @@ def _read_directory(data: memoryview) -> tuple[ZipEntry, ...]:
     for offset, entry in entries:
         if offset < end:
             raise CheckpointError(
-                f"zip entry {entry.name} overlaps another entry's bytes (a zip bomb?)"
+                f"zip entry {one_line(entry.name, 120)} overlaps another entry's bytes (a zip bomb?)"
             )
         end = entry.start + entry.compressed
     names = [entry.name for _, entry in entries]
@@ -193,7 +195,8 @@ def check_crcs(buffer: Buffer, entries: tuple[ZipEntry, ...]) -> None:
                 got = zlib.crc32(raw) if entry.method == _STORED else _inflated_crc(raw, entry)
             if got != entry.crc:
                 raise IntegrityError(
-                    f"zip record {entry.name} fails its CRC-32 check (torn or corrupt write)"
+                    f"zip record {one_line(entry.name, 120)} fails its CRC-32 check"
+                    " (torn or corrupt write)"
                 )
 
 
@@ -206,13 +209,17 @@ def _inflated_crc(raw: memoryview, entry: ZipEntry) -> int:
             while pending:
                 out = inflate.decompress(pending, left + 1)
                 if len(out) > left:
-                    raise IntegrityError(f"zip record {entry.name} inflates past its size")
+                    raise IntegrityError(
+                        f"zip record {one_line(entry.name, 120)} inflates past its size"
+                    )
                 crc, left = zlib.crc32(out, crc), left - len(out)
                 pending = inflate.unconsumed_tail
                 if not out and pending:  # no progress possible: a broken stream
                     break
     except zlib.error as exc:
-        raise IntegrityError(f"zip record {entry.name} does not inflate: {exc}") from None
+        raise IntegrityError(
+            f"zip record {one_line(entry.name, 120)} does not inflate: {exc}"
+        ) from None
     if left or not inflate.eof:
-        raise IntegrityError(f"zip record {entry.name} inflates short of its size")
+        raise IntegrityError(f"zip record {one_line(entry.name, 120)} inflates short of its size")
     return crc

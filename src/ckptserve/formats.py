@@ -233,6 +233,13 @@ def state_dict_loader(factory: str | Factory) -> Loader:
     return StateDictLoader(factory)
 
 
+def _same_kind(exc: CheckpointError, reason: str) -> CheckpointError:
+    try:
+        return type(exc)(reason)
+    except Exception:  # a subclass that takes other arguments
+        return CheckpointError(reason)
+
+
 @contextmanager
 def mapped(path: Path) -> Iterator[Buffer]:
     """The file at `path` as a read-only mmap (its pages are the page cache)."""
@@ -278,8 +285,11 @@ def load_checkpoint(
         fmt = check(buf, allow_formats)
     try:
         return impl(path, fmt.name, device)
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:
+        reason = one_line(str(exc))
+        if reason == str(exc):
+            raise
+        raise _same_kind(exc, reason) from exc  # a loader's reason, made one line
     except Exception as exc:  # torch raises many types for a bad archive
         raise CheckpointError(
             f"{fmt.name} load failed: {type(exc).__name__}: {one_line(str(exc))}"

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._codec import one_line
 from .errors import IntegrityError, PublishError
 from .formats import FORMATS
 from .inference import act, infer_obs_dim
@@ -218,7 +219,7 @@ def publish(
             action = act(_callable_of(model), example_input)
         except Exception as exc:
             raise PublishError(
-                f"the model fails on a {list(example_input.shape)} input: {exc}"
+                f"the model fails on a {list(example_input.shape)} input: {one_line(str(exc))}"
             ) from exc
         meta.setdefault("action_dim", int(action.shape[-1]))
         when = datetime.now(timezone.utc)
@@ -227,13 +228,15 @@ def publish(
         try:
             meta_json = json.dumps(meta, sort_keys=True)
         except TypeError as exc:
-            raise PublishError(f"metadata is not JSON-serialisable: {exc}") from None
+            raise PublishError(f"metadata is not JSON-serialisable: {one_line(str(exc))}") from None
         try:
             data = FORMATS[format].write(model, meta_json, example_input)
         except PublishError:
             raise
         except Exception as exc:
-            raise PublishError(f"could not write a {format} checkpoint: {exc}") from exc
+            raise PublishError(
+                f"could not write a {format} checkpoint: {one_line(str(exc))}"
+            ) from exc
     finally:
         if was_training and isinstance(model, torch.nn.Module):
             model.train()

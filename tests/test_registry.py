@@ -27,7 +27,7 @@ from ckptserve import (
     VersionKey,
     publish,
 )
-from ckptserve.sources import latest_in_directory
+from ckptserve.naming import latest_in_directory
 from core_helpers import (
     FORMATS,
     SWAPS,

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptserve import ModelNotAvailable, publish
+from ckptserve import CheckpointError, ModelNotAvailable, publish
 from ckptserve.fallback import MAX_CANDIDATES
+from ckptserve.naming import record_for
 from core_helpers import action_of, write_atomic
 from policies import Actor, ConstantActor, seeded_actor
 
@@ -21,10 +22,10 @@ def expected_action(seed: int) -> float:
     return action_of(seeded_actor(seed))
 
 
-def publish_bad(directory: Path, data: bytes = b"PK\x03\x04 not a checkpoint") -> Path:
+def publish_bad(directory: Path, key: str | None = None) -> Path:
     """A timestamped checkpoint that fails to load, made the latest, as a bad publish would."""
-    good = publish(seeded_actor(99), directory, format="torchscript")
-    write_atomic(good, data)
+    good = publish(seeded_actor(99), directory, format="torchscript", signing_key=key)
+    write_atomic(good, b"PK\x03\x04 not a checkpoint")
     return good
 
 
@@ -63,17 +64,35 @@ def test_the_fallback_search_tries_at_most_ten_candidates(tmp_path, make_registr
     assert len(registry.history) == tried + 1
 
 
-def test_a_fallback_beside_a_manifest_needs_a_digest_a_manifest_vouched_for(
-    tmp_path, make_registry
+@pytest.mark.parametrize("key", [None, "key"], ids=["unsigned", "signed"])
+def test_a_fallback_beside_a_manifest_is_checked_through_its_own_record(
+    tmp_path, make_registry, key
 ):
-    """Beside a manifest, a checkpoint nothing vouches for is no fallback candidate."""
-    publish(seeded_actor(0), tmp_path, format="torchscript")
-    publish_bad(tmp_path)
-    registry = make_registry(tmp_path)
+    """Beside a manifest an earlier checkpoint qualifies through the record publish() wrote for
+    it (sha256, and the signature when signing): with its record it is served, without it not."""
+    good = publish(seeded_actor(0), tmp_path, format="torchscript", signing_key=key)
+    publish_bad(tmp_path, key)
+    registry = make_registry(tmp_path, signing_key=key)
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(0))
+    assert registry.fallback.checkpoint == good.name
+
+    record_for(good).unlink()
+    again = make_registry(tmp_path, signing_key=key)
+    with pytest.raises(ModelNotAvailable):
+        again.get_model()
+    assert again.fallback is None
+
+
+def test_an_intruder_in_place_of_a_recorded_checkpoint_is_never_a_fallback(tmp_path, make_registry):
+    """A checkpoint replaced after publishing does not match its signed record: refused."""
+    good = publish(seeded_actor(0), tmp_path, format="torchscript", signing_key="key")
+    publish_bad(tmp_path, "key")
+    write_atomic(good, _scripted_without_metadata(seeded_actor(7)))
+    registry = make_registry(tmp_path, signing_key="key")
     with pytest.raises(ModelNotAvailable):
         registry.get_model()
     assert registry.fallback is None
-    assert [a.result for a in registry.history] == ["failed"]
+    assert "from the manifest" in registry.history[-1].reason
 
 
 # ---- the served shape is locked by the first live model -----------------------------------------
@@ -183,3 +202,38 @@ def test_a_key_means_only_signed_manifests_are_followed(tmp_path, make_registry)
         time.sleep(0.05)
     assert registry.current is live
     assert registry.source.kind == "manifest"
+
+
+# ---- a pin is verified like everything else -----------------------------------------------------
+
+
+def test_a_pinned_checkpoint_replaced_by_an_intruder_is_never_served(tmp_path, make_registry):
+    """Signed mode: pin an older signed checkpoint, then os.replace that file with an unsigned
+    model: the pinned model keeps answering, and a reload of the pin refuses the intruder."""
+    older = publish(seeded_actor(0), tmp_path, format="torchscript", signing_key="key")
+    publish(seeded_actor(1), tmp_path, format="torchscript", signing_key="key")
+    registry = make_registry(tmp_path, signing_key="key", require_signature=True)
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(1))
+    registry.pin(older)
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(0))
+
+    write_atomic(older, _scripted_without_metadata(seeded_actor(7)))
+    for _ in range(3):
+        assert action_of(registry.get_model()) == pytest.approx(expected_action(0))
+    attempt = registry.check(reload=True)
+    assert attempt.result == "failed" and "from the manifest" in attempt.reason, attempt
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(0))
+
+
+def test_a_checkpoint_without_a_signed_record_cannot_be_pinned_in_signed_mode(
+    tmp_path, make_registry
+):
+    """In signed mode only what a signed record vouches for can be pinned."""
+    older = publish(seeded_actor(0), tmp_path, format="torchscript", signing_key="key")
+    publish(seeded_actor(1), tmp_path, format="torchscript", signing_key="key")
+    record_for(older).unlink()
+    registry = make_registry(tmp_path, signing_key="key")
+    live = registry.get()
+    with pytest.raises(CheckpointError, match="no signed manifest record"):
+        registry.pin(older)
+    assert registry.current is live and registry.pinned is None

@@ -18,7 +18,9 @@ from ckptserve import (
 )
 from ckptserve._copies import PrivateCopies
 from ckptserve.errors import CheckpointError
-from ckptserve.sources import MANIFEST_LIMIT, checkpoint_source, latest_in_directory, make_source
+from ckptserve.manifest import MAX_MANIFEST_BYTES
+from ckptserve.naming import latest_in_directory, record_for
+from ckptserve.sources import checkpoint_source, make_source
 from policies import seeded_actor
 
 
@@ -167,7 +169,7 @@ def test_a_manifest_source_reads_no_more_than_the_manifest_says(tmp_path):
         b"[" * 100_000 + b"]" * 100_000,
         b'{"checkpoint": "a.pt", "sha256": "' + b"0" * 64 + b'", "size": ' + b"9" * 5000 + b"}",
         b"\xff\xfe not utf-8",
-        b"{" + b" " * MANIFEST_LIMIT + b"}",
+        b"{" + b" " * MAX_MANIFEST_BYTES + b"}",
     ],
     ids=["non-ascii-signature", "nested-100k", "5000-digit-int", "not-utf8", "over-64KiB"],
 )
@@ -210,17 +212,24 @@ def test_signed_only_directories_are_followed_through_manifests_alone(tmp_path):
     assert latest_in_directory(tmp_path, "actor").name == "actor_latest.pt"
 
 
-def test_an_earlier_checkpoint_beside_a_manifest_needs_a_known_digest(tmp_path):
-    """A pin or a fallback beside a manifest is checked by a digest a manifest vouched for."""
+def test_an_earlier_checkpoint_beside_a_manifest_is_checked_by_its_record_or_a_known_digest(
+    tmp_path,
+):
+    """A pin or a fallback beside a manifest is read through the checkpoint's own record, or by
+    a digest a manifest vouched for; with neither it cannot be checked, so it is refused."""
     publish(seeded_actor(0), tmp_path, format="state_dict")
     watched = ManifestSource(tmp_path / "actor_latest.json")
     old = next(tmp_path.glob("actor_2*.pt"))
+    copies = PrivateCopies(tmp_path / "copies")
+    recorded = checkpoint_source(old, watched=watched, signing_key=None, signed=False)
+    assert recorded.kind == "manifest" and recorded.fetch(copies).path == old
+
+    record_for(old).unlink()
     with pytest.raises(CheckpointError, match="no manifest record"):
         checkpoint_source(old, watched=watched, signing_key=None, signed=False)
     sha = hashlib.sha256(old.read_bytes()).hexdigest()
     source = checkpoint_source(old, watched=watched, signing_key=None, signed=False,
                                verified_sha256=sha)  # fmt: skip
-    copies = PrivateCopies(tmp_path / "copies")
     assert source.fetch(copies).sha256 == sha
     old.write_bytes(b"an intruder")
     with pytest.raises(IntegrityError, match="not the checkpoint that was verified"):

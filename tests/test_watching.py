@@ -25,7 +25,7 @@ from ckptserve._watching import (
     advance,
     next_action,
 )
-from ckptserve.sources import latest_in_directory
+from ckptserve.naming import latest_in_directory
 
 
 @pytest.fixture

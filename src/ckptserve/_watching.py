@@ -22,7 +22,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .sources import Source, latest_in_directory
+from .naming import latest_in_directory
+from .sources import Source
 from .versions import stat_key
 
 __all__ = [

@@ -245,14 +245,14 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--factory", help="package.module:function for state_dict / safetensors files.")
 @click.option("--obs-dim", type=int, help="Observation size, if the checkpoint does not say.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def inspect(file: Path, factory: str | None, obs_dim: int | None, as_json: bool) -> None:
     """Describe a checkpoint before publishing it: format, metadata, parameters, probe shapes,
     sha256 and load time."""
-    from .server.inspection import describe
+    from .inspection import describe
 
     try:
         info = describe(file, factory=factory, obs_dim=obs_dim)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .publishing import list_checkpoints
+from .naming import list_checkpoints
 from .sources import Source
 
 __all__ = ["MAX_CANDIDATES", "Fallback", "FallbackSearch"]

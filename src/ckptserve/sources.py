@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from ._copies import PrivateCopies
 from .errors import CheckpointError, IntegrityError, PathNotAllowed
-from .manifest import parse_manifest, verify_signature
+from .manifest import MAX_MANIFEST_BYTES, Keyring, parse_manifest, verify_signature
+from .naming import latest_in_directory, record_for
 from .versions import VersionKey, stat_key
 
 __all__ = [
@@ -86,8 +87,6 @@ DEFAULT_LIMIT = 8 << 30
 #: Bytes per read/hash/write while spooling: big enough that each call releases the GIL for its
 #: work, small enough that no call holds a large buffer.
 CHUNK = 1 << 20
-#: The most bytes of a manifest that are read: a real one is well under 1 KiB.
-MANIFEST_LIMIT = 64 * 1024
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
           stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}  # fmt: skip
@@ -230,22 +229,24 @@ class ManifestSource(_StatWatched):
         self,
         path: str | os.PathLike[str],
         *,
-        signing_key: str | bytes | None = None,
+        signing_key: Keyring | str | bytes | None = None,
         require_signature: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__(path)
         self._key = signing_key
         self._require = require_signature
+        self._only = checkpoint
 
     def read_manifest(self) -> dict[str, Any]:
-        """The manifest, parsed and its signature checked; at most MANIFEST_LIMIT bytes are read.
+        """The manifest, parsed and its signature checked; at most MAX_MANIFEST_BYTES bytes are read.
 
         Raises FileNotFoundError, or IntegrityError (with a one-line reason) for anything that
         is not a well-formed manifest with a valid signature."""
         with open(open_regular(self.path), "rb", buffering=0) as f:
-            raw = f.read(MANIFEST_LIMIT + 1)
-        if len(raw) > MANIFEST_LIMIT:
-            raise IntegrityError(f"manifest is over {MANIFEST_LIMIT} bytes: not a manifest")
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"manifest is over {MAX_MANIFEST_BYTES} bytes: not a manifest")
         try:
             manifest = parse_manifest(raw)
             verify_signature(manifest, self._key, required=self._require)
@@ -261,6 +262,8 @@ class ManifestSource(_StatWatched):
             raise FileNotFoundError(self._str)
         manifest = self.read_manifest()
         name, want, size = manifest["checkpoint"], manifest["sha256"], manifest["size"]
+        if self._only is not None and name != self._only:
+            raise IntegrityError(f"{self.path.name} is the record of another checkpoint: refused")
 
         def verify(sha: str, got: int) -> None:
             if got != size:
@@ -298,7 +301,7 @@ def make_source(
     path: str | os.PathLike[str],
     *,
     name: str = "actor",
-    signing_key: str | bytes | None = None,
+    signing_key: Keyring | str | bytes | None = None,
     require_signature: bool = False,
 ) -> Source:
     """Pick the source for a path: a `.json` manifest, a checkpoint file, or a directory.
@@ -321,42 +324,35 @@ def checkpoint_source(
     path: Path,
     *,
     watched: Source,
-    signing_key: str | bytes | None,
+    signing_key: Keyring | str | bytes | None,
     signed: bool,
     verified_sha256: str | None = None,
 ) -> Source:
     """The source that checks one earlier checkpoint (a pin, a fallback) as `watched` would.
 
-    Beside a plain file the checkpoint is a plain file. Beside a manifest its sha256 must be
-    known: from the digest a manifest gave when it was served here before (`verified_sha256`).
-    With signatures on, nothing else qualifies: a file without a signed record is refused.
+    Beside a plain file the checkpoint is a plain file. Beside a manifest it is read through its
+    own record (`naming.record_for`, written by publish(): sha256 and signature checked), or,
+    without one, by the digest a manifest gave when it was served here before. With signatures
+    on, a checkpoint without a valid signed record does not qualify.
 
     Raises:
         CheckpointError: the checkpoint cannot be checked as `watched` would check it.
     """
     if watched.kind == "file" and not signed:
         return FileSource(path)
-    if verified_sha256 is not None:
+    try:
+        record = record_for(path)
+    except ValueError:
+        record = None
+    if record is not None and os.path.lexists(record):
+        return ManifestSource(record, signing_key=signing_key, require_signature=signed,
+                              checkpoint=path.name)  # fmt: skip
+    if verified_sha256 is not None and not signed:
         return FileSource(path, sha256=verified_sha256)
     what = "signed manifest" if signed else "manifest"
     raise CheckpointError(
         f"{path.name} has no {what} record to check it against, so it cannot be served here"
     )
-
-
-def latest_in_directory(directory: Path, name: str, *, signed_only: bool = False) -> Path:
-    """The `*_latest` file to follow in `directory` (an unreadable directory has none)."""
-    suffixes = (".json",) if signed_only else (".json", ".pt")
-    for suffix in suffixes:
-        candidate = directory / f"{name}_latest{suffix}"
-        if os.path.lexists(candidate):
-            return candidate
-    for suffix in suffixes:
-        found = sorted(directory.glob(f"*_latest{suffix}"))  # glob ignores unreadable directories
-        if len(found) == 1:
-            return found[0]
-    # Nothing published yet: watch the manifest path publish() will write first.
-    return directory / f"{name}_latest.json"
 
 
 def confine(directory: str | os.PathLike[str], name: str) -> Path:

@@ -17,8 +17,8 @@ KEY = "hostile-test-key"
 HOSTILE_MANIFESTS = {
     "non-ascii-signature": lambda m: json.dumps({**m, "signature": "\u00e9" * 64}).encode(),
     "nested-100k": lambda m: b"[" * 100_000 + b"]" * 100_000,
-    "5000-digit-size": lambda m: json.dumps(m).encode().replace(
-        b'"size": ', b'"size": ' + b"9" * 5000 + b', "was": '
+    "5000-digit-size": lambda m: (
+        json.dumps(m).encode().replace(b'"size": ', b'"size": ' + b"9" * 5000 + b', "was": ')
     ),
     "not-json": lambda m: b"\xff\xfe\x00 garbage",
 }
@@ -55,7 +55,9 @@ def test_a_manifest_that_does_not_parse_is_a_failed_load_never_a_500(
     assert "\n" not in error["reason"] and error["result"] == "failed", error
 
 
-def test_dev_zero_as_the_manifest_is_refused_without_reading_it(make_server, signed_dir, monkeypatch):
+def test_dev_zero_as_the_manifest_is_refused_without_reading_it(
+    make_server, signed_dir, monkeypatch
+):
     """/dev/zero where the manifest was: refused as not a regular file, memory untouched."""
     monkeypatch.setenv("CKPTSERVE_SIGNING_KEY", KEY)
     server = make_server(signed_dir)

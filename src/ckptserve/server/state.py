@@ -19,8 +19,7 @@ from typing import Any
 import anyio.to_thread
 
 from ..errors import ModelNotAvailable
-from ..naming import checkpoint_prefix
-from ..publishing import list_checkpoints
+from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
 from .batching import Batcher
 from .errors import ApiError

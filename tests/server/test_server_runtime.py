@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from serverkit import SLOW_LOAD_SECONDS, seeded, torch_script, wait_for
 
-import ckptserve.registry
+import ckptserve._harness
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings
 from ckptserve.server.state import Runtime
@@ -21,13 +21,13 @@ from ckptserve.server.state import Runtime
 @pytest.fixture(autouse=True)
 def slow_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every load waits SLOW_LOAD_SECONDS between copying the checkpoint and reading the copy."""
-    real = ckptserve.registry.load_candidate
+    real = ckptserve._harness.load_candidate
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(SLOW_LOAD_SECONDS)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckptserve.registry, "load_candidate", slow)
+    monkeypatch.setattr(ckptserve._harness, "load_candidate", slow)
 
 
 def runtime_for(directory: Path, **options: Any) -> Runtime:

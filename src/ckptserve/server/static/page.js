@@ -32,7 +32,8 @@
   };
 
   function lagClass(lag, pinned) {
-    if (lag === null || lag === undefined || lag < 0.05) return "ok"; // "0.0 s" is good news
+    if (lag === null || lag === undefined) return "";
+    if (lag < 0.05) return "ok"; // "0.0 s" is good news
     if (pinned) return "muted"; // a newer file is expected to wait while pinned
     return lag >= 1 ? "warn" : "";
   }

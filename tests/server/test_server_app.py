@@ -1,4 +1,4 @@
-"""`create_app` served in this process: admin disabled, the OpenAPI document, the status page,
+"""`create_app` served in this process: admin disabled, the OpenAPI document,
 limits and bounds, several models, loads off the event loop, one implementation of predict
 whether a request takes the fast lane or FastAPI's route, and routes built before the first
 request."""
@@ -66,20 +66,6 @@ def test_openapi_follows_the_live_model(model_dir: Path, make_server: MakeServer
 def test_405_lists_every_method_of_the_path(model_dir: Path, make_server: MakeServer) -> None:
     r = make_server(model_dir).client.put("/rl/pin")
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, POST"
-
-
-def test_status_page(model_dir: Path, make_server: MakeServer) -> None:
-    server = make_server(model_dir)
-    sha = server.client.get("/rl/status").json()["version"]["sha256"]
-    r = server.client.get("/")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    page = r.text
-    assert "actor" in page and sha[:12] in page and "ok" in page
-    assert (
-        "<script" not in page
-        and "src=" not in page
-        and "http" not in page.replace("http-equiv", "")
-    )
 
 
 def test_body_limit_is_configurable(model_dir: Path, make_server: MakeServer) -> None:

@@ -23,6 +23,7 @@ from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
 from .batching import Batcher
 from .errors import ApiError
+from .live import LiveRecorder
 from .metrics import Metrics, prune_dead_workers
 from .settings import ModelSpec, Settings
 
@@ -149,6 +150,7 @@ class Runtime:
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin_token = token.encode() or None
         self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
+        self.live = LiveRecorder()  # the status page's per-second series and action samples
         self._watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self.started_at = time.time()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import RETRY_AFTER
-from ..page import render_page
+from ..page import page_html, status_document
 from ..schemas import error_responses
 from .common import runtime_of
 
@@ -45,9 +46,17 @@ def metrics(request: Request) -> Response:
 
 
 @router.get("/", summary="Status page", response_class=HTMLResponse, include_in_schema=True)
-def page(request: Request) -> HTMLResponse:
-    """A small HTML page: each model's live version, load history, last error and staleness."""
-    return HTMLResponse(render_page(runtime_of(request)))
+async def page() -> HTMLResponse:
+    """The live status page; its script draws `/statusz` once a second."""
+    return HTMLResponse(page_html())
+
+
+@router.get("/statusz", summary="Status page data", response_class=JSONResponse)
+async def statusz(request: Request) -> Response:
+    """Every model's live version, load attempts, requests per second with p50/p99 and sampled
+    actions over the last minutes, as answered by one worker (`pid`)."""
+    body = orjson.dumps(await status_document(runtime_of(request)))
+    return Response(body, media_type="application/json")
 
 
 def ops_router() -> APIRouter:

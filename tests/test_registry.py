@@ -1036,3 +1036,29 @@ def test_a_load_that_outlasts_close_keeps_nothing(ckpt_path, checkpoint_bytes):
     loader.join(30)
     assert registry.current is None and len(outcome) == 1
     assert not copies.exists()
+
+
+class StateOnlyActor(torch.nn.Module):
+    """A CleanRL-style actor: `forward(x)` takes the state alone and returns the action."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mu(x))
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])
+def test_an_actor_whose_forward_takes_the_state_alone_is_published_and_served(
+    tmp_path, make_registry, fmt
+):
+    """`forward(x)` (no deterministic flag) is called as `forward(x)`, by publish() and the server."""
+    torch.manual_seed(3)
+    actor = StateOnlyActor().eval()
+    publish(actor, tmp_path, format=fmt)
+    served = make_registry(tmp_path).get_model()
+    x = torch.full((1, 4), 0.5)
+    with torch.inference_mode():
+        got, want = served(x, True), actor(x)
+    assert float(got[0, 0]) == pytest.approx(float(want[0, 0]), abs=1e-6)

@@ -4,18 +4,18 @@ line per attempt, and the listeners told about each (metrics, logs)."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ._codec import one_line
 from .errors import CheckpointError, ValidationError
 from .sources import Snapshot
 from .versions import LoadAttempt, LoadResult
 
-__all__ = ["AttemptLog", "as_checkpoint_error", "one_line"]
+__all__ = ["AttemptLog", "as_checkpoint_error"]
 
 # The registry's logger: the load lines were written there before this module split off.
 log = logging.getLogger("ckptserve.registry")
@@ -124,16 +124,6 @@ def _shown(snapshot: Snapshot) -> tuple[str, str | None]:
     if snapshot.inside:
         return snapshot.resolved.name, snapshot.sha256
     return snapshot.path.name, None
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-def one_line(text: str) -> str:
-    """`text` on one line, without terminal escapes or control characters: it goes into logs,
-    status and JSON bodies (PyTorch's weights_only message carries ANSI colour codes)."""
-    text = _ANSI.sub("", text)
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def as_checkpoint_error(exc: Exception) -> CheckpointError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats import load_checkpoint
+from .inference import as_policy
 from .options import RegistryOptions
 from .sources import Snapshot
 from .validation import Expectations, expectations_for, run_checks
@@ -65,6 +66,7 @@ def load_candidate(
     loaded = load_checkpoint(
         snapshot.file, device=device, loader=options.loader, allow_formats=options.allow_formats
     )
+    model = as_policy(loaded.model)  # forward(state) actors are called as forward(state, True)
     metadata = {**snapshot.metadata, **loaded.metadata}
     expect = expectations_for(
         metadata,
@@ -73,7 +75,7 @@ def load_candidate(
         action_low=options.action_low, action_high=options.action_high,
         served=served,
     )  # fmt: skip
-    expect = run_checks(loaded.model, expect, options.validate)
+    expect = run_checks(model, expect, options.validate)
     # A target outside the model's directory is named by the path inside it, nothing more.
     resolved = snapshot.resolved if snapshot.inside else snapshot.path
     version = ModelVersion(
@@ -88,4 +90,4 @@ def load_candidate(
         loaded_at=time.time(),
         load_seconds=time.perf_counter() - started,
     )
-    return LiveModel(loaded.model, version, expect)
+    return LiveModel(model, version, expect)

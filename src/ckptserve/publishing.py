@@ -25,7 +25,7 @@ import torch
 from ._codec import one_line
 from .errors import IntegrityError, PublishError
 from .formats import FORMATS
-from .inference import act, infer_obs_dim
+from .inference import act, as_policy, infer_obs_dim
 from .manifest import Keyring, keyring_from_environment, parse_manifest
 from .naming import (
     CHECKPOINT_SUFFIXES,
@@ -52,7 +52,7 @@ def _callable_of(model: Any) -> Any:
         # A program accepts only the inputs it was exported with: (state,), not (state, True).
         module = model.module()
         return lambda state, deterministic=True: module(state)
-    return model
+    return as_policy(model)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ._codec import one_line
 from .errors import ValidationError
 from .inference import act, infer_obs_dim
 
@@ -226,7 +227,7 @@ def probe(model: Any, expect: Expectations) -> Expectations:
         try:
             action = act(model, state.expand(batch, obs_dim))
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = one_line(f"{type(exc).__name__}: {exc}")
             raise ValidationError(
                 f"probe with a [{batch}, {obs_dim}] state failed: {reason}"
             ) from None
@@ -263,6 +264,6 @@ def run_checks(
         except ValidationError:
             raise
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = one_line(f"{type(exc).__name__}: {exc}")
             raise ValidationError(f"validate() rejected the model: {reason}") from None
     return probed

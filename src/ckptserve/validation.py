@@ -17,11 +17,9 @@ import torch
 
 from .errors import ValidationError
 from .inference import act, infer_obs_dim
+from .options import BoundSpec
 
 __all__ = ["Bounds", "Expectations", "expectations_for", "probe", "run_checks"]
-
-Number = float | int
-BoundSpec = Number | Sequence[Number] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,8 +279,8 @@ def test_options_come_from_the_environment(
     monkeypatch.setenv("CKPTSERVE_ALLOW_FORMATS", '["export"]')
     monkeypatch.setenv("CKPTSERVE_ADMIN_TOKEN", "t")
     settings = build_settings([str(model_dir)], {"port": 9000, "swap": None})
-    assert settings.swap == "background" and settings.port == 9000
-    assert settings.allow_formats == ("export",)
+    assert settings.registry.swap == "background" and settings.port == 9000
+    assert settings.registry.allow_formats == ("export",)
     assert settings.admin_token.get_secret_value() == "t"
     assert "admin_token" not in settings.to_env()  # workers read it from the environment
     options = settings.registry_options()

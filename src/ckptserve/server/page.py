@@ -47,7 +47,7 @@ def render_page(runtime: Runtime) -> str:
     state = "<span class='ok'>ready</span>" if not reasons else "<span class='bad'>not ready</span>"
     parts.append(f"<p>{state} &middot; {len(runtime.models)} model(s) &middot; prefix "
                  f"<code>{_e(runtime.settings.prefix)}</code> &middot; swap "
-                 f"<code>{_e(runtime.settings.swap)}</code></p>")  # fmt: skip
+                 f"<code>{_e(runtime.settings.registry.swap)}</code></p>")  # fmt: skip
     for name, handle in runtime.models.items():
         status = handle.registry.status()
         version = status["version"]

@@ -36,6 +36,7 @@ def imported_after(code: str) -> list[str]:
         "from ckptserve.cli import main; main(['--help'])",
         "from ckptserve.cli import main; main(['serve', '--help'])",
         "from ckptserve.cli import main; main(['--version'])",
+        "from ckptserve.server.devices import device_problem; assert not device_problem('cpu')",
     ],
 )
 def test_starting_the_command_line_does_not_import_torch(code: str) -> None:

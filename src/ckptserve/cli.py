@@ -30,7 +30,7 @@ def _fail(message: str) -> NoReturn:
 def default_name(path: Path) -> str:
     """The model name for a path without `NAME=`: `actor_latest.pt` -> `actor`."""
     from .naming import model_name, name_in_directory
-    from .server.state import looks_like_directory
+    from .server.paths import looks_like_directory
 
     if path.is_dir() or (not path.exists() and looks_like_directory(str(path))):
         return name_in_directory(path)
@@ -52,19 +52,6 @@ def parse_models(args: Sequence[str]) -> list[dict[str, str]]:
             _fail(f"{arg!r}: no path after '='")
         specs.append({"name": name or default_name(Path(path)), "path": path})
     return specs
-
-
-def _check_path(path: str) -> None:
-    p = Path(path)
-    if p.exists():
-        if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
-            _fail(f"{path}: permission denied")
-        return
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        _fail(f"{path}: {parent} is not a directory")
 
 
 def _settings_error(exc: Any) -> NoReturn:
@@ -109,9 +96,13 @@ def _preflight(settings: Any) -> None:
     factory imports, and each path can be read and names the kind of source the options need."""
     from .errors import CkptServeError
     from .formats import resolve_factory
-    from .server.state import prepare_model_path
+    from .server.devices import device_problem
+    from .server.paths import looks_like_directory, model_path_problem
     from .sources import make_source
 
+    problem = device_problem(settings.device)
+    if problem:
+        _fail(problem)
     if settings.factory is not None:
         try:
             resolve_factory(settings.factory)
@@ -123,9 +114,12 @@ def _preflight(settings: Any) -> None:
     if options.require_signature and not (options.signing_key or options.signing_keys):
         _fail("--require-signature needs a key: set CKPTSERVE_SIGNING_KEY")
     for spec in settings.models:
-        _check_path(spec.path)
+        problem = model_path_problem(spec.path)
+        if problem:
+            _fail(problem)
+        if not Path(spec.path).exists() and looks_like_directory(spec.path):
+            continue  # the server creates it and follows {name}_latest.json in it
         try:
-            prepare_model_path(spec.path)
             make_source(
                 spec.path, name=spec.name, signing_key=options.signing_key,
                 require_signature=options.require_signature,

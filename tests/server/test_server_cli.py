@@ -300,3 +300,71 @@ def test_background_nice_reaches_the_registry_and_is_bounded(model_dir: Path) ->
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [
+        ("gpu", "--device 'gpu' is not a device torch knows"),
+        pytest.param(
+            "cuda:0", "--device cuda:0: ",
+            marks=pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has CUDA"),
+        ),
+        ("cuda:64", "--device cuda:64: "),
+    ],
+)  # fmt: skip
+def test_an_unusable_device_is_refused_at_start(
+    model_dir: Path, capsys: pytest.CaptureFixture[str], device: str, says: str
+) -> None:
+    """A device torch cannot parse, or one this machine lacks, is one line before serving."""
+    assert run_main(["serve", str(model_dir), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ckptserve: error: {says}"), err
+
+
+def test_a_usable_device_passes_the_check() -> None:
+    from ckptserve.server.devices import device_problem
+
+    assert device_problem("cpu") is None
+    assert device_problem("cpu:0") is None
+    if _cuda_devices():
+        assert device_problem("cuda") is None
+        assert device_problem(f"cuda:{_cuda_devices() - 1}") is None
+
+
+def test_a_typo_in_the_path_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve runs/exp1/modles` with neither runs/ nor exp1/ there is one line; nothing is made."""
+    runs = tmp_path / "runs" / "exp1"
+    for typo in (runs / "modles", runs / "actor_latest.pt"):
+        code = run_main(["serve", str(typo)])
+        err = capsys.readouterr().err
+        assert code == 1 and "does not exist" in err and "a typo?" in err, err
+        assert err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_last_directory_is_created_and_the_wait_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the last component of a model directory is created, and the log says the server
+    waits for a first checkpoint there; a deeper missing path raises and creates nothing."""
+    from ckptserve.server.paths import prepare_model_path
+
+    caplog.set_level("INFO", logger="ckptserve.server")
+    prepare_model_path(str(tmp_path / "models"))
+    assert (tmp_path / "models").is_dir()
+    assert f"created {tmp_path / 'models'}: waiting for a first checkpoint there" in caplog.text
+    caplog.clear()
+    prepare_model_path(str(tmp_path / "models"))
+    assert "nothing published in" in caplog.text and "waiting for a first checkpoint" in caplog.text
+    with pytest.raises(FileNotFoundError, match="a typo"):
+        prepare_model_path(str(tmp_path / "a" / "b" / "models"))
+    assert not (tmp_path / "a").exists()

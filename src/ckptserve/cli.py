@@ -103,6 +103,7 @@ def _preflight(settings: Any) -> None:
     problem = device_problem(settings.device)
     if problem:
         _fail(problem)
+    options = settings.registry_options()  # puts --app-dir on the import path for the factory
     if settings.factory is not None:
         try:
             resolve_factory(settings.factory)
@@ -110,7 +111,6 @@ def _preflight(settings: Any) -> None:
             _fail(f"--{exc}")
         except (ImportError, AttributeError) as exc:
             _fail(f"--factory {settings.factory!r}: {exc}")
-    options = settings.registry_options()
     if options.require_signature and not (options.signing_key or options.signing_keys):
         _fail("--require-signature needs a key: set CKPTSERVE_SIGNING_KEY")
     for spec in settings.models:

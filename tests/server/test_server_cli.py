@@ -368,3 +368,44 @@ def test_a_missing_last_directory_is_created_and_the_wait_is_logged(
     with pytest.raises(FileNotFoundError, match="a typo"):
         prepare_model_path(str(tmp_path / "a" / "b" / "models"))
     assert not (tmp_path / "a").exists()
+
+
+FACTORY_MODULE = "from serverkit import TinyActor\n\n\ndef make():\n    return TinyActor()\n"
+
+
+def test_a_factory_imports_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path
+) -> None:
+    """`--factory mypolicy:make` finds ./mypolicy.py without PYTHONPATH=. (--app-dir ".")."""
+    (tmp_path / "cwd_policy.py").write_text(FACTORY_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_policy", raising=False)
+    from ckptserve.cli import _preflight, build_settings
+
+    settings = build_settings([str(model_dir)], {"factory": "cwd_policy:make"})
+    _preflight(settings)
+    assert sys.path[0] == str(tmp_path) and "cwd_policy" in sys.modules
+
+
+def test_workers_import_the_factory_from_the_app_dir(tmp_path: Path) -> None:
+    """With --workers 2 and --app-dir, every worker loads weights through a factory module that
+    is on no other import path."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "app_policy.py").write_text(FACTORY_MODULE)
+    directory = tmp_path / "models"
+    publish(seeded(2), directory, format="state_dict")
+    args = [str(directory), "--factory", "app_policy:make", "--app-dir", str(app_dir),
+            "--workers", "2"]  # fmt: skip
+    with ServerProcess(args, log=tmp_path / "log", env={"PYTHONSAFEPATH": "1"}) as server:
+        server.wait_ready(timeout=90)
+        pids: set[int] = set()
+
+        def both_loaded() -> bool:
+            with httpx.Client(base_url=server.url, timeout=10) as c:  # either worker may answer
+                assert c.post("/rl/predict", json=state()).status_code == 200, server.output()
+                pids.add(c.get("/rl/status").json()["pid"])
+            return len(pids) == 2
+
+        wait_for(both_loaded, 90, "both workers to answer")

@@ -9,7 +9,9 @@ generated from those declarations. The environment is read here and nowhere else
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -153,6 +155,10 @@ class Settings(BaseSettings):
         None, description="package.module:function building the module for weights formats "
         "(state_dict, safetensors).",
     )  # fmt: skip
+    app_dir: str = Field(
+        ".", description="Directory put first on the import path for --factory (as uvicorn's "
+        "--app-dir), in every worker: a factory module beside your checkpoints imports.",
+    )  # fmt: skip
     prefix: str = Field("/rl", description="URL prefix of the original API.")
     max_body_bytes: int = Field(
         1 << 20, ge=1, description="Request body limit (413), enforced while the body streams in."
@@ -243,12 +249,16 @@ class Settings(BaseSettings):
 
     def registry_options(self) -> RegistryOptions:
         """The RegistryOptions every model's registry is built with: `registry`, plus the loader
-        `factory` names and the signing keys. Built once (the factory is imported then)."""
+        `factory` names and the signing keys. Built once per process; with a factory, `app_dir`
+        goes first on `sys.path` then (the factory module is imported at the first load)."""
         if self._registry_options is None:
             loader: Any = "auto"
             if self.factory is not None:
                 from ..formats import state_dict_loader
 
+                app_dir = os.path.abspath(self.app_dir)
+                if app_dir not in sys.path:
+                    sys.path.insert(0, app_dir)
                 loader = state_dict_loader(self.factory)
             self._registry_options = dataclasses.replace(
                 self.registry,

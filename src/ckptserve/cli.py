@@ -5,10 +5,7 @@ the settings, hand them to uvicorn. Every `serve` option can also come from the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import UnionType
@@ -129,33 +126,9 @@ def _preflight(settings: Any) -> None:
 
 
 def _run(settings: Any) -> None:
-    import uvicorn
+    from .server.serving import run
 
-    from .server.app import SETTINGS_ENV, app_from_env, create_app
-    from .server.logs import log_config
-    from .server.metrics import MULTIPROC_ENV
-
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": log_config(settings.log_format, settings.log_level),
-        "access_log": False,
-        "timeout_graceful_shutdown": 10,
-    }
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return
-    own_dir = None
-    if not settings.prometheus_multiproc_dir:
-        own_dir = tempfile.mkdtemp(prefix="ckptserve-metrics-")
-        os.environ[MULTIPROC_ENV] = own_dir  # prometheus-client reads it in each worker
-    os.environ[SETTINGS_ENV] = settings.to_env()
-    try:
-        target = f"{app_from_env.__module__}:{app_from_env.__name__}"
-        uvicorn.run(target, factory=True, workers=settings.workers, **common)
-    finally:
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
+    run(settings)
 
 
 # ---- commands -------------------------------------------------------------------------------

@@ -171,6 +171,22 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for more requests (0: one event-loop turn)."
     )
+    limit_concurrency: int | None = Field(
+        None, ge=0, description="Connections and requests per worker past which requests get 503 "
+        "at once (0: no limit).", json_schema_extra={"default_text": "the open-file limit - 128"},
+    )  # fmt: skip
+    timeout_headers: float = Field(
+        10.0, ge=0, description="Seconds a client has to send a request's headers, from "
+        "connecting or from the first byte of a later request (0: no deadline).",
+    )  # fmt: skip
+    timeout_keep_alive: int = Field(
+        5, ge=1, description="Seconds an idle kept-alive connection stays open (behind a load "
+        "balancer: more than its idle timeout).",
+    )  # fmt: skip
+    timeout_worker_healthcheck: int = Field(
+        60, ge=1, description="With --workers N: seconds a worker may take to answer uvicorn's "
+        "health check (importing torch on busy cores takes several) before it is replaced.",
+    )  # fmt: skip
     torch_threads: int = Field(
         1, ge=0, description="torch intra-op threads per process (0: torch's default)."
     )
@@ -306,7 +322,9 @@ def flags() -> list[Flag]:
                     Flag(option_name, option_info.annotation, option_info.description or "", shown)
                 )
         elif name not in Settings.NOT_FLAGS:
-            out.append(Flag(name, info.annotation, info.description or "", _shown(info.default)))
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            shown = str(extra.get("default_text") or _shown(info.default))
+            out.append(Flag(name, info.annotation, info.description or "", shown))
     return out
 
 

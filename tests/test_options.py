@@ -161,3 +161,23 @@ def test_the_documented_flags_and_variables_are_the_declared_ones() -> None:
     fields = (set(Settings.model_fields) - {"registry"}) | set(SETTABLE)
     variables = {v.lower() for v in re.findall(r"CKPTSERVE_([A-Z_]+[A-Z])", docs)}
     assert variables <= fields, sorted(variables - fields)
+
+
+def test_preflight_checks_paths_without_building_a_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up checks read each path and the options directly: no throwaway ModelRegistry."""
+    import ckptserve.registry
+    from ckptserve.cli import _preflight
+
+    def no_registry(*args: object, **kwargs: object) -> None:
+        raise AssertionError("_preflight built a ModelRegistry")
+
+    monkeypatch.setattr(ckptserve.registry.ModelRegistry, "__init__", no_registry)
+    (tmp_path / "actor_latest.pt").write_bytes(b"not loaded by the checks")
+    settings = build_settings([str(tmp_path), f"new={tmp_path / 'new'}"], {})
+    _preflight(settings)
+    assert not (tmp_path / "new").exists()  # created by the server, not by the checks
+    monkeypatch.setenv("CKPTSERVE_SIGNING_KEY", "k")
+    with pytest.raises(StartupError, match="a signature is required"):
+        _preflight(build_settings([str(tmp_path / "actor_latest.pt")], {"require_signature": True}))

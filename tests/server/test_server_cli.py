@@ -137,26 +137,42 @@ def test_missing_checkpoint_starts_not_ready(tmp_path: Path) -> None:
         assert {"model", "checkpoint", "sha256", "duration", "reason"} <= set(loads[0])
 
 
+def _wait_for_both_workers(
+    server: ServerProcess, sha: str, *, every_answer: bool
+) -> dict[int, str]:
+    """Poll until two worker pids have answered predict with `sha`; with `every_answer`, every
+    answer on the way must be a 200 from that checkpoint (else: not ready yet is retried)."""
+    seen: dict[int, str] = {}
+
+    def both() -> bool:
+        # A fresh connection each time, so the kernel may hand it to either worker.
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            r = c.post("/rl/predict", json=state())
+            good = r.status_code == 200 and r.json()["sha256"] == sha
+            assert good or not every_answer, (r.status_code, r.text, sha)
+            if not good:
+                return False
+            status = c.get("/rl/status").json()
+            seen[status["pid"]] = status["version"]["sha256"]
+        return len(seen) == 2
+
+    wait_for(both, 60, "both workers to answer")
+    return seen
+
+
 def test_two_workers_both_serve_a_new_publish(tmp_path: Path) -> None:
     """--workers 2: after a publish, every worker answers with the new sha256; metrics sum."""
     directory = tmp_path / "models"
     publish(torch_script(seeded(0)), directory)
     with ServerProcess([str(directory), "--workers", "2"], log=tmp_path / "log") as server:
         server.wait_ready()
+        # Both workers live first: a publish while one still loads its first model would be a
+        # torn load for that worker, which then answers 503 until its retry.
+        first = json.loads((directory / "actor_latest.json").read_text())["sha256"]
+        _wait_for_both_workers(server, first, every_answer=False)
         publish(torch_script(seeded(5)), directory)
         sha = json.loads((directory / "actor_latest.json").read_text())["sha256"]
-        seen: dict[int, str] = {}
-
-        def both_new() -> bool:
-            # A fresh connection each time, so the kernel may hand it to either worker.
-            with httpx.Client(base_url=server.url, timeout=10) as c:
-                r = c.post("/rl/predict", json=state())
-                assert r.status_code == 200 and r.json()["sha256"] == sha
-                status = c.get("/rl/status").json()
-                seen[status["pid"]] = status["version"]["sha256"]
-            return len(seen) == 2
-
-        wait_for(both_new, 60, "both workers to answer")
+        seen = _wait_for_both_workers(server, sha, every_answer=True)
         assert set(seen.values()) == {sha}
         text = server.client.get("/metrics").text
         total = sum(

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ._watching import RESCAN_EVERY, DirectoryWatch, Timing, Watch
+from .manifest import parse_keyring
 from .naming import DEFAULT_NAME, checkpoint_prefix
 from .options import RegistryOptions
 from .sources import Snapshot, Source, checkpoint_source, make_source
@@ -26,12 +27,13 @@ class Following:
     """
 
     def __init__(self, path: Path, options: RegistryOptions, name: str | None) -> None:
-        if options.require_signature and not options.signing_key:
-            raise ValueError("require_signature needs a key: pass signing_key=")
+        self.keyring = parse_keyring(options.signing_keys, options.signing_key)
+        if options.require_signature and self.keyring is None:
+            raise ValueError("require_signature needs a key: pass signing_key= or signing_keys=")
         self._options = options
         # Having a key means only signed manifests are followed: without that, deleting the
         # manifest and writing a plain checkpoint would downgrade the source.
-        self.signed = bool(options.signing_key) or options.require_signature
+        self.signed = self.keyring is not None
         self._name = name or DEFAULT_NAME
         self.directory: DirectoryWatch | None = None
         if os.path.isdir(path):
@@ -70,12 +72,12 @@ class Following:
     def checkpoint_source(self, path: Path) -> Source:
         """The source that checks one earlier checkpoint as the watched source would."""
         return checkpoint_source(
-            path, watched=self.watched.source, signing_key=self._options.signing_key,
+            path, watched=self.watched.source, signing_key=self.keyring,
             signed=self.signed, verified_sha256=self._vouched.get(path.name),
         )  # fmt: skip
 
     def _source(self, path: Path) -> Source:
         return make_source(
-            path, name=self._name, signing_key=self._options.signing_key,
+            path, name=self._name, signing_key=self.keyring,
             require_signature=self.signed,
         )  # fmt: skip

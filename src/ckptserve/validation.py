@@ -18,6 +18,7 @@ import torch
 from ._codec import one_line
 from .errors import ValidationError
 from .inference import act, infer_obs_dim
+from .options import BoundSpec
 
 __all__ = [
     "MAX_PROBE_VALUES",
@@ -27,9 +28,6 @@ __all__ = [
     "probe",
     "run_checks",
 ]
-
-Number = float | int
-BoundSpec = Number | Sequence[Number] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ def test_not_ready_reason_and_503(tmp_path: Path, make_server: MakeServer) -> No
 
 def test_directory_that_does_not_exist_yet(tmp_path: Path, make_server: MakeServer) -> None:
     """Serving a model directory before the trainer created it: ready after the first publish."""
-    directory = tmp_path / "not" / "yet"
+    directory = tmp_path / "not-yet"  # only a missing last component is created
     server = make_server(directory, ready=False, obs_dim=OBS_DIM)
     assert server.client.get("/readyz").status_code == 503
     publish(torch_script(seeded(4)), directory)

@@ -25,24 +25,12 @@ from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
 from .metrics import Metrics, prune_dead_workers
+from .paths import prepare_model_path
 from .settings import ModelSpec, Settings
 
-__all__ = ["ModelHandle", "Runtime", "prepare_model_path"]
+__all__ = ["ModelHandle", "Runtime"]
 
 log = logging.getLogger("ckptserve.server")
-
-
-def looks_like_directory(path: str) -> bool:
-    """A path that does not exist yet names a directory when it ends in a slash or has no suffix."""
-    return path.endswith(("/", os.sep)) or not Path(path).suffix
-
-
-def prepare_model_path(path: str) -> None:
-    """Create a model directory that does not exist yet (publish() would), so the registry follows
-    `{name}_latest.*` inside it instead of watching the directory's path as a file."""
-    p = Path(path)
-    if not p.exists() and looks_like_directory(path):
-        p.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ after the first byte of a later request on it); uvicorn accepts a protocol class
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import logging.config
@@ -23,8 +24,10 @@ import tempfile
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from .settings import Settings
 
@@ -156,20 +159,41 @@ def exit_reason(exitcode: int | None, *, answered: bool, healthcheck: float) -> 
 
 
 class _Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, which also logs why it replaces a worker (uvicorn says only
-    "Child process died")."""
+    """uvicorn's worker supervisor (its keep-alive loop, as in uvicorn 0.52+), which also logs
+    why it replaces a worker: uvicorn says only "Child process died"."""
+
+    def handle_hup(self) -> None:
+        """SIGHUP means what it means to one worker, "look at the sources again now", in every
+        worker (uvicorn would restart them all)."""
+        log.info("SIGHUP: passed to %d workers", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
     def keep_subprocess_alive(self) -> None:
-        before = list(self.processes)
-        running = [process.process.is_alive() for process in before]
-        super().keep_subprocess_alive()
-        for old, was_running in zip(before, running, strict=True):
-            if old not in self.processes:
-                reason = exit_reason(
-                    old.exitcode, answered=not was_running,
-                    healthcheck=self.config.timeout_worker_healthcheck,
-                )  # fmt: skip
-                log.warning("worker [%s] %s: replaced by a new worker", old.pid, reason)
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            # Ended by itself (or by a signal) before the health check gave up on it, or hung:
+            # told apart before uvicorn's own kill, which would make every exit a SIGKILL.
+            answered = not process.process.is_alive()
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                log.error("worker [%s] failed to start: stopping the server", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            reason = exit_reason(process.exitcode, answered=answered,
+                                 healthcheck=self.config.timeout_worker_healthcheck)  # fmt: skip
+            log.warning("worker [%s] %s: replaced by a new worker", process.pid, reason)
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
 
 
 def run(settings: Settings) -> None:

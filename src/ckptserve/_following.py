@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ._watching import RESCAN_EVERY, DirectoryWatch, Timing, Watch
-from .manifest import parse_keyring
+from .manifest import Keyring, parse_keyring
 from .naming import DEFAULT_NAME, checkpoint_prefix
 from .options import RegistryOptions
 from .sources import Snapshot, Source, checkpoint_source, make_source
@@ -27,7 +27,12 @@ class Following:
     """
 
     def __init__(self, path: Path, options: RegistryOptions, name: str | None) -> None:
-        self.keyring = parse_keyring(options.signing_keys, options.signing_key)
+        key: object = options.signing_key  # a Keyring passed as is, or a key to parse
+        self.keyring = (
+            key
+            if isinstance(key, Keyring)
+            else parse_keyring(options.signing_keys, options.signing_key)
+        )
         if options.require_signature and self.keyring is None:
             raise ValueError("require_signature needs a key: pass signing_key= or signing_keys=")
         self._options = options

@@ -64,6 +64,8 @@ class Swapper:
 
     def step(self, *, reload: bool, force: bool) -> LoadAttempt | None:
         """Look at the served source and do what `next_action` says; the attempt made, if any."""
+        if force:
+            log.warning("forced reload", extra={"model": self._attempts.model, "audit": "force"})
         now = time.monotonic()
         watch = self.serving
         token = watch.token()
@@ -112,6 +114,9 @@ class Swapper:
         """Load `path` as the served checkpoint, checked as the watched source would be."""
         if self.closed:
             raise CheckpointError("the registry is closed")
+        if force:
+            log.warning("forced pin", extra={"model": self._attempts.model, "audit": "force",
+                                             "checkpoint": path.name})  # fmt: skip
         watch = self._follow.watch(self._follow.checkpoint_source(path))
         attempt = self.load(watch, watch.token(), reload=True, force=force)
         if attempt is None:

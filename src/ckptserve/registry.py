@@ -108,8 +108,7 @@ class ModelRegistry:
 
     def stale(self) -> bool:
         """Whether the served source needs a look: its token changed, or a retry or a verify is
-        due. Lock-free and cheap (one `os.stat`, or nothing within `check_interval`); never reads
-        file contents."""
+        due. Lock-free (one `os.stat`, or nothing within `check_interval`); reads no contents."""
         if self._interval:
             now = _monotonic()
             if now < self._next_check:
@@ -150,9 +149,7 @@ class ModelRegistry:
 
     def check(self, *, reload: bool = False, force: bool = False) -> LoadAttempt | None:
         """Look at the source now and load in this thread if needed; return the attempt made.
-
-        Ignores `check_interval` and the swap mode: the server, the worker, tests and admin tools
-        step detection with it.
+        Ignores `check_interval` and the swap mode: the server, the worker and tests step with it.
 
         Args:
             reload: load the served checkpoint even if it is unchanged.
@@ -160,12 +157,10 @@ class ModelRegistry:
                 decision, logged); the integrity and signature checks are never skipped.
         """
         with self._lock:
-            if force:
-                log.warning("forced reload", extra={"model": self.name, "audit": "force"})
             self._next_check = _monotonic() + self._interval  # this is a look at the source
             return self._swap.step(reload=reload or force, force=force)
 
-    # ---- scheduling (scheduling.Schedulable) ---------------------------------------------------
+    # ---- scheduling.Schedulable, pinning ------------------------------------------------------
 
     def token_changed(self) -> bool:
         watch = self._swap.serving
@@ -179,8 +174,7 @@ class ModelRegistry:
             self._worker.submit(self._check_in_worker)
 
     def look_again(self) -> None:
-        """Look at the source again soon, on the worker, as if a retry or a verify were due (the
-        server's SIGHUP): a manifest is re-read, content that failed is tried again."""
+        """Look again soon, on the worker, as if a retry or a verify were due (SIGHUP)."""
         if not self._swap.closed and not self._worker.busy:
             self._worker.submit(lambda: self._check_in_worker(look_again=True))
 
@@ -193,22 +187,15 @@ class ModelRegistry:
         except Exception:  # the worker must never die silently; the swapper records failures
             log.exception("background load failed", extra={"model": self.name})
 
-    # ---- pinning ------------------------------------------------------------------------------
-
     def pin(self, path: str | os.PathLike[str], *, force: bool = False) -> LiveModel:
-        """Serve the checkpoint at `path` (e.g. an older timestamped one) until `unpin()`.
-
-        A pin is checked like the watched source: by a digest a manifest vouched for where the
-        watched source is a manifest. `force` takes it even if its sizes differ from the live
-        model's.
+        """Serve the checkpoint at `path` (e.g. an older timestamped one) until `unpin()`,
+        checked as the watched source is (beside a manifest: through its signed record). `force`
+        takes it even if its sizes differ from the live model's.
 
         Raises:
             CheckpointError: it cannot be loaded, verified or is rejected; the live model stays.
         """
         with self._lock:
-            if force:
-                log.warning("forced pin", extra={"model": self.name, "audit": "force",
-                                                 "checkpoint": Path(path).name})  # fmt: skip
             self._swap.pin(Path(path), force=force)
             return self.require_live()
 
@@ -239,7 +226,7 @@ class ModelRegistry:
         return self._swap.load_count
 
     @property
-    def is_loaded(self) -> bool:
+    def is_loaded(self) -> bool:  # the original API
         return self._swap.live is not None
 
     @property

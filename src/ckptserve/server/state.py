@@ -26,6 +26,7 @@ from .errors import ApiError
 from .live import LiveRecorder
 from .metrics import Metrics, prune_dead_workers
 from .paths import prepare_model_path
+from .pins import PinBook
 from .settings import ModelSpec, Settings
 
 __all__ = ["ModelHandle", "Runtime"]
@@ -142,6 +143,7 @@ class Runtime:
         self._watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self.pins = PinBook(settings.registry.state_dir)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -172,6 +174,10 @@ class Runtime:
 
             torch.set_num_threads(self.settings.torch_threads)
         self.open_models()
+        # A recorded pin wins over what the directory offers (and over a fallback): apply it
+        # before the first load.
+        if self.pins.state_dir is not None:
+            await anyio.to_thread.run_sync(self.pins.apply, list(self.models.values()))
         if not gc.get_freeze_count():
             # What is alive now (torch, FastAPI, ...) lives as long as the process. Frozen, it is
             # skipped by every later collection: a full one no longer holds the GIL ~80 ms.
@@ -220,7 +226,13 @@ class Runtime:
         appears later, and background swaps when nobody asks. A request that needs a load while
         the watcher's is under way waits for that same one."""
         while True:
-            for handle in list(self.models.values()):
+            handles = list(self.models.values())
+            if self.pins.state_dir is not None:
+                try:
+                    await anyio.to_thread.run_sync(self.pins.apply, handles)  # another worker's pin
+                except Exception:
+                    log.exception("applying the recorded pins failed")
+            for handle in handles:
                 try:
                     await handle.live()
                 except ModelNotAvailable:

@@ -71,9 +71,9 @@ class StateBuffer:
             return
         n = self._count
         self._count = n + 1
-        row = rows[n % count]
-        if type(row) is not list:
-            row = row.tolist()  # a tensor row would keep its whole batch alive
+        row: Any = rows[n % count]
+        if type(row) is torch.Tensor:
+            row = row.tolist()  # a view would keep its whole batch alive
         # Two threads may read the same n: one state is then lost, the size never exceeded.
         self._slots[n % size] = row
 

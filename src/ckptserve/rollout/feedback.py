@@ -1,0 +1,223 @@
+"""Outcomes: signed request ids, and the rewards clients report for them.
+
+Every response carries a request id that names the version that answered and when, signed with
+a server secret (keyed BLAKE2b, a MAC like HMAC, 128 bits; a quarter of HMAC-SHA256's cost in
+CPython, and it runs once per response):
+
+    <sha256[:12]>.<issued, ms since the epoch, hex>.<nonce>.<mac, 32 hex>
+
+so any worker or replica holding the same secret can attribute it, and an id that was never
+issued (or was altered) is refused. `POST /rl/feedback {"request_id": ..., "reward": float}`
+hands a reward to `FeedbackStore.add`, which attributes it to that version once.
+
+Memory is bounded: the last `capacity` rewards (with the version and issue time, for the canary's
+test), the ids already rewarded among them, and count and mean for the `versions` versions that
+received rewards most recently. Ids older than `max_age` are refused, so an id that has left the
+duplicate window cannot be replayed after it either, as long as `capacity` covers `max_age`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import math
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["FeedbackRefused", "FeedbackStore", "Issued", "RequestIds", "RewardStats"]
+
+RefusalReason = Literal["unknown_id", "expired", "duplicate", "bad_reward"]
+_MAX_ID = 128
+_HEX = frozenset("0123456789abcdef")
+
+
+class FeedbackRefused(ValueError):
+    """Raised when a reward cannot be attributed; `reason` is the metrics label."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: RefusalReason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """What a valid request id says: the version that answered and when (epoch s)."""
+
+    request_id: str
+    version: str  # the first 12 hex digits of the version's sha256
+    issued_at: float
+
+
+class RequestIds:
+    """Issues and reads signed request ids.
+
+    Args:
+        secret: the HMAC key, shared by every worker and replica that must read the ids
+            (default: random, so only this process can).
+        clock: wall-clock seconds (tests pass a fake one).
+
+    Example:
+        ids = RequestIds(secret)
+        request_id = ids.issue(live.version.sha256)  # per response
+        ids.read(request_id).version                  # "3f2a9c...", 12 hex
+    """
+
+    def __init__(
+        self, secret: bytes | str | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if secret is None:
+            secret = os.urandom(32)
+        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if not self._key:
+            raise ValueError("the request id secret is empty")
+        if len(self._key) > 64:
+            self._key = hashlib.sha256(self._key).digest()  # BLAKE2b keys are at most 64 bytes
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=16)  # copied for each MAC
+        self._clock = clock
+        self._nonce = secrets.token_hex(4)  # this process's ids never collide with another's
+        self._count = itertools.count()
+
+    def _mac(self, body: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(body.encode())
+        return mac.hexdigest()
+
+    def issue(self, sha256: str) -> str:
+        """A new id for a response answered by the version with this sha256 (once per
+        response: kept to a few hundred ns)."""
+        body = f"{sha256[:12]}.{int(self._clock() * 1000):x}.{self._nonce}{next(self._count):x}"
+        mac = self._keyed.copy()
+        mac.update(body.encode())
+        return body + "." + mac.hexdigest()
+
+    def read(self, request_id: object) -> Issued:
+        """The version and issue time of an id this secret signed.
+
+        Raises:
+            FeedbackRefused("unknown_id"): not an id, or not one issued under this secret.
+        """
+        if not isinstance(request_id, str) or len(request_id) > _MAX_ID:
+            raise FeedbackRefused("unknown_id", "request_id is not a request id this server issued")
+        body, _, mac = request_id.rpartition(".")
+        parts = body.split(".")
+        if (
+            len(parts) != 3 or len(parts[0]) != 12 or len(mac) != 32
+            or not all(p and set(p) <= _HEX for p in parts)
+            or not hmac.compare_digest(mac, self._mac(body))
+        ):  # fmt: skip
+            raise FeedbackRefused("unknown_id", "request_id is not a request id this server issued")
+        return Issued(request_id, parts[0], int(parts[1], 16) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class RewardStats:
+    """The rewards one version received: how many, and their mean."""
+
+    count: int
+    mean: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+
+class FeedbackStore:
+    """Rewards attributed to the versions that answered, in bounded memory.
+
+    Args:
+        ids: reads (and checks) the request ids.
+        capacity: how many recent rewards (and rewarded ids) are kept.
+        versions: for how many versions count and mean are kept (those rewarded last).
+        max_age: seconds after which a request id is too old to reward.
+        clock: wall-clock seconds, as `ids` uses.
+    """
+
+    def __init__(
+        self,
+        ids: RequestIds,
+        *,
+        capacity: int = 10_000,
+        versions: int = 16,
+        max_age: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if capacity < 1 or versions < 1 or max_age <= 0:
+            raise ValueError("capacity and versions must be >= 1 and max_age > 0")
+        self.ids = ids
+        self.capacity = capacity
+        self.max_age = max_age
+        self._clock = clock
+        self._versions = versions
+        self._lock = threading.Lock()  # guards everything below
+        self._samples: deque[tuple[str, float, float]] = deque(maxlen=capacity)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._stats: OrderedDict[str, tuple[int, float]] = OrderedDict()  # version -> count, sum
+        self.refused: dict[str, int] = dict.fromkeys(
+            ("unknown_id", "expired", "duplicate", "bad_reward"), 0
+        )
+
+    def add(self, request_id: object, reward: object) -> Issued:
+        """Attribute `reward` to the version that answered `request_id`.
+
+        Raises:
+            FeedbackRefused: the id was never issued (or altered), is too old or was rewarded
+                already, or the reward is not a finite number. Each is counted in `refused`.
+        """
+        try:
+            issued = self.ids.read(request_id)
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+                raise FeedbackRefused("bad_reward", f"reward must be a number, not {reward!r}")
+            value = float(reward)
+            if not math.isfinite(value):
+                raise FeedbackRefused("bad_reward", "reward must be a finite number")
+            if self._clock() - issued.issued_at > self.max_age:
+                raise FeedbackRefused(
+                    "expired", f"request_id is older than {self.max_age:g} s: too late to reward"
+                )
+            with self._lock:
+                if issued.request_id in self._seen:
+                    raise FeedbackRefused("duplicate", "this request_id was rewarded already")
+                self._seen[issued.request_id] = None
+                if len(self._seen) > self.capacity:
+                    self._seen.popitem(last=False)
+                self._samples.append((issued.version, issued.issued_at, value))
+                count, total = self._stats.pop(issued.version, (0, 0.0))
+                self._stats[issued.version] = (count + 1, total + value)
+                if len(self._stats) > self._versions:
+                    self._stats.popitem(last=False)
+        except FeedbackRefused as exc:
+            with self._lock:
+                self.refused[exc.reason] += 1
+            raise
+        return issued
+
+    def stats(self) -> dict[str, RewardStats]:
+        """Count and mean of the rewards per version (12 hex of its sha256), since the start."""
+        with self._lock:
+            items = list(self._stats.items())
+        return {v: RewardStats(count, total / count) for v, (count, total) in items}
+
+    def rewards(self, version: str, *, since: float, until: float | None = None) -> list[float]:
+        """The kept rewards of `version` (12 hex) for requests issued in [since, until]."""
+        key = version[:12]
+        with self._lock:
+            samples = list(self._samples)
+        end = math.inf if until is None else until
+        return [r for v, at, r in samples if v == key and since <= at <= end]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Status: rewards per version, how many are kept, and the refusals by reason."""
+        with self._lock:
+            kept, refused = len(self._samples), dict(self.refused)
+        return {
+            "versions": {v: s.to_dict() for v, s in self.stats().items()},
+            "kept": kept,
+            "capacity": self.capacity,
+            "refused": refused,
+        }

@@ -232,3 +232,14 @@ def test_no_canary_starts_when_the_fraction_is_zero():
     old, new = pair()
     with pytest.raises(ValueError, match="canaries are off"):
         Canary(CanaryConfig()).start(new, old)
+
+
+def test_a_session_keeps_its_side_after_the_session_cache_is_cleared():
+    """The remembered sides are a bounded cache; the keyed hash decides the same way again."""
+    old, new = pair()
+    canary: Canary = Canary(CanaryConfig(fraction=0.5))
+    canary.start(new, old)
+    first = canary.route("episode-0")
+    for i in range(70_000):
+        canary.route(f"other-{i}")
+    assert canary.route("episode-0") is first

@@ -46,6 +46,8 @@ Metric = Literal["none", "reward"]
 #: The golden ratio's fractional part: n * PHI mod 1 spreads requests evenly over [0, 1).
 _PHI = (math.sqrt(5) - 1) / 2
 _SPAN = float(1 << 64)
+#: Sessions whose side is remembered (a cache: the keyed hash gives the same side again).
+_SESSIONS = 65_536
 
 
 class _Versioned(Protocol):
@@ -126,6 +128,7 @@ class _Run(Generic[V]):
     started: float
     deadline: float
     hashing: Any = field(repr=False)  # blake2b keyed by the canary's sha256, copied per session
+    sides: dict[str, bool] = field(default_factory=dict, repr=False)  # session -> on the canary
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -164,12 +167,16 @@ class Canary(Generic[V]):
         if run is None:
             return None
         if session is None:
-            u = (self._next() * _PHI) % 1.0
-        else:
+            return run.canary if (self._next() * _PHI) % 1.0 < run.fraction else run.incumbent
+        side = run.sides.get(session)
+        if side is None:
             h = run.hashing.copy()
             h.update(session.encode())
-            u = int.from_bytes(h.digest(), "big") / _SPAN
-        return run.canary if u < run.fraction else run.incumbent
+            side = int.from_bytes(h.digest(), "big") / _SPAN < run.fraction
+            if len(run.sides) >= _SESSIONS:
+                run.sides.clear()  # the hash decides again, the same way
+            run.sides[session] = side
+        return run.canary if side else run.incumbent
 
     @property
     def canary(self) -> V | None:

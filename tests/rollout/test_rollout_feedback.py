@@ -32,10 +32,12 @@ def test_a_request_id_names_the_version_and_when_it_answered():
     assert issued.issued_at == pytest.approx(1_234_567.891, abs=1e-3)
 
 
-def test_every_id_is_unique():
-    """Ids of the same version in the same millisecond still differ."""
+def test_every_id_is_unique_and_readable():
+    """Ids of the same version at the same instant still differ, across blocks of 256."""
     ids = RequestIds(b"secret", clock=Clock())
-    assert len({ids.issue(SHA_A) for _ in range(1000)}) == 1000
+    issued = [ids.issue(SHA_A) for _ in range(1000)]
+    assert len(set(issued)) == 1000
+    assert {ids.read(i).version for i in issued} == {SHA_A[:12]}
 
 
 def test_another_worker_with_the_same_secret_reads_the_id_and_another_secret_does_not():
@@ -47,22 +49,40 @@ def test_another_worker_with_the_same_secret_reads_the_id_and_another_secret_doe
     assert info.value.reason == "unknown_id"
 
 
-@pytest.mark.parametrize("change", ["version", "time", "mac", "junk", "long", "type"])
+@pytest.mark.parametrize(
+    "change", ["version", "time", "block", "slot", "tag", "junk", "long", "type"]
+)
 def test_an_id_that_was_never_issued_is_refused(change):
-    """Altering any part of an id, or sending something else, is refused as unknown."""
+    """Altering any part of an id (another slot of the same block included: its tag cannot be
+    derived from the tags handed out), or sending something else, is refused as unknown."""
     ids = RequestIds(b"secret")
     good = ids.issue(SHA_A)
-    version, issued, nonce, mac = good.split(".")
+    version, issued, block, slot, tag = good.split(".")
+    assert ids.read(good).version == version
     forged: object = {
-        "version": ".".join([SHA_B[:12], issued, nonce, mac]),
-        "time": ".".join([version, f"{int(issued, 16) + 1:x}", nonce, mac]),
-        "mac": ".".join([version, issued, nonce, "0" * 32]),
+        "version": ".".join([SHA_B[:12], issued, block, slot, tag]),
+        "time": ".".join([version, f"{int(issued, 16) + 1:x}", block, slot, tag]),
+        "block": ".".join([version, issued, block + "0", slot, tag]),
+        "slot": ".".join([version, issued, block, "01", tag]),
+        "tag": ".".join([version, issued, block, slot, "0" * 16]),
         "junk": "not-an-id",
         "long": good + "0" * 200,
         "type": 12345,
     }[change]
     with pytest.raises(FeedbackRefused, match="not a request id this server issued"):
         ids.read(forged)
+
+
+def test_an_ids_time_is_at_most_a_second_before_the_response():
+    """Ids come in blocks of one issue time; a block is used for one second at most."""
+    clock = Clock(500.0)
+    ids = RequestIds(b"secret", clock=clock)
+    ids.issue(SHA_A)
+    clock.now = 500.9
+    assert ids.read(ids.issue(SHA_A)).issued_at == 500.0
+    clock.now = 501.5
+    assert ids.read(ids.issue(SHA_A)).issued_at == 501.5
+    assert ids.read(ids.issue(SHA_B)).version == SHA_B[:12]  # another version: its own block
 
 
 def test_a_reward_is_attributed_to_the_version_that_answered():

@@ -30,6 +30,7 @@ import hmac
 import itertools
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -41,8 +42,10 @@ from typing import Any, Literal
 __all__ = ["FeedbackRefused", "FeedbackStore", "Issued", "RequestIds", "RewardStats"]
 
 RefusalReason = Literal["unknown_id", "expired", "duplicate", "bad_reward"]
-_MAX_ID = 128
-_HEX = frozenset("0123456789abcdef")
+_ID = re.compile(
+    r"([0-9a-f]{12})\.([0-9a-f]{1,12})\.([0-9a-f]{9,24})\.([0-9a-f]{2})\.([0-9a-f]{16})"
+)
+_UNKNOWN = "request_id is not a request id this server issued"
 
 
 class FeedbackRefused(ValueError):
@@ -139,22 +142,15 @@ class RequestIds:
         Raises:
             FeedbackRefused("unknown_id"): not an id, or not one issued under this secret.
         """
-        unknown = FeedbackRefused("unknown_id", "request_id is not a request id this server issued")
-        if not isinstance(request_id, str) or len(request_id) > _MAX_ID:
-            raise unknown
-        parts = request_id.split(".")
-        if (
-            len(parts) != 5 or len(parts[0]) != 12 or not 1 <= len(parts[1]) <= 12
-            or len(parts[3]) != 2 or len(parts[4]) != 2 * _TAG_BYTES
-            or not all(p and set(p) <= _HEX for p in parts)
-        ):  # fmt: skip
-            raise unknown
-        slot = int(parts[3], 16)
-        head = ".".join(parts[:3])
-        want = self._tags(head, slot + 1)[-_TAG_BYTES:].hex()
-        if slot >= _SLOTS or not hmac.compare_digest(parts[4], want):
-            raise unknown
-        return Issued(request_id, parts[0], int(parts[1], 16) / 1000)
+        match = _ID.fullmatch(request_id) if isinstance(request_id, str) else None
+        if match is None:
+            raise FeedbackRefused("unknown_id", _UNKNOWN)
+        text = match.string
+        version, issued, _, slot, tag = match.groups()
+        want = self._tags(text[: match.start(4) - 1], int(slot, 16) + 1)[-_TAG_BYTES:].hex()
+        if not hmac.compare_digest(tag, want):
+            raise FeedbackRefused("unknown_id", _UNKNOWN)
+        return Issued(text, version, int(issued, 16) / 1000)
 
 
 @dataclass(frozen=True, slots=True)

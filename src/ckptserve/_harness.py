@@ -51,8 +51,15 @@ def try_load(
     reload: bool,
     force: bool,
     closed: Callable[[], bool],
+    judge: Callable[..., object] | None = None,
+    chosen: bool = False,
 ) -> Passed | LoadAttempt | None:
     """Fetch, load and validate what `watch` names now (read under `token`).
+
+    `judge(candidate, live, force=...)` (rollout.Judge.judge) then decides whether the candidate
+    may replace the live model: it raises ValidationError to refuse it (recorded as rejected).
+    `chosen` (a forced reload or a pin: an admin picked this version) takes it past the judge's
+    marks, order and guard; `force` alone also unlocks the live model's sizes.
 
     Returns the candidate that passed, the recorded attempt that ended otherwise (unchanged,
     failed, rejected, superseded), or None (the path is missing, or the registry closed).
@@ -73,6 +80,8 @@ def try_load(
             snapshot, device=device, options=options, path=source.path, started=started,
             served=None if force or live is None else live.expect,
         )  # fmt: skip
+        if judge is not None:
+            judge(candidate, live, force=force or chosen)
     except Exception as exc:
         if isinstance(exc, FileNotFoundError) and source.token() is None:
             move(watch, Outcome.MISSING, None, None, now)

@@ -6,6 +6,7 @@ reads `live` and `serving` without it (each is replaced whole, never changed in 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,8 @@ from .errors import CheckpointError
 from .fallback import Fallback, FallbackSearch
 from .loading import LiveModel
 from .options import RegistryOptions
+from .rollout.judging import Judge
+from .rollout.resident import ResidentVersions
 from .sources import Source
 from .versions import LoadAttempt
 
@@ -43,8 +46,12 @@ class Swapper:
         device: str,
         attempts: AttemptLog[Any],
         copies: PrivateCopies,
+        judge: Judge | None = None,
+        resident: ResidentVersions[LiveModel] | None = None,
     ) -> None:
         self._owner = owner  # passed to attempt listeners
+        self.judge = judge  # rollout: judged before a swap (marks, order, shadow, guard)
+        self.resident = resident  # rollout: the last good versions, kept loaded
         self._follow = follow
         self._options = options
         self._device = device
@@ -61,6 +68,7 @@ class Swapper:
         self.fallback: Fallback | None = None  # what is served while the newest cannot be
         self.load_count = 0
         self.closed = False
+        self._rolling_back = threading.Lock()  # serialises roll_back (see there)
 
     def step(self, *, reload: bool, force: bool) -> LoadAttempt | None:
         """Look at the served source and do what `next_action` says; the attempt made, if any."""
@@ -96,15 +104,18 @@ class Swapper:
         self._fall_back_if_nothing_live()
         return attempt
 
-    def load(self, watch: Watch, token: Any, *, reload: bool, force: bool) -> LoadAttempt | None:
-        """Read, verify, load, validate and swap in what `watch` names (read under `token`)."""
+    def load(
+        self, watch: Watch, token: Any, *, reload: bool, force: bool, chosen: bool = False
+    ) -> LoadAttempt | None:
+        """Read, verify, load, validate and swap in what `watch` names (read under `token`).
+        `chosen`: an admin picked it (a pin), so the judge's order and guard do not apply."""
         if self.closed:
             return None
         with self._copies.loading():
             if self._slots is None:
-                return self._load(watch, token, reload=reload, force=force)
+                return self._load(watch, token, reload=reload, force=force, chosen=chosen)
             with self._slots.hold():
-                return self._load(watch, token, reload=reload, force=force)
+                return self._load(watch, token, reload=reload, force=force, chosen=chosen)
 
     def turn_taken(self) -> bool:
         """Other processes hold every load slot of this model right now."""
@@ -118,7 +129,7 @@ class Swapper:
             log.warning("forced pin", extra={"model": self._attempts.model, "audit": "force",
                                              "checkpoint": path.name})  # fmt: skip
         watch = self._follow.watch(self._follow.checkpoint_source(path))
-        attempt = self.load(watch, watch.token(), reload=True, force=force)
+        attempt = self.load(watch, watch.token(), reload=True, force=force, chosen=True)
         if attempt is None:
             raise CheckpointError(f"{path} does not exist")
         if attempt.result not in ("ok", "unchanged"):
@@ -132,21 +143,58 @@ class Swapper:
         self.serving.state = SourceState()
         self.step(reload=False, force=False)
 
+    def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
+        """Serve the previous resident version instead of `sha256`, which misbehaved on live
+        traffic, and mark it bad; the version now live, or None (it is no longer live, or no
+        other version is resident).
+
+        The one method that runs without the registry's lock (under its own): a load may hold
+        that lock for seconds, and a version giving NaN must stop answering at once. A load in
+        flight meanwhile swaps its candidate in as it would have; nothing else is touched."""
+        with self._rolling_back:
+            live, resident = self.live, self.resident
+            if live is None or live.version.sha256 != sha256 or resident is None:
+                return None
+            previous = resident.previous(sha256)
+            if previous is None:
+                return None
+            self.live = previous
+            resident.remove(sha256)
+            resident.add(previous)
+        log.warning(
+            "rolled back %s to %s: %s", live.version.tag, previous.version.tag, reason,
+            extra={"model": self._attempts.model, "checkpoint": live.version.checkpoint,
+                   "sha256": sha256, "result": "rolled_back", "reason": reason},
+        )  # fmt: skip
+        marks = self.judge.marks if self.judge is not None else None
+        if marks is not None:
+            try:
+                marks.mark(sha256, checkpoint=live.version.checkpoint, reason=reason)
+            except OSError:
+                log.exception("could not mark %s bad in %s", live.version.tag, marks.directory)
+        return previous
+
     def look_again(self) -> None:
         """Make the next step look at the served source as if a retry or a verify were due."""
         self.serving.state = replace(self.serving.state, due=0.0)
 
-    def _load(self, watch: Watch, token: Any, *, reload: bool, force: bool) -> LoadAttempt | None:
+    def _load(
+        self, watch: Watch, token: Any, *, reload: bool, force: bool, chosen: bool
+    ) -> LoadAttempt | None:
+        judge = self.judge
         result = try_load(
             watch, token, live=self.live, copies=self._copies, options=self._options,
             device=self._device, attempts=self._attempts, owner=self._owner, reload=reload,
             force=force, closed=lambda: self.closed,
+            judge=judge.judge if judge is not None else None, chosen=chosen,
         )  # fmt: skip
         if not isinstance(result, Passed):
             return result
         candidate, snapshot = result.candidate, result.snapshot
         self._copies.keep_while(candidate.version.sha256, candidate.model)
         self.live = candidate
+        if self.resident is not None:
+            self.resident.add(candidate)
         self.load_count += 1
         self._follow.vouch(watch.source, snapshot)
         if watch is self._follow.watched:

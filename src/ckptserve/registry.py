@@ -29,6 +29,8 @@ from .fallback import Fallback
 from .loading import LiveModel
 from .naming import model_name
 from .options import RegistryOptions
+from .rollout.judging import Judge
+from .rollout.resident import ResidentVersions
 from .scheduling import SWAP_POLICIES, SwapPolicy
 from .sources import Source
 from .versions import LoadAttempt, ModelVersion
@@ -49,6 +51,9 @@ class ModelRegistry:
         device: where models are loaded ("cpu", "cuda:0", ...).
         name: the model's name in logs and status (default: the name it was published under).
         options: a RegistryOptions; keyword overrides (check_interval=..., swap=...) apply on top.
+        judge: decides whether a loaded candidate may replace the live model (rollout.Judge:
+            bad marks, step order, shadow comparison, guard). Default: step order only.
+        keep_versions: how many good versions stay loaded (`resident`; the live one included).
 
     Example:
         registry = ModelRegistry("models/actor_latest.pt", swap="background")
@@ -62,6 +67,8 @@ class ModelRegistry:
         *,
         name: str | None = None,
         options: RegistryOptions | None = None,
+        judge: Judge | None = None,
+        keep_versions: int = 2,
         **overrides: Any,
     ) -> None:
         self.options = options = replace(options or RegistryOptions(), **overrides)
@@ -79,7 +86,10 @@ class ModelRegistry:
         # each watch. Readers on the hot path never take it: they read the live handle and a
         # watch's state once each, both immutable and replaced whole.
         self._lock = threading.Lock()
-        self._swap = Swapper(self, follow, options, device, self._attempts, self._copies)
+        self.judge = judge if judge is not None else Judge(device=device)
+        self.resident: ResidentVersions[LiveModel] = ResidentVersions(keep_versions)
+        self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
+                             self.judge, self.resident)  # fmt: skip
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -187,6 +197,14 @@ class ModelRegistry:
         except Exception:  # the worker must never die silently; the swapper records failures
             log.exception("background load failed", extra={"model": self.name})
 
+    def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
+        """Go back to the previous resident version at once, because the live one (`sha256`)
+        misbehaves on live traffic (e.g. non-finite actions on real states), and mark it bad in
+        the judge's marks, so it is not loaded again (across restarts). Returns the version now
+        live, or None when `sha256` is no longer live or no other version is resident. Does not
+        wait for a load in flight."""
+        return self._swap.roll_back(sha256, reason)
+
     def pin(self, path: str | os.PathLike[str], *, force: bool = False) -> LiveModel:
         """Serve the checkpoint at `path` (e.g. an older timestamped one) until `unpin()`,
         checked as the watched source is (beside a manifest: through its signed record). `force`
@@ -269,6 +287,8 @@ class ModelRegistry:
             "source": swap.serving.source.kind, "phase": swap.serving.state.phase.value,
             "swap": self.policy.name, "loading": self.loading,
             "history": [a.to_dict() for a in history],
+            "resident": self.resident.to_dict(version.sha256 if version else None),
+            "judged": [v.to_dict() for v in list(self.judge.history)],
         }  # fmt: skip
 
     def wait_idle(self, timeout: float | None = None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 
 import pytest
 
@@ -72,3 +73,11 @@ def test_only_a_sha256_can_be_marked(tmp_path):
     """A mark names a version by its full sha256."""
     with pytest.raises(ValueError, match="not a sha256"):
         BadMarks(tmp_path, "actor").mark("abc", checkpoint="a", reason="bad")
+
+
+def test_a_marks_file_that_is_not_a_regular_file_is_not_read(tmp_path, caplog):
+    """A FIFO in place of the file reads as no marks, without blocking."""
+    os.mkfifo(tmp_path / "actor.marks.json")
+    with caplog.at_level(logging.WARNING, logger="ckptserve.rollout"):
+        assert BadMarks(tmp_path, "actor").marks() == []
+    assert "not a regular file" in caplog.text

@@ -8,6 +8,8 @@ directory (`--state-dir`), never in the model directory, which the server may on
 The file is replaced atomically (temporary file, fsync, rename) under an advisory lock, after
 reading it again, so server workers sharing a state directory keep each other's marks; reads
 notice another worker's write by the file's stat key. At most `keep` marks are kept, the newest.
+It lives beside statedir.py's pins (the same `--state-dir`) and is read as tolerantly: a file
+that is missing, not a regular file, oversized or garbled reads as no marks, with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ __all__ = ["BadMarks", "Mark"]
 log = logging.getLogger("ckptserve.rollout")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_BYTES = 4 << 20  # 1,000 marks are ~300 KB; a bigger file is not ours
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -46,6 +50,18 @@ class Mark:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _read_regular(path: Path) -> bytes:
+    """At most `_MAX_BYTES` of a regular file, opened without following a link or blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        raw = f.read(_MAX_BYTES + 1)
+    if len(raw) > _MAX_BYTES:
+        raise OSError(f"{path} is over {_MAX_BYTES} bytes")
+    return raw
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -106,7 +122,7 @@ class BadMarks:
 
     def _load(self) -> dict[str, Mark]:
         try:
-            raw = self.path.read_bytes()
+            raw = _read_regular(self.path)
         except FileNotFoundError:
             return {}
         except OSError as exc:

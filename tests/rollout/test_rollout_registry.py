@@ -202,3 +202,18 @@ def test_ordering_applies_in_both_swap_modes(tmp_path, make_registry, swap):
     registry.get()
     assert registry.version.metadata["step"] == 2
     assert registry.history[-1].result == "rejected"
+
+
+def test_a_registry_with_a_state_dir_keeps_its_marks_there(tmp_path, make_registry):
+    """options.state_dir (--state-dir): the default judge marks and refuses there; nothing is
+    written before the first mark."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(models, state_dir=str(state))
+    assert registry.judge.marks is not None and not state.exists()
+    registry.check()
+    put(models, seeded_actor(1))
+    registry.check()
+    bad = registry.current
+    registry.roll_back(bad.version.sha256, "NaN actions on live traffic")
+    assert BadMarks(state, registry.name).is_bad(bad.version.sha256)

@@ -72,7 +72,7 @@ class BadMarks:
     """The versions of one model marked bad, kept in `state_dir`.
 
     Args:
-        state_dir: a writable directory for server state (created, 0700, if missing).
+        state_dir: a writable directory for server state (created, 0700, at the first mark).
         model: the model's name (the file is `<model>.marks.json`).
         model_dir: the model's directory: a state dir inside it is refused.
         keep: the most marks kept (the oldest go first).
@@ -101,7 +101,6 @@ class BadMarks:
             )
         if keep < 1:
             raise ValueError("keep must be at least 1")
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.directory = directory
         stem = _SAFE.sub("_", model) or "model"
         self.path = directory / f"{stem}.marks.json"
@@ -184,6 +183,7 @@ class BadMarks:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

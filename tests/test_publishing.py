@@ -309,3 +309,32 @@ def test_switching_format_keeps_one_latest_link_and_one_retention(tmp_path, monk
     assert not os.path.lexists(tmp_path / "actor_latest.safetensors")
     assert list_checkpoints(tmp_path) == [third, second]
     assert not first.exists()
+
+
+def test_a_directory_keeps_its_run_id_until_a_new_run_is_asked_for(tmp_path):
+    """publish() writes the directory's run_id into each checkpoint (a trainer restarted from
+    scratch is still the same run); new_run=True or run_id= starts another."""
+
+    def run_of(path):
+        return json.loads((tmp_path / "actor_latest.json").read_text())["metadata"]["run_id"]
+
+    first = publish(seeded_actor(0), tmp_path, metadata={"step": 10})
+    run = run_of(first)
+    assert run and run_of(publish(seeded_actor(1), tmp_path, metadata={"step": 0})) == run
+    assert run_of(publish(seeded_actor(2), tmp_path, new_run=True)) != run
+    assert run_of(publish(seeded_actor(3), tmp_path, run_id="sweep-7")) == "sweep-7"
+
+
+def test_a_restarted_trainer_republishing_step_zero_is_refused_as_a_regression(
+    tmp_path, make_registry
+):
+    """Same run, lower step than live: refused; a new run is accepted."""
+    publish(seeded_actor(0), tmp_path, metadata={"step": 50_000})
+    registry = make_registry(tmp_path)
+    live = registry.get()
+    publish(seeded_actor(1), tmp_path, metadata={"step": 1_000})
+    attempt = registry.check()
+    assert attempt.result == "rejected" and "older than live step 50,000" in attempt.reason, attempt
+    assert registry.current is live
+    publish(seeded_actor(2), tmp_path, metadata={"step": 0}, new_run=True)
+    assert registry.check().result == "ok"

@@ -40,6 +40,7 @@ from .naming import (
     record_for,
     suffix_for,
 )
+from .rollout.ordering import run_id_for
 from .statedir import STATE_DIR_ENV, pinned_in
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
@@ -169,6 +170,8 @@ def publish(
     signing_key: str | bytes | Keyring | None = None,
     example_input: torch.Tensor | None = None,
     state_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    new_run: bool = False,
 ) -> Path:
     """Publish a checkpoint atomically and return the path of the new timestamped file.
 
@@ -191,6 +194,9 @@ def publish(
             neither in `metadata` nor the width of the model's first weight.
         state_dir: the servers' state directory (`--state-dir`), whose pins retention spares;
             defaults to `$CKPTSERVE_STATE_DIR`.
+        run_id, new_run: the run the checkpoint belongs to (metadata `run_id`): by default the
+            one the directory's manifest names, so a trainer restarted from scratch is the same
+            run and its lower steps are refused as regressions; `new_run=True` starts a new one.
 
     Example:
         publish(actor, "models/", metadata={"step": step, "eval_return": ret})
@@ -215,6 +221,8 @@ def publish(
                 raise PublishError("cannot tell the observation size: pass metadata={'obs_dim': N}")
             example_input = torch.zeros(2, int(obs_dim))
         meta.setdefault("obs_dim", int(example_input.shape[-1]))
+        if "run_id" not in meta or run_id is not None or new_run:
+            meta["run_id"] = run_id_for(directory, name, run_id=run_id, new_run=new_run)
         try:
             action = act(_callable_of(model), example_input)
         except Exception as exc:

@@ -108,6 +108,7 @@ def train(
             agent.actor,
             directory,
             keep=keep,
+            new_run=step == 0,  # a fresh training run: its steps start again at 0
             metadata={
                 "step": step,
                 "eval_return": round(eval_return, 4),

@@ -153,7 +153,7 @@ class InProcessServer:
 
     @property
     def runtime(self) -> Any:
-        return self.app.state.runtime
+        return self.app.runtime
 
     def stop(self) -> None:
         self.client.close()

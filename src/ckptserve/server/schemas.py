@@ -17,6 +17,7 @@ __all__ = [
     "PredictResponse",
     "error_responses",
     "json_body",
+    "not_ready_response",
     "number_schema",
 ]
 
@@ -179,3 +180,10 @@ def error_responses(*codes: int, oip: bool = False) -> dict[int | str, dict[str,
     """The `responses=` entry documenting each error status a route returns."""
     model = OipError if oip else ErrorResponse
     return {code: {"model": model, "description": _MEANING[code]} for code in codes}
+
+
+def not_ready_response(*fields: str) -> dict[int | str, dict[str, Any]]:
+    """The 503 of a readiness route: the same body as its 200, with `"ready": false`."""
+    props = {f: {"type": "boolean" if f == "ready" else "string"} for f in fields}
+    schema = {"type": "object", "required": list(fields), "properties": props}
+    return {503: {"description": "Not ready", "content": {"application/json": {"schema": schema}}}}

@@ -1,30 +1,25 @@
-"""Operations: liveness, readiness, Prometheus metrics and the live status page."""
+"""Operations: liveness, readiness, Prometheus metrics and the live status page (the endpoints;
+their paths are in `routing.py`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import RETRY_AFTER
 from ..page import render_page
-from ..schemas import error_responses
 from .common import runtime_of
 
-__all__ = ["ops_router"]
-
-router = APIRouter(tags=["operations"])
+__all__ = ["healthz", "metrics", "page", "readyz"]
 
 
-@router.get("/healthz", summary="Liveness")
 async def healthz() -> dict[str, Any]:
     """200 while the process is alive; says nothing about models."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness", responses=error_responses(503))
 async def readyz(request: Request) -> Response:
     """200 when every model has a live version; 503 with the reason for each one that has not."""
     reasons = runtime_of(request).not_ready()
@@ -38,17 +33,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "models": list(runtime_of(request).models)})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     body, content_type = runtime_of(request).metrics.exposition()
     return Response(body, media_type=content_type)
 
 
-@router.get("/", summary="Status page", response_class=HTMLResponse, include_in_schema=True)
 def page(request: Request) -> HTMLResponse:
     """A small HTML page: each model's live version, load history, last error and staleness."""
     return HTMLResponse(render_page(runtime_of(request)))
-
-
-def ops_router() -> APIRouter:
-    return router

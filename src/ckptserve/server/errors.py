@@ -17,6 +17,7 @@ from ..errors import (
     PathNotAllowed,
     WouldBlock,
 )
+from .names import printable
 
 __all__ = ["ApiError", "Reply", "error_reply", "status_for"]
 
@@ -72,6 +73,7 @@ def error_reply(exc: BaseException, style: Style = "detail", extra: Headers | No
         message = f"internal error: {type(exc).__name__}"
     else:
         message = str(exc) if not isinstance(exc, FileNotFoundError) else _not_found(exc)
+        message = printable(message)  # it may name a file
     body = orjson.dumps({"error": message} if style == "oip" else {"detail": message})
     return Reply(status, body, [*headers, *(extra or []), *json_headers(body)])
 

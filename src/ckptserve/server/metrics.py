@@ -26,6 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .names import printable
+
 if TYPE_CHECKING:
     from ..registry import ModelRegistry
     from ..versions import LoadAttempt
@@ -135,7 +137,7 @@ class Metrics:
         version = registry.version
         if version is None:
             return
-        new = (version.checkpoint, version.sha256)
+        new = (printable(version.checkpoint), version.sha256)
         old = self._info_labels.get(registry.name)
         if old == new:
             return

@@ -22,6 +22,7 @@ from ..inference import act
 from ..registry import LiveModel
 from ..validation import Bounds
 from .errors import ApiError, Reply, Style, error_reply, json_headers
+from .names import VERSION_HEADER
 from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
 
@@ -208,14 +209,14 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "detail", [(b"x-model-version", meta.tag)])
+        return error_reply(exc, "detail", [(VERSION_HEADER, meta.header)])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
     out["load_count"] = handle.registry.load_count
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256
     data = orjson.dumps(out)
-    return Reply(200, data, [*json_headers(data), (b"x-model-version", meta.tag)])
+    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header)])
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -333,7 +334,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "oip", [(b"x-model-version", meta.tag)])
+        return error_reply(exc, "oip", [(VERSION_HEADER, meta.header)])
     shape = [len(values), len(values[0])]
     output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
     tail = b""
@@ -344,7 +345,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         output["data"] = [a for row in values for a in row]
     response: dict[str, Any] = {
         "model_name": handle.name,
-        "model_version": meta.tag.decode(),
+        "model_version": meta.tag,
         "outputs": [output],
         "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
                        "load_count": handle.registry.load_count},
@@ -354,7 +355,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
     head = orjson.dumps(response)
     data = head + tail
     headers = [(b"content-type", b"application/octet-stream" if tail else b"application/json"),
-               (b"content-length", str(len(data)).encode()), (b"x-model-version", meta.tag)]  # fmt: skip
+               (b"content-length", str(len(data)).encode()), (VERSION_HEADER, meta.header)]  # fmt: skip
     if tail:
         headers.append((b"inference-header-content-length", str(len(head)).encode()))
     return Reply(200, data, headers)

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 
 from .routes import oip, ops, rl
+from .routes.common import JSONText
 from .schemas import (
     ADMIN,
     INFER_BODY,
@@ -59,7 +60,7 @@ class Route:
     body: Mapping[str, Any] | None = None
     lane: Lane | None = None
     warm: bool = False
-    response_class: type[Response] = JSONResponse
+    response_class: type[Response] = JSONText
 
 
 def route_table(prefix: str) -> tuple[Route, ...]:

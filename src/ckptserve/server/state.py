@@ -24,6 +24,7 @@ from ..registry import LiveModel, ModelRegistry
 from .batching import Batcher
 from .errors import ApiError
 from .metrics import Metrics, prune_dead_workers
+from .names import printable, version_header
 from .settings import ModelSpec, Settings
 
 __all__ = ["ModelHandle", "Runtime", "prepare_model_path"]
@@ -47,7 +48,8 @@ def prepare_model_path(path: str) -> None:
 @dataclass(slots=True)
 class _LiveMeta:
     live: LiveModel
-    tag: bytes
+    header: bytes  # the X-Model-Version value: the tag, made safe for a header
+    tag: str  # <checkpoint>@<sha256[:12]> for JSON bodies (names.printable)
     checkpoint: str
     sha256: str
     mtime: float
@@ -88,7 +90,8 @@ class ModelHandle:
         if meta is not None and meta.live is live:
             return meta
         v = live.version
-        meta = _LiveMeta(live, v.tag.encode(), v.checkpoint, v.sha256, v.mtime)
+        header = version_header(v.checkpoint, v.sha256)
+        meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256, v.mtime)
         self._meta = meta
         return meta
 

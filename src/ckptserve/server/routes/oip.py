@@ -7,18 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ... import __version__
 from ..errors import error_reply
 from ..predict import handle_model_request
-from .common import runtime_of, to_response
+from .common import JSONText, runtime_of, to_response
 
 __all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "server_metadata"]
 
 
-def _json(data: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status)
+def _json(data: dict[str, Any], status: int = 200) -> JSONText:
+    return JSONText(data, status_code=status)
 
 
 async def server_metadata() -> dict[str, Any]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 
 from ..errors import RETRY_AFTER
+from ..names import printable
 from ..page import render_page
-from .common import runtime_of
+from .common import JSONText, runtime_of
 
 __all__ = ["healthz", "metrics", "page", "readyz"]
 
@@ -25,12 +26,12 @@ async def readyz(request: Request) -> Response:
     reasons = runtime_of(request).not_ready()
     if reasons:
         detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
-        return JSONResponse(
+        return JSONText(
             {"detail": f"not ready: {detail}", "models": reasons},
             status_code=503,
             headers={"retry-after": RETRY_AFTER.decode()},
         )
-    return JSONResponse({"status": "ready", "models": list(runtime_of(request).models)})
+    return JSONText({"status": "ready", "models": list(runtime_of(request).models)})
 
 
 def metrics(request: Request) -> Response:
@@ -40,4 +41,4 @@ def metrics(request: Request) -> Response:
 
 def page(request: Request) -> HTMLResponse:
     """A small HTML page: each model's live version, load history, last error and staleness."""
-    return HTMLResponse(render_page(runtime_of(request)))
+    return HTMLResponse(printable(render_page(runtime_of(request))))

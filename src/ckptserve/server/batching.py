@@ -10,6 +10,10 @@ join it: at concurrency 1 batching costs nothing. A batch reaching `max_size` ro
 once. The flush runs one forward pass per live version among the waiting requests (a swap in the
 middle of a batch never mixes versions), on the event loop, as the unbatched path does.
 
+A pass that fails (the model raises for one client's input) is tried again in two halves, and so
+on down to single requests: only the requests whose input fails get the error, and one bad
+request in a batch of N costs about 2 log2(N) extra passes, not N.
+
 Worth it for models whose forward pass is memory-bound at batch 1 (large hidden layers): one pass
 over the weights serves the whole batch. For tiny models the per-request work around the forward
 pass dominates and batching buys little; `benchmarks/bench_batching.py` measures both.
@@ -114,25 +118,38 @@ class Batcher:
         for item in batch:
             groups.setdefault(id(item.live), []).append(item)
         for items in groups.values():
-            self.batches += 1
             self.requests += len(items)
-            try:
-                if len(items) == 1:
-                    out = forward(items[0].live, items[0].x)
-                else:
-                    out = forward(items[0].live, torch.cat([item.x for item in items]))
-            except Exception as exc:
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            if len(items) == 1:
-                if not items[0].future.done():
-                    items[0].future.set_result(out)
-                continue
-            start = 0
-            for item in items:
-                stop = start + item.n
-                if not item.future.done():
-                    item.future.set_result(out[start:stop])
-                start = stop
+            work = [items]
+            while work:
+                group = work.pop()
+                work.extend(self._settle(group, *_attempt(forward, group)))
+                self.batches += 1
+
+    def _settle(self, items: list[_Item], out: torch.Tensor | None,
+                error: Exception | None) -> list[list[_Item]]:  # fmt: skip
+        """Hand each request its rows of `out`; after a failed pass, the two halves to try again
+        (one request's bad input must not fail the others), or the error to a lone request."""
+        if error is not None:
+            if len(items) > 1:
+                half = len(items) // 2
+                return [items[half:], items[:half]]  # popped last first: oldest half first
+            if not items[0].future.done():
+                items[0].future.set_exception(error)
+            return []
+        assert out is not None
+        start = 0
+        for item in items:
+            stop = start + item.n
+            if not item.future.done():
+                item.future.set_result(out if len(items) == 1 else out[start:stop])
+            start = stop
+        return []
+
+
+def _attempt(forward: Forward, items: list[_Item]) -> tuple[torch.Tensor | None, Exception | None]:
+    """One forward pass over `items`' rows: its output, or the error it raised."""
+    try:
+        x = items[0].x if len(items) == 1 else torch.cat([item.x for item in items])
+        return forward(items[0].live, x), None
+    except Exception as exc:
+        return None, exc

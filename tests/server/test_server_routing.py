@@ -85,3 +85,19 @@ def test_create_app_keeps_the_runtime_on_its_state(tmp_path: Path) -> None:
     """`create_app(...).state.runtime`, as before the fast lane moved in front of FastAPI."""
     app = create_app(Settings(models=[ModelSpec(name="actor", path=str(tmp_path))]))
     assert app.state.runtime is app.runtime is app.app.state.runtime
+
+
+def test_every_route_that_takes_a_body_documents_and_answers_413(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """The fast lane refuses an over-limit body on every route but GET, before the route runs
+    (admin routes included, without a token): each of them lists 413."""
+    server = make_server(model_dir, max_body_bytes=64)
+    schema = server.client.get("/openapi.json").json()
+    for route in route_table("/rl"):
+        if route.method == "GET":
+            continue
+        where = route.path.replace("{model}", "actor").replace("{name}", "actor")
+        r = server.client.request(route.method, where, content=b"x" * 65)
+        assert r.status_code == 413, (route.method, where, r.status_code, r.text)
+        assert "413" in schema["paths"][route.path][route.method.lower()]["responses"], route.path

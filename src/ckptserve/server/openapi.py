@@ -80,7 +80,11 @@ def install(app: FastAPI, runtime: Runtime, table: Sequence[Route]) -> None:
             shape = body["schema"]["properties"]["inputs"]["items"]["properties"]["shape"]
             batch_dim = {"type": "integer", "minimum": 1, "maximum": runtime.settings.max_batch}
             obs = {"type": "integer", "enum": [shapes[0]["minItems"]]}
-            shape.update(prefixItems=[batch_dim, obs], minItems=2, items=False)
+            shape.clear()  # [batch, obs_dim], or [obs_dim] for one state
+            shape.update(type="array", anyOf=[
+                {"prefixItems": [batch_dim, obs], "minItems": 2, "items": False},
+                {"prefixItems": [obs], "minItems": 1, "items": False},
+            ])  # fmt: skip
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +28,9 @@ from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
 
 __all__ = ["handle_model_request", "infer", "parse_json", "predict"]
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -82,6 +86,11 @@ def check_row(row: Any, obs_dim: int | None, where: str) -> list[float]:
         if (t is not float and t is not int) or not (-F32_MAX <= v <= F32_MAX):
             raise ApiError(422, f"{where}[{i}] is {_describe(v)}")
     return row  # pragma: no cover
+
+
+def _short(v: Any) -> str:
+    """A client's value in an error message: its repr, cut short (any depth, any size)."""
+    return _REPR.repr(v)
 
 
 def _json_type(v: Any) -> str:
@@ -225,14 +234,34 @@ _DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("
 
 
 def _flatten(data: Any) -> list[Any]:
+    """`data` as one row-major list: flat already, or one list per row (no deeper)."""
     if type(data) is not list:
         raise ApiError(400, 'input "data" must be a list')
-    if data and type(data[0]) is list:
-        flat: list[Any] = []
-        for part in data:
-            flat.extend(_flatten(part))
-        return flat
-    return data
+    if not data or type(data[0]) is not list:
+        return data
+    flat: list[Any] = []
+    for row in data:
+        if type(row) is not list:
+            raise ApiError(400, 'input "data" must be flat or a list of rows, not a mix')
+        flat.extend(row)
+    return flat
+
+
+def _dimension(d: Any) -> int | None:
+    """A shape entry: a JSON integer, also written as `4.0` (JSON Schema's integers include it)."""
+    t = type(d)
+    if t is int:
+        return d if d >= 0 else None
+    if t is float and d.is_integer() and d >= 0:
+        return int(d)
+    return None
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    params = holder.get("parameters", {})
+    if type(params) is not dict:
+        raise ApiError(400, f"{where}parameters must be an object, not {_json_type(params)}")
+    return params
 
 
 def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
@@ -241,25 +270,23 @@ def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
         raise ApiError(400, 'the request needs exactly one input, named "state"')
     spec = inputs[0]
     if spec.get("name") != "state":
-        raise ApiError(400, f'unknown input {spec.get("name")!r}: the input is named "state"')
-    dtype = _DTYPES.get(str(spec.get("datatype")))
+        raise ApiError(400, f'unknown input {_short(spec.get("name"))}: the input is named "state"')
+    datatype = spec.get("datatype")
+    dtype = _DTYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
-        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {spec.get("datatype")!r}')
-    shape = spec.get("shape")
-    if (
-        type(shape) is not list
-        or not 1 <= len(shape) <= 2
-        or any(type(d) is not int or d < 0 for d in shape)
-    ):
-        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {shape!r}')
+        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {_short(datatype)}')
+    raw = spec.get("shape")
+    dims = [_dimension(d) for d in raw] if type(raw) is list and 1 <= len(raw) <= 2 else [None]
+    shape = [d for d in dims if d is not None]
+    if len(shape) != len(dims):
+        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {_short(raw)}')
     if len(shape) == 1:
         shape = [1, shape[0]]
     count = shape[0] * shape[1]
-    params = spec.get("parameters") or {}
-    size = params.get("binary_data_size") if type(params) is dict else None
+    size = _parameters(spec, 'input "state" ').get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or size > len(binary):
-            raise ApiError(400, f"binary_data_size {size!r} does not fit the request body")
+            raise ApiError(400, f"binary_data_size {_short(size)} does not fit the request body")
         if size != count * dtype.itemsize:
             raise ApiError(
                 422,
@@ -291,11 +318,9 @@ def _binary_output(request: dict[str, Any]) -> bool:
         for o in outputs:
             if type(o) is not dict or o.get("name") != "action":
                 raise ApiError(400, 'unknown output requested: the output is named "action"')
-            params = o.get("parameters") or {}
-            binary = binary or bool(type(params) is dict and params.get("binary_data"))
+            binary = binary or bool(_parameters(o, 'output "action" ').get("binary_data"))
         return binary
-    params = request.get("parameters") or {}
-    return bool(type(params) is dict and params.get("binary_data_output"))
+    return bool(_parameters(request, "").get("binary_data_output"))
 
 
 async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
@@ -314,6 +339,8 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         request, binary = parse_json(body), view[len(body) :]
     if type(request) is not dict:
         raise ApiError(400, "the inference request must be a JSON object")
+    if "id" in request and type(request["id"]) is not str:
+        raise ApiError(400, f'the request "id" must be a string, not {_json_type(request["id"])}')
     x = _oip_input(request, binary)
     want_binary = _binary_output(request)
     live = await handle.live()

@@ -116,15 +116,17 @@ class ModelHandle:
         return out
 
     def newest_mtime(self) -> float | None:
-        """The newest checkpoint on disk (timestamped files or the watched path), by mtime."""
+        """The newest checkpoint on disk (timestamped files, or the watched path when it is a
+        checkpoint: a manifest is not one, and rewriting it publishes nothing newer), by mtime."""
         best: float | None = None
         with contextlib.suppress(OSError):
             found = list_checkpoints(self.directory, self.prefix)
             if found:
                 best = found[0].stat().st_mtime
-        with contextlib.suppress(OSError):
-            watched = self.watched.stat().st_mtime
-            best = watched if best is None else max(best, watched)
+        if self.registry.source.kind != "manifest":
+            with contextlib.suppress(OSError):
+                watched = self.watched.stat().st_mtime
+                best = watched if best is None else max(best, watched)
         return best
 
     def staleness(self, now: float | None = None) -> tuple[float | None, float | None]:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import numpy as np
 import orjson
 import torch
@@ -22,6 +23,7 @@ import torch
 from ..inference import act
 from ..registry import LiveModel
 from ..validation import Bounds
+from .batching import OFF_LOOP_ROWS
 from .errors import ApiError, Reply, Style, error_reply, json_headers
 from .names import VERSION_HEADER
 from .schemas import F32_MAX
@@ -134,9 +136,11 @@ def _force_reload(query: bytes) -> bool:
 async def _forward_maybe_batched(handle: ModelHandle, live: LiveModel,
                                  x: torch.Tensor) -> list[list[float]]:  # fmt: skip
     batcher = handle.batcher
-    if batcher is None:
-        return _rows(_run_model(live, x))
-    return _rows(await batcher.run(live, x, _run_model))
+    if batcher is not None:
+        return _rows(await batcher.run(live, x, _run_model))
+    if x.shape[0] >= OFF_LOOP_ROWS:  # a large batch must not hold the event loop
+        return _rows(await anyio.to_thread.run_sync(_run_model, live, x))
+    return _rows(_run_model(live, x))
 
 
 def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:

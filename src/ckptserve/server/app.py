@@ -101,6 +101,8 @@ def create_app(settings: Settings) -> FastLane:
         version=__version__,
         summary="Serve a model that is still being trained: hot-reloaded, verified checkpoints.",
         lifespan=lifespan,
+        docs_url=None,  # the docs pages are in the route table, served without a CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime
     for route in table:
@@ -121,6 +123,7 @@ def _register(app: FastAPI, route: Route) -> None:
         responses={code: dict(doc) for code, doc in route.responses.items()},
         response_class=route.response_class,
         openapi_extra=json_body(dict(route.body)) if route.body is not None else None,
+        include_in_schema=route.in_schema,
     )
 
 

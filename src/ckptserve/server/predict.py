@@ -225,6 +225,7 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
         return error_reply(exc, "detail", [(VERSION_HEADER, meta.header)])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
+    out["version"] = meta.tag
     out["load_count"] = handle.registry.load_count
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from starlette.responses import HTMLResponse, Response
 
+from . import docs
 from .routes import oip, ops, rl
 from .routes.common import JSONText
 from .schemas import (
@@ -50,6 +51,7 @@ class Route:
         body: the JSON schema of a request body the endpoint reads itself.
         lane: the fast lane answers this route (POST), once per served model.
         warm: the lifespan GETs it once before serving (it must read no model).
+        in_schema: documented in `/openapi.json` (the docs pages themselves are not).
     """
 
     method: str
@@ -62,6 +64,7 @@ class Route:
     lane: Lane | None = None
     warm: bool = False
     response_class: type[Response] = JSONText
+    in_schema: bool = True
 
 
 def route_table(prefix: str) -> tuple[Route, ...]:
@@ -104,6 +107,14 @@ def route_table(prefix: str) -> tuple[Route, ...]:
         Route("GET", "/metrics", ops.metrics, "Prometheus metrics", "operations",
               response_class=Response),
         Route("GET", "/", ops.page, "Status page", "operations", response_class=HTMLResponse),
+        Route("GET", "/docs", docs.swagger_ui, "API docs", "docs", response_class=HTMLResponse,
+              in_schema=False),
+        Route("GET", "/docs/oauth2-redirect", docs.oauth2_redirect, "OAuth2 redirect", "docs",
+              response_class=HTMLResponse, in_schema=False),
+        Route("GET", "/redoc", docs.redoc, "API docs (ReDoc)", "docs", response_class=HTMLResponse,
+              in_schema=False),
+        Route("GET", f"{docs.ASSETS_PATH}/{{name}}", docs.asset, "API docs asset", "docs",
+              response_class=Response, in_schema=False),
     ]  # fmt: skip
     # The fast lane refuses a body over the limit on every route that takes one, with 413.
     return tuple(

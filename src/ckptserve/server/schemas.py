@@ -147,7 +147,11 @@ class PredictResponse(BaseModel):
 
     action: list[float] | None = None
     actions: list[list[float]] | None = None
-    model_version: float = Field(description="mtime of the live checkpoint")
+    model_version: float = Field(
+        description="mtime of the live checkpoint (the original API's field; OIP's `model_version` "
+        "is the `version` tag)"
+    )
+    version: str = Field(description="`<checkpoint>@<sha256[:12]>`, as in `X-Model-Version`")
     load_count: int
     checkpoint: str
     sha256: str

@@ -73,7 +73,7 @@ def test_a_strange_checkpoint_name_never_breaks_a_response(
     assert r.status_code == 200 and r.headers["x-model-version"].startswith(header + "@")
     assert r.json()["model_version"].startswith(printable(os.fsdecode(raw)) + "@")
     for route in route_table("/rl"):
-        if route.method == "GET":
+        if route.method == "GET" and route.in_schema:
             where = route.path.replace("{model}", "actor").replace("{name}", "actor")
             r = server.client.get(where)
             assert r.status_code == 200, (where, r.status_code, r.text[:300])

@@ -70,11 +70,11 @@ async def redoc(request: Request) -> HTMLResponse:
     )
 
 
-async def asset(name: str) -> Response:
+async def asset(file: str) -> Response:
     """One of the pages' files; any other name is a 404."""
-    media_type = ASSETS.get(name)
+    media_type = ASSETS.get(file)
     if media_type is None:
-        raise ApiError(404, f"no docs asset named {name!r}")
-    path = files("fastapi_offline") / "static" / name
+        raise ApiError(404, f"no docs asset named {file!r}")
+    path = files("fastapi_offline") / "static" / file
     return FileResponse(str(path), media_type=media_type,
                         headers={"cache-control": "public, max-age=86400"})  # fmt: skip

@@ -44,7 +44,7 @@ class Route:
 
     Args:
         method: the HTTP method.
-        path: the path, with at most one parameter (`{model}`, `{name}`), which names a model.
+        path: the path, with at most one parameter: `{model}` or `{name}` names a model.
         endpoint: the FastAPI endpoint.
         summary: the operation's summary; `tag` groups it in the docs.
         responses: the documented statuses besides FastAPI's own.
@@ -113,7 +113,7 @@ def route_table(prefix: str) -> tuple[Route, ...]:
               response_class=HTMLResponse, in_schema=False),
         Route("GET", "/redoc", docs.redoc, "API docs (ReDoc)", "docs", response_class=HTMLResponse,
               in_schema=False),
-        Route("GET", f"{docs.ASSETS_PATH}/{{name}}", docs.asset, "API docs asset", "docs",
+        Route("GET", f"{docs.ASSETS_PATH}/{{file}}", docs.asset, "API docs asset", "docs",
               response_class=Response, in_schema=False),
     ]  # fmt: skip
     # The fast lane refuses a body over the limit on every route that takes one, with 413.

@@ -156,15 +156,17 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def wrk(url: str, body: Path, concurrency: int, duration: float, name: str = "",
-        server: Server | None = None) -> Row:  # fmt: skip
+        server: Server | None = None, *, script: Path = POST_LUA,
+        env: dict[str, str] | None = None) -> Row:  # fmt: skip
     """One wrk run (one thread, `concurrency` connections) pinned to LOAD_CPUS; with `server`,
-    also the server's CPU time per request."""
+    also the server's CPU time per request. `script` and `env` change the wrk script (default:
+    POST the file `body` names)."""
     cmd = ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s",
-           "--latency", "-s", str(POST_LUA), url]  # fmt: skip
+           "--latency", "-s", str(script), url]  # fmt: skip
     pgid = server.proc.pid if server is not None and server.proc is not None else None
     cpu0 = group_cpu_seconds(pgid) if pgid else 0.0
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BODY": str(body)},
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "BODY": str(body), **(env or {})}, check=True).stdout  # fmt: skip
     cpu = group_cpu_seconds(pgid) - cpu0 if pgid else float("nan")
     rps = p50 = p99 = float("nan")
     requests = 0
@@ -230,3 +232,153 @@ def workdir(keep: str | None = None) -> Iterator[Path]:
     finally:
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- pieces shared by the curve scripts (bench_sizes, bench_models, bench_scaling, bench_peers) ----
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port that is free now, and so are the `span - 1` ports after it."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + span > 65535:
+            continue
+        try:
+            for extra in range(1, span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + extra))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port range found")
+
+
+def get_json(url: str, timeout: float = 5.0) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text exposition as {'name{labels}': value} (the labels exactly as written)."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = float(value)
+    return out
+
+
+def lag_buckets(metrics: dict[str, float]) -> dict[float, float]:
+    """`ckptserve_event_loop_lag_seconds` as {bucket upper bound: cumulative count}."""
+    out: dict[float, float] = {}
+    for key, value in metrics.items():
+        if key.startswith("ckptserve_event_loop_lag_seconds_bucket{"):
+            le = re.search(r'le="([^"]+)"', key)
+            if le:
+                out[float("inf") if le.group(1) == "+Inf" else float(le.group(1))] = value
+    return out
+
+
+def worst_lag(before: dict[float, float], after: dict[float, float]) -> float:
+    """The upper bound of the highest lag bucket that gained ticks between two scrapes (seconds;
+    0 when no tick landed). The buckets are the resolution: 1, 2, 3, 5, 7.5, 10, 15, 20, 30 ms..."""
+    worst, previous = 0.0, 0.0
+    for le in sorted(after):
+        gained = after[le] - before.get(le, 0.0)
+        if gained - previous > 0:
+            worst = le
+        previous = gained
+    return worst
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes (from /proc/PID/status)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0: clear_refs 5);
+    False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def versions() -> dict[str, str]:
+    """ckptserve (package version and git commit of this checkout), Python and torch."""
+    import platform
+
+    import torch
+
+    import ckptserve
+
+    rev = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return {"ckptserve": f"{ckptserve.__version__} (commit {rev})",
+            "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_doc_block(name: str, text: str, doc: Path = DOC) -> None:
+    """Replace what docs/benchmarks.md holds between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+    with `text` (the scripts' `--docs`)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = doc.read_text()
+    if begin not in old or end not in old:
+        raise SystemExit(f"{doc} has no {begin} ... {end} block")
+    if text.startswith("# "):  # the results file's title: the docs' own heading stands for it
+        text = text.split("\n", 1)[1]
+    head, rest = old.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
+    print(f"updated the {name} block of {doc}", file=sys.stderr)
+
+
+def results_path(name: str, given: str | None, smoke: bool) -> Path:
+    """Where a run writes NAME.md / NAME.json: `given`, else benchmarks/results/NAME, except that
+    a smoke run does not overwrite the record there (it writes to $TMPDIR/ckptserve-smoke/)."""
+    if given:
+        return Path(given)
+    if smoke:
+        return Path(tempfile.gettempdir()) / "ckptserve-smoke" / name
+    return ROOT / "benchmarks" / "results" / name
+
+
+def plot_path(name: str, given: str | None, docs: bool, results: Path) -> Path:
+    """The plot: `given`, else docs/bench_NAME.png with `--docs`, else beside the results."""
+    if given:
+        return Path(given)
+    return ROOT / "docs" / f"bench_{name}.png" if docs else results.with_suffix(".png")
+
+
+def log_axis(axis: object) -> None:
+    """A log-scale matplotlib axis labelled 1, 2, 5, 10, 20, 50 ... in plain numbers."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # type: ignore[attr-defined]
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # type: ignore[attr-defined]
+    axis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ckptserve import CheckpointError, ValidationError, VersionKey
-from ckptserve.attempts import AttemptLog, as_checkpoint_error
+from ckptserve._attempts import AttemptLog, as_checkpoint_error
 from ckptserve.sources import Snapshot
 
 SHA = "ab" * 32

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ckptserve.background import BackgroundWorker
+from ckptserve._worker import BackgroundWorker
 
 
 def test_a_run_is_busy_until_it_finishes():

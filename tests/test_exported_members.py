@@ -35,7 +35,6 @@ def test_all_is_pinned_and_sorted():
         "Source",
         "ValidationError",
         "VersionKey",
-        "WouldBlock",
         "__version__",
         "confine",
         "list_checkpoints",

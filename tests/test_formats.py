@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+import ckptserve
 from ckptserve import (
     CheckpointError,
     ExportedPolicy,
@@ -21,6 +23,7 @@ from ckptserve import (
     state_dict_loader,
 )
 from ckptserve.formats import check_safetensors, check_zip, read_weights
+from ckptserve.naming import FORMAT_NAMES
 from core_helpers import FORMATS, WEIGHTS_FORMATS, action_of, loader_for, record_span
 from policies import Actor, make_actor, make_actor_from, seeded_actor
 
@@ -171,16 +174,6 @@ def test_allow_formats_refuses_before_loading(fmt, tmp_path, checkpoint_bytes):
         load(checkpoint_bytes(fmt, 0), tmp_path, allow_formats={"safetensors"})
 
 
-def test_private_copy_is_what_gets_loaded(tmp_path, checkpoint_bytes):
-    """With copy_to, the checked bytes are loaded from a private copy, not the original path."""
-    original = tmp_path / "actor_latest.pt"
-    original.write_bytes(b"replaced by a writer after the read")
-    data = checkpoint_bytes("torchscript", 1)
-    loaded = load_checkpoint(original, data=data, copy_to=tmp_path / "cache" / "abc")
-    assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(1)))
-    assert (tmp_path / "cache" / "abc.pt").read_bytes() == data
-
-
 def test_safetensors_file_written_by_hand_loads_with_a_factory(tmp_path):
     """Plain safetensors weights (no ckptserve metadata) load through a factory."""
     actor = seeded_actor(3)
@@ -218,7 +211,7 @@ def test_exported_policy_keeps_the_output_structure(tmp_path):
     """An exported model returning a bare tensor is served returning a bare tensor."""
     torch.manual_seed(5)
     actor = BareActor().eval()
-    loaded = load_checkpoint(publish(actor, tmp_path), copy_to=tmp_path / "cache" / "x")
+    loaded = load_checkpoint(publish(actor, tmp_path))
     state = torch.randn(3, 4)
     with torch.inference_mode():
         got = loaded.model(state, True)
@@ -257,3 +250,108 @@ def test_truncated_safetensors_without_checksum_is_refused(tmp_path):
     data = save_safetensors({k: v.contiguous() for k, v in seeded_actor(0).state_dict().items()})
     with pytest.raises(IntegrityError, match="truncated"):
         check_safetensors(data[:-4])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_format_of_the_table_reads_what_it_writes(name, tmp_path):
+    """`FORMATS[name]` writes bytes that `sniff` names `name`, that pass its check, and that its
+    read gives back with the metadata; the weights formats read as a dict of tensors."""
+    fmt = ckptserve.FORMATS[name]
+    data = fmt.write(seeded_actor(0), json.dumps({"obs_dim": 4}), torch.zeros(2, 4))
+    assert sniff(data) == name
+    path = tmp_path / "checkpoint.bin"
+    path.write_bytes(data)
+    loaded = fmt.read(path, "cpu")
+    assert loaded.format == name and loaded.metadata == {"obs_dim": 4}
+    if fmt.needs_factory:
+        assert loaded.model.keys() == seeded_actor(0).state_dict().keys()
+    else:
+        assert action_of(loaded.model) == pytest.approx(action_of(seeded_actor(0)))
+
+
+def test_the_format_table_is_named_as_naming_declares():
+    """`ckptserve.FORMATS` maps the names of `naming.FORMAT_NAMES`, in that order, to formats;
+    only TorchScript runs code on load, and the weights formats need a factory."""
+    assert tuple(ckptserve.FORMATS) == FORMAT_NAMES
+    assert {n for n, f in ckptserve.FORMATS.items() if f.needs_factory} == set(WEIGHTS_FORMATS)
+    assert [n for n, f in ckptserve.FORMATS.items() if f.runs_code_on_load] == ["torchscript"]
+
+
+# ---- a pickled module, and reasons in one line --------------------------------------------------
+
+
+class FlatActor(torch.nn.Module):
+    """A module with its own parameters and no submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, 4))
+
+    def forward(self, state, deterministic=True):
+        return state @ self.weight.T, None
+
+
+def assert_one_line(reason: str) -> None:
+    assert "\n" not in reason and "\x1b" not in reason and len(reason) < 400, repr(reason)
+
+
+@pytest.mark.parametrize(
+    ("model", "protocol"),
+    [(seeded_actor(0), 2), (seeded_actor(0), 4), (FlatActor(), 2)],
+    ids=["actor", "actor-protocol-4", "flat-module"],
+)
+@pytest.mark.parametrize("with_factory", [False, True], ids=["auto", "factory"])
+def test_a_pickled_module_is_named_as_one_with_the_two_ways_to_resave_it(
+    model, protocol, with_factory, tmp_path
+):
+    """`torch.save(model)` is reported as a pickled module that can run code, refused, with
+    publish() and state_dict() + --factory as the ways out, in one line without escapes; not
+    as a weights file that needs a factory, and not as PyTorch's page of advice."""
+    path = tmp_path / "model.pt"
+    torch.save(model, path, pickle_protocol=protocol)
+    loader = state_dict_loader(make_actor) if with_factory else "auto"
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, loader=loader)
+    reason = str(info.value)
+    assert reason.startswith("a pickled module (torch.save(model))"), reason
+    assert "run any code" in reason and "publish(" in reason
+    assert "torch.save(model.state_dict(), path)" in reason and "--factory" in reason
+    assert "weights_only=False" not in reason
+    assert_one_line(reason)
+
+
+def test_torch_refusing_a_pickle_is_told_in_one_line(tmp_path, monkeypatch):
+    """Where only torch's weights_only check sees the pickle (too big to scan here), its
+    refusal becomes one line naming the global it refused, without its advice."""
+    monkeypatch.setattr("ckptserve._pytorch._SCANNED", 0)
+    path = tmp_path / "model.pt"
+    torch.save(seeded_actor(0), path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, loader=state_dict_loader(make_actor))
+    reason = str(info.value)
+    assert "references policies.Actor" in reason and "weights_only=False" not in reason
+    assert_one_line(reason)
+
+
+def test_a_state_dict_with_a_modules_key_is_not_a_module(tmp_path):
+    """Plain tensors under keys named like a module's state still load."""
+    path = tmp_path / "weights.pt"
+    torch.save({"_modules": torch.zeros(1), "_parameters": torch.ones(1)}, path)
+    state, _ = read_weights(path, "state_dict")
+    assert set(state) == {"_modules", "_parameters"}
+
+
+def test_every_load_error_reason_is_one_line(tmp_path, checkpoint_bytes):
+    """A loader's multi-line reason with terminal escapes, and a factory whose module does not
+    fit (PyTorch's reason spans lines), come out of load_checkpoint as one line."""
+
+    def noisy(path, fmt, device):
+        raise IntegrityError("first line\n\tsecond \x1b[1mbold\x1b[0m line")
+
+    data = checkpoint_bytes("state_dict", 0)
+    with pytest.raises(IntegrityError) as info:
+        load(data, tmp_path, loader=noisy)
+    assert str(info.value) == "first line second bold line"
+    with pytest.raises(CheckpointError, match="do not fit") as info:
+        load(data, tmp_path, loader=state_dict_loader(lambda: Actor(hidden=16)))
+    assert_one_line(str(info.value))

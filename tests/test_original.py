@@ -17,6 +17,10 @@ from pydantic import BaseModel
 from ckptserve import ModelRegistry
 from ckptserve.inference import act
 
+#: The original actor has no weights to tell its observation size, and ckptserve never serves a
+#: model it could not probe: the size is configured, as `--obs-dim` would.
+OBS_DIM = 3
+
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
@@ -76,7 +80,7 @@ class TestModelRegistry:
     def test_cold_start_raises_before_file_exists(self, model_dir):
         """Before the file exists the registry is not loaded."""
         model_dir.mkdir(parents=True)
-        registry = ModelRegistry(model_dir / "actor_latest.pt")
+        registry = ModelRegistry(model_dir / "actor_latest.pt", obs_dim=OBS_DIM)
         assert not registry.is_loaded
 
     def test_loads_on_first_get(self, model_dir, dummy_actor):
@@ -84,7 +88,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        registry = ModelRegistry(path)
+        registry = ModelRegistry(path, obs_dim=OBS_DIM)
         registry.get_model()
         assert registry.is_loaded
         assert registry.load_count == 1
@@ -94,7 +98,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        registry = ModelRegistry(path)
+        registry = ModelRegistry(path, obs_dim=OBS_DIM)
         registry.get_model()
         assert registry.load_count == 1
         # The original slept 10 ms to get a new mtime; the stat key needs no sleep, and the
@@ -109,7 +113,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        registry = ModelRegistry(path)
+        registry = ModelRegistry(path, obs_dim=OBS_DIM)
         registry.get_model()
         registry.get_model()
         registry.get_model()
@@ -120,7 +124,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        registry = ModelRegistry(path)
+        registry = ModelRegistry(path, obs_dim=OBS_DIM)
         registry.get_model()
         registry.get_model(force_reload=True)
         assert registry.load_count == 2
@@ -130,7 +134,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        app = minimal_router(ModelRegistry(path))
+        app = minimal_router(ModelRegistry(path, obs_dim=OBS_DIM))
 
         async def call() -> tuple[httpx.Response, httpx.Response]:
             transport = httpx.ASGITransport(app=app)
@@ -153,7 +157,7 @@ class TestModelRegistry:
         model_dir.mkdir(parents=True)
         path = model_dir / "actor_latest.pt"
         torch.jit.save(dummy_actor, path)
-        registry = ModelRegistry(path)
+        registry = ModelRegistry(path, obs_dim=OBS_DIM)
         errors = []
 
         def reload_worker():

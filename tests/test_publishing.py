@@ -6,8 +6,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +230,82 @@ def test_tied_weights_publish_and_load(fmt, tmp_path):
     state = torch.randn(2, 4)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model(state)[0], actor(state)[0])
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (`umask(0o022)`), restored afterwards."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield lambda mask: os.umask(mask)
+    os.umask(before)
+
+
+def published_files(directory) -> list:
+    return [p for p in directory.iterdir() if not p.is_symlink()]
+
+
+@pytest.mark.parametrize(
+    ("mask", "mode"),
+    [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+    ids=["umask-022", "umask-002", "umask-077"],
+)
+def test_published_files_follow_the_umask(mask, mode, tmp_path, umask):
+    """The checkpoint and the manifest get 0666 minus the umask (0644 under 022), as any file
+    the trainer writes would, so a server running as another user can read them."""
+    umask(mask)
+    publish(seeded_actor(0), tmp_path, format="state_dict")
+    files = published_files(tmp_path)
+    assert {p.suffix for p in files} >= {".pt", ".json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {
+        p.name: oct(mode) for p in files
+    }
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_a_server_running_as_another_user_can_read_what_publish_wrote(umask):
+    """Under umask 022, an unprivileged user (nobody, via setpriv) reads the checkpoint and
+    the manifest that root published."""
+    umask(0o022)
+    root = Path(tempfile.mkdtemp(prefix="ckptserve-umask-"))
+    try:
+        root.chmod(0o755)
+        checkpoint = publish(seeded_actor(0), root / "models", format="state_dict")
+        for path in (checkpoint, root / "models" / "actor_latest.json"):
+            result = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+                capture_output=True,
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stdout == path.read_bytes()
+    finally:
+        shutil.rmtree(root)
+
+
+def test_safetensors_are_published_as_dot_safetensors(tmp_path):
+    """A safetensors checkpoint and its latest link end in `.safetensors`; the manifest names it."""
+    path = publish(seeded_actor(0), tmp_path, format="safetensors")
+    assert re.fullmatch(r"actor_\d{8}_\d{6}\.safetensors", path.name)
+    latest = tmp_path / "actor_latest.safetensors"
+    assert latest.is_symlink() and os.readlink(latest) == path.name
+    assert json.loads((tmp_path / "actor_latest.json").read_text())["checkpoint"] == path.name
+    assert list_checkpoints(tmp_path) == [path]
+    assert not (tmp_path / "actor_latest.pt").exists()
+
+
+def test_switching_format_keeps_one_latest_link_and_one_retention(tmp_path, monkeypatch):
+    """From `.pt` to `.safetensors` and back within one second: names number on across both
+    suffixes, the other suffix's latest link goes, retention counts both."""
+    freeze_clock(monkeypatch, datetime(2026, 4, 12, 14, 30, 22, tzinfo=timezone.utc))
+    first = publish(seeded_actor(0), tmp_path, format="state_dict", keep=2)
+    second = publish(seeded_actor(1), tmp_path, format="safetensors", keep=2)
+    assert second.name == f"{first.stem}_1.safetensors"
+    assert not os.path.lexists(tmp_path / "actor_latest.pt")
+    assert os.readlink(tmp_path / "actor_latest.safetensors") == second.name
+    third = publish(seeded_actor(2), tmp_path, format="export", keep=2)
+    assert third.name == f"{first.stem}_2.pt"
+    assert not os.path.lexists(tmp_path / "actor_latest.safetensors")
+    assert list_checkpoints(tmp_path) == [third, second]
+    assert not first.exists()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-import ckptserve.watching
+import ckptserve._watching
 from ckptserve import (
     CheckpointError,
     IntegrityError,
@@ -25,10 +25,9 @@ from ckptserve import (
     ModelRegistry,
     ModelVersion,
     VersionKey,
-    WouldBlock,
     publish,
 )
-from ckptserve.sources import latest_in_directory
+from ckptserve.naming import latest_in_directory
 from core_helpers import (
     FORMATS,
     SWAPS,
@@ -317,7 +316,8 @@ def test_mixed_zip_with_old_directory_is_rejected(ckpt_path, checkpoint_bytes, m
 
 
 def test_key_change_during_load_discards_the_model(ckpt_path, checkpoint_bytes, make_registry):
-    """When the stat key moves while a load runs, that load is discarded and retried."""
+    """When the stat key moves while a load runs, that load is discarded as superseded (not a
+    failure) and the newer content is loaded in the same check."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
     writes = iter([checkpoint_bytes("torchscript", 1)])
 
@@ -328,11 +328,10 @@ def test_key_change_during_load_discards_the_model(ckpt_path, checkpoint_bytes, 
             write_in_place(ckpt_path, data)
 
     registry = make_registry(ckpt_path, validate=writer_strikes_mid_load)
-    with pytest.raises(ModelNotAvailable, match="torn write"):
-        registry.get_model()
-    assert registry.load_count == 0
     assert action_of(registry.get_model()) == pytest.approx(expected_action(1))
+    assert [a.result for a in registry.history] == ["superseded", "ok"]
     assert registry.load_count == 1
+    assert registry.last_error is None
 
 
 def test_what_is_loaded_is_the_bytes_that_were_hashed(ckpt_path, checkpoint_bytes, make_registry):
@@ -517,9 +516,11 @@ def test_empty_directory_is_not_listed_on_every_call(
     entry appears in it: a checkpoint copied in is still found at the next call."""
     listed: list[Path] = []
     monkeypatch.setattr(
-        ckptserve.watching,
+        ckptserve._watching,
         "latest_in_directory",
-        lambda directory, name: listed.append(directory) or latest_in_directory(directory, name),
+        lambda directory, name, **kw: (
+            listed.append(directory) or latest_in_directory(directory, name, **kw)
+        ),
     )
     then = time.time_ns() - 10_000_000_000  # its last change well past any timestamp tick
     os.utime(tmp_path, ns=(then, then))
@@ -529,7 +530,7 @@ def test_empty_directory_is_not_listed_on_every_call(
         with pytest.raises(ModelNotAvailable):
             registry.get_model()
     elapsed = time.monotonic() - started
-    assert 1 <= len(listed) <= 1 + elapsed / ckptserve.watching.RESCAN_EVERY
+    assert 1 <= len(listed) <= 1 + elapsed / ckptserve._watching.RESCAN_EVERY
 
     (tmp_path / "actor_latest.pt").write_bytes(checkpoint_bytes("torchscript", 0))
     assert registry.get_model() is not None
@@ -807,7 +808,7 @@ def test_background_nice_outside_what_nice_allows_is_a_configuration_error(ckpt_
         ModelRegistry(ckpt_path, background_nice=nice)
 
 
-# ---- swap="background" and block=False --------------------------------------------------------------
+# ---- swap modes: stale(), check() and the scheduling policies --------------------------------------------------------------
 
 
 def test_background_callers_never_wait_once_live(ckpt_path, checkpoint_bytes, make_registry):
@@ -831,7 +832,7 @@ def test_background_callers_never_wait_once_live(ckpt_path, checkpoint_bytes, ma
     assert registry.loading
     for _ in range(100):  # the worker is stuck in validate(): none of these may wait for it
         assert registry.get_model() is first
-        assert registry.get(block=False).model is first
+        assert registry.get().model is first
     assert registry.status()["loading"] is True
     assert not registry.wait_idle(timeout=0.01)
 
@@ -849,59 +850,80 @@ def test_background_cold_start_loads_in_the_caller(ckpt_path, checkpoint_bytes, 
     assert registry.load_count == 1
 
 
-def test_nonblocking_get_raises_would_block_when_a_load_is_needed(
+def test_stale_tells_that_a_look_is_needed_and_loads_nothing(
     ckpt_path, checkpoint_bytes, make_registry
 ):
-    """get(block=False) never loads in the calling thread; it says WouldBlock instead."""
+    """stale() compares tokens only; check() is the one step that loads."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
     registry = make_registry(ckpt_path)
-    with pytest.raises(ModelNotAvailable):  # nothing to load at all: not WouldBlock
-        registry.get(block=False)
-    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
-    with pytest.raises(WouldBlock):
-        registry.get(block=False)
-    live = registry.get()
-    assert registry.get(block=False) is live
+    assert registry.stale()  # nothing decided yet
+    assert registry.current is None
+    assert registry.check().result == "ok"
+    live = registry.current
+    assert not registry.stale()
 
     write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
-    with pytest.raises(WouldBlock):  # sync mode: the new file must be loaded by someone
-        registry.get(block=False)
-    with pytest.raises(WouldBlock):
-        registry.get(force_reload=True, block=False)
-    assert registry.load_count == 1
+    assert registry.stale() and registry.stale()  # asking twice changes nothing
+    assert registry.current is live and registry.load_count == 1
+    assert registry.check().result == "ok"
+    assert registry.current is not live
+    assert not registry.stale()
+
+
+def test_stale_looks_at_most_once_per_check_interval_and_check_ignores_it(
+    ckpt_path, checkpoint_bytes, make_registry
+):
+    """With check_interval, stale() stats the file at most once per interval; check() always looks."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    registry = make_registry(ckpt_path, check_interval=3600)
+    registry.check()
+    write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
+    assert not registry.stale()  # within the interval: not looked at
+    assert registry.check().result == "ok"
+
+
+def test_sync_policy_lets_the_caller_check_a_new_checkpoint(
+    ckpt_path, checkpoint_bytes, make_registry
+):
+    """In sync mode a new token is the caller's to check: serve_stale answers None."""
+    ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
+    registry = make_registry(ckpt_path)
+    assert registry.policy.serve_stale(registry) is None  # nothing live: the caller checks
+    live = registry.get()
+    write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
+    assert registry.policy.serve_stale(registry) is None
+    assert not registry.loading
     assert registry.get() is not live
 
 
-def test_would_block_then_blocking_get_loads_despite_check_interval(
+def test_sync_retry_of_a_failed_file_runs_on_the_worker_while_a_model_is_live(
     ckpt_path, checkpoint_bytes, make_registry
 ):
-    """After WouldBlock, the same call from a worker thread loads at once, interval or not."""
+    """An unchanged bad file is retried every retry_after off the request path: the live model
+    answers at once and the retry runs on the worker."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
-    registry = make_registry(ckpt_path, check_interval=0.02)
+    registry = make_registry(ckpt_path, retry_after=0.0)
     live = registry.get()
-    write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
-
-    def would_block() -> bool:
-        try:
-            registry.get(block=False)
-        except WouldBlock:
-            return True
-        return False
-
-    wait_for(would_block, what="the next check to see the new file")
-    assert registry.get() is not live
+    write_atomic(ckpt_path, b"garbage" * 100)
+    assert registry.check().result == "failed"
+    assert registry.stale()  # the retry is due at once
+    assert registry.policy.serve_stale(registry) is live
+    assert registry.wait_idle(30)
+    assert registry.history[-1].result == "failed"
+    assert registry.current is live
 
 
-def test_nonblocking_get_in_background_mode_schedules_the_load(
+def test_background_policy_schedules_the_check_and_answers_with_the_live_model(
     ckpt_path, checkpoint_bytes, make_registry
 ):
-    """In background mode get(block=False) returns the live handle and loads on the worker."""
+    """In background mode a stale registry returns the live handle and loads on the worker."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))
     registry = make_registry(ckpt_path, swap="background")
     live = registry.get()
     write_atomic(ckpt_path, checkpoint_bytes("torchscript", 1))
-    assert registry.get(block=False) is live
+    assert registry.get() is live
     assert registry.wait_idle(30)
-    assert registry.get(block=False) is not live
+    assert registry.get() is not live
 
 
 def test_close_removes_the_private_copies(ckpt_path, checkpoint_bytes, tmp_path):
@@ -1014,3 +1036,29 @@ def test_a_load_that_outlasts_close_keeps_nothing(ckpt_path, checkpoint_bytes):
     loader.join(30)
     assert registry.current is None and len(outcome) == 1
     assert not copies.exists()
+
+
+class StateOnlyActor(torch.nn.Module):
+    """A CleanRL-style actor: `forward(x)` takes the state alone and returns the action."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.mu(x))
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])
+def test_an_actor_whose_forward_takes_the_state_alone_is_published_and_served(
+    tmp_path, make_registry, fmt
+):
+    """`forward(x)` (no deterministic flag) is called as `forward(x)`, by publish() and the server."""
+    torch.manual_seed(3)
+    actor = StateOnlyActor().eval()
+    publish(actor, tmp_path, format=fmt)
+    served = make_registry(tmp_path).get_model()
+    x = torch.full((1, 4), 0.5)
+    with torch.inference_mode():
+        got, want = served(x, True), actor(x)
+    assert float(got[0, 0]) == pytest.approx(float(want[0, 0]), abs=1e-6)

@@ -17,7 +17,7 @@ def test_metadata_fills_what_is_not_configured():
     expect = expectations_for({"obs_dim": 4, "action_dim": 2, "action_low": -1, "action_high": 1})
     assert (expect.obs_dim, expect.action_dim) == (4, 2)
     assert expect.action_bounds == Bounds((-1.0,), (1.0,))
-    assert expectations_for({}).action_dim == 1  # the original's single position signal
+    assert expectations_for({}).action_dim is None  # nothing says: the first model decides
 
 
 def test_configuration_wins_and_contradictions_are_rejected():
@@ -82,13 +82,13 @@ def test_bounds_at_gives_each_elements_limits():
 
 def test_probe_accepts_a_good_model_and_infers_the_observation_size():
     """A model with finite [batch, 1] actions passes; obs size comes from its first weight."""
-    assert probe(seeded_actor(0), expectations_for({})) == 4
+    assert probe(seeded_actor(0), expectations_for({})).obs_dim == 4
 
 
 @pytest.mark.parametrize(
     ("model", "metadata", "message"),
     [
-        (Actor(action_dim=2), {"obs_dim": 4}, "shape"),
+        (Actor(action_dim=2), {"obs_dim": 4, "action_dim": 1}, "shape .*--action-dim"),
         (ConstantActor(math.nan), {"obs_dim": 4}, "not finite"),
         (ConstantActor(math.inf), {"obs_dim": 4}, "not finite"),
         (ConstantActor(3.0), {"obs_dim": 4, "action_high": 1.0}, "action bounds"),
@@ -127,6 +127,34 @@ def test_probe_state_lies_inside_the_observation_bounds():
     expect = expectations_for(
         {"obs_dim": 3, "obs_low": [0.5, -1, -1], "obs_high": 2.0, "action_high": 1.0}
     )
-    assert probe(EchoActor(), expect) == 3
+    assert probe(EchoActor(), expect).obs_dim == 3
     with pytest.raises(ValidationError, match="action bounds"):
         probe(EchoActor(), expectations_for({"obs_dim": 3, "obs_low": 1.5, "action_high": 1.0}))
+
+
+def test_with_nothing_said_the_model_gives_the_action_shape():
+    """No flag, no metadata, nothing live: a 2-action model is served with 2 actions."""
+    assert probe(Actor(action_dim=2).eval(), expectations_for({})).action_dim == 2
+
+
+def test_the_live_models_sizes_lock_what_a_candidate_may_have():
+    """A candidate whose actions (or declared sizes) differ from the live model's is rejected,
+    and the refusal says what sets the size."""
+    served = probe(seeded_actor(0), expectations_for({}))
+    with pytest.raises(ValidationError, match=r"shape \[1, 2\], expected \[1, 1\].*--action-dim"):
+        probe(Actor(action_dim=2).eval(), expectations_for({}, served=served))
+    with pytest.raises(ValidationError, match="declares action_dim=2, the live model serves 1"):
+        expectations_for({"action_dim": 2}, served=served)
+    assert expectations_for({"action_dim": 2}, action_dim=2, served=served).action_dim == 2
+
+
+def test_a_model_whose_observation_size_nobody_states_is_refused():
+    """The probe is never skipped: without obs_dim anywhere, the refusal names --obs-dim."""
+    with pytest.raises(ValidationError, match="--obs-dim"):
+        probe(EchoActor(), expectations_for({}))
+
+
+def test_a_huge_observation_size_is_refused_before_anything_is_allocated():
+    """obs_dim=5e8 in metadata would cost 2 GB for the probe state: refused up front."""
+    with pytest.raises(ValidationError, match="over the"):
+        expectations_for({"obs_dim": 5e8})

@@ -1,5 +1,5 @@
-"""Specifications for watching.py: per-source decision state, and when an empty directory is
-looked into again."""
+"""Specifications for _watching.py: the per-source state machine, and when a directory whose
+followed path is missing is looked into again."""
 
 from __future__ import annotations
 
@@ -10,10 +10,22 @@ from pathlib import Path
 
 import pytest
 
-import ckptserve.watching
+import ckptserve._watching
 from ckptserve import FileSource
-from ckptserve.sources import latest_in_directory
-from ckptserve.watching import RESCAN_EVERY, UNSEEN, DirectoryWatch, SourceState
+from ckptserve._watching import (
+    RESCAN_EVERY,
+    UNSEEN,
+    Action,
+    DirectoryWatch,
+    Outcome,
+    Phase,
+    SourceState,
+    Timing,
+    Watch,
+    advance,
+    next_action,
+)
+from ckptserve.naming import latest_in_directory
 
 
 @pytest.fixture
@@ -21,11 +33,11 @@ def listings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The directories DirectoryWatch listed, in order."""
     listed: list[Path] = []
 
-    def counting(directory: Path, name: str) -> Path:
+    def counting(directory: Path, name: str, **kw: bool) -> Path:
         listed.append(directory)
-        return latest_in_directory(directory, name)
+        return latest_in_directory(directory, name, **kw)
 
-    monkeypatch.setattr(ckptserve.watching, "latest_in_directory", counting)
+    monkeypatch.setattr(ckptserve._watching, "latest_in_directory", counting)
     return listed
 
 
@@ -86,22 +98,63 @@ def test_a_missing_directory_is_not_listed_on_every_call(tmp_path, listings):
     assert len(listings) == 1
 
 
+TIMING = Timing(retry_after=5.0, verify_every=2.0, rescan_every=0.5)
+
+
+def moved(state: SourceState, outcome: Outcome, token: object = "t1", sha: str | None = "a" * 64,
+          now: float = 100.0) -> SourceState:  # fmt: skip
+    return advance(state, outcome, token=token, sha256=sha, now=now, timing=TIMING)
+
+
 def test_a_new_source_state_has_decided_nothing(tmp_path):
-    """A fresh state has seen no token, so the first look at its source decides."""
+    """A fresh watch has seen no token, so the first look at its source loads."""
     source = FileSource(tmp_path / "actor_latest.pt")
-    state = SourceState(source)
-    assert (state.seen, state.recheck_at, state.failed_sha, state.missing) == (
-        UNSEEN,
-        0.0,
-        None,
-        False,
-    )
-    assert state.token == source.token
+    watch = Watch(source, TIMING)
+    assert watch.state == SourceState(Phase.NEW, UNSEEN, 0.0, None)
+    assert watch.token == source.token
+    assert next_action(watch.state, "any token", now=0.0) is Action.LOAD
 
 
-def test_a_missing_source_is_not_looked_at_until_its_token_comes_back(tmp_path):
-    """mark_missing() makes the hot path's `token() == seen` hold while the token is None."""
-    state = SourceState(FileSource(tmp_path / "actor_latest.pt"))
-    state.mark_missing()
-    assert state.missing
-    assert state.token() == state.seen and state.recheck_at == math.inf
+def test_next_action_is_stateless_and_idempotent():
+    """The same state, token and time always give the same action."""
+    live = moved(SourceState(), Outcome.LOADED)
+    for _ in range(3):
+        assert next_action(live, "t1", 100.5) is Action.NONE
+        assert next_action(live, "t2", 100.5) is Action.LOAD
+        assert next_action(live, "t1", 102.0) is Action.VERIFY
+
+
+def test_a_loaded_source_is_verified_every_verify_interval_and_never_without_one():
+    """LIVE: the same token is looked at again after verify_every; 0 means never."""
+    live = moved(SourceState(), Outcome.LOADED)
+    assert (live.phase, live.token, live.due) == (Phase.LIVE, "t1", 102.0)
+    plain = advance(SourceState(), Outcome.LOADED, token="t1", sha256=None, now=0.0,
+                    timing=Timing(retry_after=5.0, verify_every=0.0))  # fmt: skip
+    assert plain.due == math.inf
+    assert moved(live, Outcome.VERIFIED, now=102.0).due == 104.0
+
+
+def test_failed_content_is_retried_after_retry_after_or_when_its_token_changes():
+    """FAILED: not loaded again unchanged until retry_after has passed."""
+    failed = moved(SourceState(), Outcome.FAILED)
+    assert failed.phase is Phase.FAILED and failed.sha256 == "a" * 64
+    assert next_action(failed, "t1", 104.9) is Action.NONE
+    assert next_action(failed, "t1", 105.0) is Action.LOAD
+    assert next_action(failed, "t2", 100.1) is Action.LOAD
+
+
+def test_a_superseded_load_is_looked_at_again_at_once():
+    """SUPERSEDED: the source moved while it was read; the next look loads whatever is there."""
+    state = moved(moved(SourceState(), Outcome.LOADED), Outcome.SUPERSEDED)
+    assert state.phase is Phase.NEW
+    assert next_action(state, "t1", 100.0) is Action.LOAD
+
+
+def test_a_missing_source_is_recorded_once_and_looked_for_every_rescan_interval():
+    """MISSING: a token of None is recorded once; then looked for again after rescan_every."""
+    missing = moved(SourceState(), Outcome.MISSING, token=None, sha=None)
+    assert (missing.phase, missing.token, missing.sha256) == (Phase.MISSING, None, None)
+    assert next_action(SourceState(), None, 0.0) is Action.MISSING
+    assert next_action(missing, None, 100.1) is Action.NONE
+    assert next_action(missing, None, 100.5) is Action.MISSING
+    assert next_action(missing, "back", 100.1) is Action.LOAD

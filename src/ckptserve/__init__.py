@@ -1,22 +1,32 @@
-"""ckptserve: serve a model that is still being trained, hot-reloading verified checkpoints."""
+"""ckptserve: serve a model that is still being trained, hot-reloading verified checkpoints.
 
-from .errors import (
-    CheckpointError,
-    CkptServeError,
-    IntegrityError,
-    ModelNotAvailable,
-    PathNotAllowed,
-    PublishError,
-    ValidationError,
-    WouldBlock,
-)
-from .formats import FORMATS, ExportedPolicy, load_checkpoint, sniff, state_dict_loader
-from .publishing import list_checkpoints, publish
-from .registry import LiveModel, ModelRegistry, RegistryOptions
-from .sources import FileSource, ManifestSource, Snapshot, Source, confine
-from .versions import LoadAttempt, ModelVersion, VersionKey
+The public names are imported on first use (PEP 562), so `import ckptserve` and the command
+line's `--help` do not pay for torch.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import (
+        CheckpointError,
+        CkptServeError,
+        IntegrityError,
+        ModelNotAvailable,
+        PathNotAllowed,
+        PublishError,
+        ValidationError,
+    )
+    from .formats import FORMATS, ExportedPolicy, load_checkpoint, sniff, state_dict_loader
+    from .options import RegistryOptions
+    from .publishing import list_checkpoints, publish
+    from .registry import LiveModel, ModelRegistry
+    from .sources import FileSource, ManifestSource, Snapshot, Source, confine
+    from .versions import LoadAttempt, ModelVersion, VersionKey
+
+__version__ = "0.2.0"
 
 __all__ = (
     "FORMATS",
@@ -38,7 +48,6 @@ __all__ = (
     "Source",
     "ValidationError",
     "VersionKey",
-    "WouldBlock",
     "__version__",
     "confine",
     "list_checkpoints",
@@ -47,3 +56,28 @@ __all__ = (
     "sniff",
     "state_dict_loader",
 )
+
+_MODULES = {
+    "errors": ("CheckpointError", "CkptServeError", "IntegrityError", "ModelNotAvailable",
+               "PathNotAllowed", "PublishError", "ValidationError"),
+    "formats": ("FORMATS", "ExportedPolicy", "load_checkpoint", "sniff", "state_dict_loader"),
+    "options": ("RegistryOptions",),
+    "publishing": ("list_checkpoints", "publish"),
+    "registry": ("LiveModel", "ModelRegistry"),
+    "sources": ("FileSource", "ManifestSource", "Snapshot", "Source", "confine"),
+    "versions": ("LoadAttempt", "ModelVersion", "VersionKey"),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

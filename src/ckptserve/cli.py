@@ -5,13 +5,11 @@ the settings, hand them to uvicorn. Every `serve` option can also come from the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from types import UnionType
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 import click
 
@@ -26,22 +24,10 @@ def _fail(message: str) -> NoReturn:
     raise StartupError(message)
 
 
-def _bound(value: str | None) -> float | list[float] | None:
-    if value is None:
-        return None
-    try:
-        numbers = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list") from None
-    if not numbers:
-        raise click.BadParameter("needs at least one number")
-    return numbers[0] if len(numbers) == 1 and "," not in value else numbers
-
-
 def default_name(path: Path) -> str:
     """The model name for a path without `NAME=`: `actor_latest.pt` -> `actor`."""
     from .naming import model_name, name_in_directory
-    from .server.state import looks_like_directory
+    from .server.paths import looks_like_directory
 
     if path.is_dir() or (not path.exists() and looks_like_directory(str(path))):
         return name_in_directory(path)
@@ -65,25 +51,21 @@ def parse_models(args: Sequence[str]) -> list[dict[str, str]]:
     return specs
 
 
-def _check_path(path: str) -> None:
-    p = Path(path)
-    if p.exists():
-        if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
-            _fail(f"{path}: permission denied")
-        return
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        _fail(f"{path}: {parent} is not a directory")
-
-
 def _settings_error(exc: Any) -> NoReturn:
+    from .server.settings import ENV_PREFIX, Settings
+
     first = exc.errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
-    where = f"--{loc[0].replace('_', '-')}" if loc else "options"
-    if loc and loc[0] == "models":
+    if loc[:1] == ["registry"]:
+        loc = loc[1:]
+    if not loc:
+        where = "options"
+    elif loc[0] == "models":
         where = "model " + ".".join(loc[1:])
+    elif loc[0] in Settings.NOT_FLAGS:
+        where = ENV_PREFIX + loc[0].upper()
+    else:
+        where = "--" + loc[0].replace("_", "-")
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     _fail(f"invalid {where}: {message}")
 
@@ -107,12 +89,18 @@ def build_settings(models: Sequence[str], options: dict[str, Any]) -> Any:
 
 
 def _preflight(settings: Any) -> None:
-    """Catch bad paths and options now, as one line, instead of in a worker's traceback."""
-    from . import ModelRegistry
+    """Catch bad paths and options now, as one line, instead of in a worker's traceback: the
+    factory imports, and each path can be read and names the kind of source the options need."""
     from .errors import CkptServeError
     from .formats import resolve_factory
-    from .server.state import prepare_model_path
+    from .server.devices import device_problem
+    from .server.paths import looks_like_directory, model_path_problem
+    from .sources import make_source
 
+    problem = device_problem(settings.device)
+    if problem:
+        _fail(problem)
+    options = settings.registry_options()  # puts --app-dir on the import path for the factory
     if settings.factory is not None:
         try:
             resolve_factory(settings.factory)
@@ -120,46 +108,27 @@ def _preflight(settings: Any) -> None:
             _fail(f"--{exc}")
         except (ImportError, AttributeError) as exc:
             _fail(f"--factory {settings.factory!r}: {exc}")
-    try:
-        options = settings.registry_options()
-    except ValueError as exc:
-        _fail(f"invalid options: {exc}")
+    if options.require_signature and not (options.signing_key or options.signing_keys):
+        _fail("--require-signature needs a key: set CKPTSERVE_SIGNING_KEY")
     for spec in settings.models:
-        _check_path(spec.path)
+        problem = model_path_problem(spec.path)
+        if problem:
+            _fail(problem)
+        if not Path(spec.path).exists() and looks_like_directory(spec.path):
+            continue  # the server creates it and follows {name}_latest.json in it
         try:
-            prepare_model_path(spec.path)
-            ModelRegistry(spec.path, settings.device, name=spec.name, options=options).close()
+            make_source(
+                spec.path, name=spec.name, signing_key=options.signing_key,
+                require_signature=options.require_signature,
+            )  # fmt: skip
         except (CkptServeError, ValueError, OSError) as exc:
             _fail(f"{spec.name}={spec.path}: {exc}")
 
 
 def _run(settings: Any) -> None:
-    import uvicorn
+    from .server.serving import run
 
-    from .server.app import SETTINGS_ENV, app_from_env, create_app
-    from .server.logs import log_config
-
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": log_config(settings.log_format, settings.log_level),
-        "access_log": False,
-        "timeout_graceful_shutdown": 10,
-    }
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return
-    own_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        own_dir = tempfile.mkdtemp(prefix="ckptserve-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
-    os.environ[SETTINGS_ENV] = settings.to_env()
-    try:
-        target = f"{app_from_env.__module__}:{app_from_env.__name__}"
-        uvicorn.run(target, factory=True, workers=settings.workers, **common)
-    finally:
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
+    run(settings)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -171,52 +140,73 @@ def cli() -> None:
     """Serve a model that is still being trained: hot-reloaded, verified checkpoints over HTTP."""
 
 
-_FORMATS = "export, torchscript, state_dict, safetensors"
+class _Numbers(click.ParamType[Any]):
+    """A bound: one number, or a comma-separated list of them."""
+
+    name = "X[,X...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            numbers = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a number or a comma-separated list", param, ctx)
+        if not numbers:
+            self.fail("needs at least one number", param, ctx)
+        return numbers[0] if len(numbers) == 1 and "," not in value else numbers
+
+
+class _Names(click.ParamType[Any]):
+    """A comma-separated list of names."""
+
+    name = "NAME[,NAME...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _click_type(annotation: Any) -> Any:
+    """The click type of a settings field: its type without None."""
+    from .options import BoundSpec
+
+    if annotation == BoundSpec:
+        return _Numbers()
+    kinds = [a for a in get_args(annotation) if a is not type(None)]
+    kind = (
+        kinds[0] if get_origin(annotation) in (Union, UnionType) and len(kinds) == 1 else annotation
+    )
+    if get_origin(kind) is Literal:
+        return click.Choice(get_args(kind))
+    if get_origin(kind) is tuple:
+        return _Names()
+    if kind in (bool, int, float, str):
+        return kind
+    raise TypeError(f"no command-line type for {annotation!r}")
+
+
+def _settings_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """One option per settings field with a flag (server/settings.py `flags()`): the name, the
+    type, the help and the default all come from the field's one declaration. No flag has a
+    click default, so what is not given falls back to `CKPTSERVE_<FIELD>`, then the default."""
+    from .server.settings import flags
+
+    for flag in reversed(flags()):
+        kind = _click_type(flag.annotation)
+        shown = f"{flag.help}  [default: {flag.default_text}]".lstrip()
+        if kind is bool:
+            names = f"{flag.option}/--no-{flag.option[2:]}"
+            command = click.option(names, flag.name, default=None, help=shown)(command)
+        else:
+            command = click.option(flag.option, flag.name, type=kind, help=shown)(command)
+    return command
 
 
 @cli.command(no_args_is_help=False)
 @click.argument("models", nargs=-1, metavar="PATH [NAME=PATH ...]")
-@click.option("--host", help="Interface to listen on.  [default: 127.0.0.1]")
-@click.option("--port", type=int, help="Port to listen on.  [default: 8000]")
-@click.option("--workers", type=int, help="uvicorn worker processes.  [default: 1]")
-@click.option("--device", help="Where models are loaded (cpu, cuda:0, ...).  [default: cpu]")
-@click.option("--swap", type=click.Choice(["sync", "background"]),
-              help="sync: requests wait for a new checkpoint; background: keep serving the old one "
-                   "while it loads.  [default: sync]")  # fmt: skip
-@click.option("--background-nice", type=int,
-              help="Nice levels below the server for --swap background loads (Linux; 0: the "
-                   "same priority): busy cores serve requests first.  [default: 10]")  # fmt: skip
-@click.option("--check-interval", type=float,
-              help="Seconds between checks of the file (0: one stat per request).  [default: 0]")  # fmt: skip
-@click.option("--retry-after", type=float, help="Seconds before a failed checkpoint is retried.")
-@click.option("--verify-interval", type=float,
-              help="Seconds between full manifest re-reads (catches what stat keys miss).")  # fmt: skip
-@click.option("--obs-dim", type=int, help="Observation size, for checkpoints without metadata.")
-@click.option("--action-dim", type=int, help="Action size.  [default: metadata, else 1]")
-@click.option("--obs-low", help="Lower observation bound: a number or a comma-separated list.")
-@click.option("--obs-high", help="Upper observation bound: a number or a comma-separated list.")
-@click.option("--action-low", help="Lower action bound a model's probe must respect.")
-@click.option("--action-high", help="Upper action bound a model's probe must respect.")
-@click.option("--allow-formats", help=f"Comma-separated formats that may load ({_FORMATS}).")
-@click.option("--require-signature/--no-require-signature", default=None,
-              help="Refuse manifests without a valid signature ($CKPTSERVE_SIGNING_KEY).")  # fmt: skip
-@click.option("--factory", help="package.module:function building the module for weights formats.")
-@click.option("--prefix", help="URL prefix of the original API.  [default: /rl]")
-@click.option("--max-body-bytes", type=int, help="Request body limit.  [default: 1048576]")
-@click.option("--max-batch", type=int, help="Most states in one request.  [default: 4096]")
-@click.option("--max-concurrent-loads", type=int,
-              help="With --workers N: at most this many workers load a new checkpoint at once; "
-                   "the others keep serving until their turn.  [default: no limit]")  # fmt: skip
-@click.option("--batch-max-size", type=int,
-              help="Dynamic batching: gather up to N concurrent states into one forward pass "
-                   "(1: off).  [default: 1]")  # fmt: skip
-@click.option("--batch-max-wait-ms", type=float,
-              help="How long a batch waits for more requests (0: one event-loop turn).  "
-                   "[default: 0]")  # fmt: skip
-@click.option("--torch-threads", type=int,
-              help="torch intra-op threads (0: torch's default).  [default: 1]")  # fmt: skip
-@click.option("--log-format", type=click.Choice(["text", "json"]), help="[default: text]")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@_settings_flags
 def serve(models: tuple[str, ...], **options: Any) -> None:
     """Serve one or more hot-reloading models.
 
@@ -227,15 +217,6 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     """
     from .server.listening import port_problem
 
-    for key in ("obs_low", "obs_high", "action_low", "action_high"):
-        try:
-            options[key] = _bound(options[key])
-        except click.BadParameter as exc:
-            _fail(f"invalid --{key.replace('_', '-')}: {exc.message}")
-    if options["allow_formats"] is not None:
-        options["allow_formats"] = tuple(
-            f.strip() for f in options["allow_formats"].split(",") if f.strip()
-        )
     settings = build_settings(models, options)
     _preflight(settings)
     problem = port_problem(settings.host, settings.port)
@@ -245,14 +226,14 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--factory", help="package.module:function for state_dict / safetensors files.")
 @click.option("--obs-dim", type=int, help="Observation size, if the checkpoint does not say.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def inspect(file: Path, factory: str | None, obs_dim: int | None, as_json: bool) -> None:
     """Describe a checkpoint before publishing it: format, metadata, parameters, probe shapes,
     sha256 and load time."""
-    from .server.inspection import describe
+    from .inspection import describe
 
     try:
         info = describe(file, factory=factory, obs_dim=obs_dim)

@@ -2,7 +2,6 @@
 
 CkptServeError
 ├── ModelNotAvailable        no live model to serve (cold start, or every load failed)
-├── WouldBlock               get(block=False) would have to load in the calling thread
 ├── CheckpointError          a checkpoint could not be loaded: unreadable, corrupt, unknown format
 │   ├── IntegrityError       the bytes are not the ones published: zip CRC, sha256 or signature
 │   └── ValidationError      it loaded, but the probe or the user's validate() rejected it
@@ -20,7 +19,6 @@ __all__ = [
     "PathNotAllowed",
     "PublishError",
     "ValidationError",
-    "WouldBlock",
 ]
 
 
@@ -30,10 +28,6 @@ class CkptServeError(Exception):
 
 class ModelNotAvailable(CkptServeError):
     """Raised when a model is requested but no version is live."""
-
-
-class WouldBlock(CkptServeError):
-    """Raised by `ModelRegistry.get(block=False)` when only a load in this thread can answer."""
 
 
 class CheckpointError(CkptServeError):

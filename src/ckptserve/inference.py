@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
-__all__ = ["act", "infer_obs_dim"]
+__all__ = ["act", "as_policy", "infer_obs_dim"]
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class _StateOnly(torch.nn.Module):
+    """A model whose forward takes the state alone, callable as `model(state, deterministic)`."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
+        return self.inner(state)
+
+
+def as_policy(model: Any) -> Any:
+    """`model`, callable as `model(states, deterministic)`: a module whose forward takes the state
+    alone (a CleanRL-style `forward(x)` actor) is wrapped; anything else is returned as it is."""
+    forward = getattr(model, "forward", None)
+    if forward is None:
+        return model
+    schema = getattr(forward, "schema", None)  # a TorchScript method: its arguments include self
+    if schema is not None:
+        n = len(schema.arguments) - 1
+    else:
+        try:
+            params = list(inspect.signature(forward).parameters.values())
+        except (TypeError, ValueError):
+            return model
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+            return model
+        n = sum(1 for p in params if p.kind in _POSITIONAL)
+    return _StateOnly(model) if n == 1 else model
 
 
 def act(model: Any, states: torch.Tensor) -> torch.Tensor:

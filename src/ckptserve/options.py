@@ -1,93 +1,217 @@
 """The registry's options: how it detects, loads, validates and swaps, as one frozen object.
 
-Validated when built, so a bad option fails where it is written (`RegistryOptions(swap="bg")`),
-not at the first load. The server builds one from its settings; `ModelRegistry(path, **overrides)`
-applies keyword overrides on top.
+Each option is declared once, here, with its default, its bounds and its help text: the server's
+settings, their `CKPTSERVE_<FIELD>` variables and the `ckptserve serve` flags are generated from
+these declarations (server/settings.py, cli.py). Validated when built, so a bad option fails where
+it is written (`RegistryOptions(swap="bg")`), not at the first load. Pure declarations: importing
+this module imports neither torch nor pydantic.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the settings are built from these annotations, so they
+# stay objects.
+# ruff: noqa: RUF009 (`_option` is `dataclasses.field` with a declaration; defaults are immutable)
 
-from collections.abc import Callable, Collection
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args, get_origin
 
-from .formats import FORMATS, Loader
-from .validation import BoundSpec
+from .naming import FORMAT_NAMES
 
-__all__ = ["RegistryOptions", "SwapMode"]
+__all__ = ["OPTIONS", "BoundSpec", "Loader", "Option", "RegistryOptions", "SwapMode"]
 
 SwapMode = Literal["sync", "background"]
+Number = float | int
+#: A bound: one number for every dimension, one number per dimension, or None (unbounded).
+BoundSpec = Number | Sequence[Number] | None
+
+_KEY = "ckptserve.option"
+
+
+class Loader(Protocol):
+    """What `loader=` takes besides "auto": turns a checkpoint file into a loaded model
+    (`state_dict_loader(...)`). Declared here without torch; formats.py implements it."""
+
+    def __call__(self, path: Path, fmt: str, device: str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one RegistryOptions field is declared, besides its type and default.
+
+    help: what it does, one or two sentences: `ckptserve serve --help` shows it.
+    ge, gt, le: numeric bounds (None, where the type allows it, is always in bounds).
+    check: raises ValueError for a value that the type and the bounds let through.
+    setting: the server can be told it (a `serve` flag and `CKPTSERVE_<FIELD>`); False for what
+        only Python can give (a callable) or what the server's settings give in another way.
+    default_text: how help shows a default of None ("5 for manifests, off for files").
+    parsed_as: the type a flag or a variable is parsed as, where the field's type is wider.
+    """
+
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    check: Callable[[Any], None] | None = None
+    setting: bool = True
+    default_text: str | None = None
+    parsed_as: Any = None
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why `value` is out of bounds for the option `name`, or None."""
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        low_ok = (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+        if low_ok and (self.le is None or value <= self.le):
+            return None
+        if self.ge is not None and self.le is not None:
+            return f"{name} must be between {self.ge:g} and {self.le:g}, not {value!r}"
+        if self.le is not None and value > self.le:
+            return f"{name} must be <= {self.le:g}, not {value!r}"
+        low = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}"
+        return f"{name} must be {low}, not {value!r}"
+
+
+def _option(default: Any, help: str, **spec: Any) -> Any:
+    return dataclasses.field(default=default, metadata={_KEY: Option(help, **spec)})
+
+
+def _known_formats(value: Collection[str]) -> None:
+    if isinstance(value, str):
+        raise ValueError("allow_formats is a collection of names, not one string")
+    unknown = sorted(set(value) - set(FORMAT_NAMES))
+    if unknown or not value:
+        raise ValueError(
+            f"unknown formats: {', '.join(unknown) or '(none given)'}"
+            f" (choose from {', '.join(FORMAT_NAMES)})"
+        )
+
+
+def _loader_or_auto(value: object) -> None:
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(
+            f"loader must be 'auto' or a Loader, not {value!r}: for a factory use "
+            f"loader=state_dict_loader({value!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class RegistryOptions:
     """How a registry detects, loads, validates and swaps. All fields have working defaults.
 
-    check_interval: 0 = one stat per call (the original); > 0 = at most one per interval (s).
-    swap: "sync" loads in the calling thread; "background" loads on a worker thread while
-        callers keep getting the live model (a cold start still waits for the first load).
-    background_nice: nice levels added to the background worker thread (Linux): where the cores
-        are busy, requests get the CPU first and a load takes longer (measured: p99 during
-        reloads 1.34x -> 1.09x the no-reload run, freshness 17 -> 46 ms). 0 = same priority.
-    loader: "auto" (export, TorchScript) or `state_dict_loader(...)` for weights formats.
-    validate: called with a freshly loaded model; raising rejects it.
-    retry_after: seconds before a checkpoint that failed is tried again (unless it changes).
-    verify_interval: seconds between full re-reads of the manifest, catching changes a stat key
-        misses (coarse timestamps, NFS attribute caches); None = 5 s for manifests, off for files.
-    obs_dim, action_dim, obs_low/high, action_low/high: expectations; the checkpoint's metadata
-        fills what is not configured, and a contradiction rejects the checkpoint.
-    allow_formats: formats that may load (names as in publish's `format=`); None = all.
-    signing_key / require_signature: manifest HMAC key (default `$CKPTSERVE_SIGNING_KEY`).
-    history: how many load attempts `status()` keeps.
-    cache_dir: where private copies of checkpoints are loaded from (default: a temp dir).
-    max_concurrent_loads: at most this many processes on the host load this model at once
-        (`--workers N`: one publish would start N loads); a process whose turn has not come
-        keeps serving its live model. None = no coordination. See coordination.py.
-    lock_dir: where the coordination lock files live (default: a per-user temp dir).
+    Each field's help text, bounds and checks are in its declaration (`OPTIONS[name]`). The server
+    can set every field whose `setting` is true, as `--field-name` or `CKPTSERVE_FIELD_NAME`.
+
+    Example:
+        options = RegistryOptions(swap="background", check_interval=0.5)
+        registry = ModelRegistry("models/", options=options)
     """
 
-    check_interval: float = 0.0
-    swap: SwapMode = "sync"
-    background_nice: int = 10
-    loader: Loader | str = "auto"
-    validate: Callable[[Any], object] | None = None
-    retry_after: float = 5.0
-    verify_interval: float | None = None
-    obs_dim: int | None = None
-    action_dim: int | None = None
-    obs_low: BoundSpec = None
-    obs_high: BoundSpec = None
-    action_low: BoundSpec = None
-    action_high: BoundSpec = None
-    allow_formats: Collection[str] | None = None
-    signing_key: str | bytes | None = None
-    require_signature: bool = False
-    history: int = 20
-    cache_dir: str | None = None
-    max_concurrent_loads: int | None = None
-    lock_dir: str | None = None
+    check_interval: float = _option(
+        0.0, "Seconds between checks of the file (0: one stat per request, so a new checkpoint "
+        "is served at once).", ge=0,
+    )  # fmt: skip
+    swap: SwapMode = _option(
+        "sync", "sync: a request that sees a new checkpoint waits for it; background: the live "
+        "model keeps answering while the new one loads (a cold start still waits).",
+    )  # fmt: skip
+    background_nice: int = _option(
+        10, "Nice levels below the server for --swap background loads (Linux): busy cores serve "
+        "requests first and a load takes longer; 0: the same priority.", ge=0, le=19,
+    )  # fmt: skip
+    loader: Loader | str = _option(
+        "auto", "'auto' (export, TorchScript) or state_dict_loader(...) for weights formats "
+        "(the server: --factory).", check=_loader_or_auto, setting=False,
+    )  # fmt: skip
+    validate: Callable[[Any], object] | None = _option(
+        None, "Called with a freshly loaded model; raising rejects it.", setting=False
+    )
+    retry_after: float = _option(
+        5.0, "Seconds before a checkpoint that failed is tried again (unless it changes).", ge=0
+    )
+    verify_interval: float | None = _option(
+        None, "Seconds between full re-reads of the manifest, catching changes a stat key misses "
+        "(coarse timestamps, NFS attribute caches).", ge=0,
+        default_text="5 for manifests, off for files",
+    )  # fmt: skip
+    obs_dim: int | None = _option(
+        None, "Observation size, for checkpoints without metadata.", ge=1,
+        default_text="metadata",
+    )  # fmt: skip
+    action_dim: int | None = _option(
+        None, "Action size, for checkpoints without metadata.", ge=1,
+        default_text="metadata, else 1",
+    )  # fmt: skip
+    obs_low: BoundSpec = _option(
+        None, "Lower observation bound: one number, or one per dimension (comma-separated); a "
+        "state outside it is refused.", default_text="metadata",
+    )  # fmt: skip
+    obs_high: BoundSpec = _option(
+        None, "Upper observation bound: one number, or one per dimension (comma-separated).",
+        default_text="metadata",
+    )  # fmt: skip
+    action_low: BoundSpec = _option(
+        None, "Lower action bound a model's probe must respect.", default_text="metadata"
+    )
+    action_high: BoundSpec = _option(
+        None, "Upper action bound a model's probe must respect.", default_text="metadata"
+    )
+    allow_formats: Collection[str] | None = _option(
+        None, f"Formats that may load ({', '.join(FORMAT_NAMES)}; comma-separated); others are "
+        "refused before loading.", check=_known_formats, default_text="all",
+        parsed_as=tuple[str, ...] | None,
+    )  # fmt: skip
+    max_checkpoint_bytes: int = _option(
+        8 << 30, "The most bytes of one checkpoint that are read (a manifest's: at most the size "
+        "it states, plus one).", ge=1,
+    )  # fmt: skip
+    signing_key: str | bytes | None = _option(
+        None, "HMAC key of manifest signatures (the server reads $CKPTSERVE_SIGNING_KEY).",
+        setting=False,
+    )  # fmt: skip
+    signing_keys: str | None = _option(
+        None, "The keys accepted while a key is rotated, as $CKPTSERVE_SIGNING_KEYS gives them "
+        "(format: manifest.py).", setting=False,
+    )  # fmt: skip
+    require_signature: bool = _option(
+        False, "Refuse manifests without a valid signature ($CKPTSERVE_SIGNING_KEY), and plain "
+        "checkpoint files."
+    )  # fmt: skip
+    history: int = _option(20, "How many load attempts status() keeps.", ge=1, setting=False)
+    cache_dir: str | None = _option(
+        None, "Where private copies of checkpoints are loaded from.", setting=False,
+        default_text="a temporary directory",
+    )  # fmt: skip
+    max_concurrent_loads: int | None = _option(
+        None, "At most this many processes on the host load this model at once (--workers N: "
+        "one publish would start N loads); the others keep serving until their turn.", ge=1,
+        default_text="no limit",
+    )  # fmt: skip
+    lock_dir: str | None = _option(
+        None, "Where the files that coordinate loads are (see coordination.py).", setting=False,
+        default_text="a per-user temporary directory",
+    )  # fmt: skip
+    state_dir: str | None = _option(
+        None, "A writable directory for what the server must remember across restarts (pins, "
+        "marks); never the model directory.", default_text="none: nothing is remembered",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.swap not in ("sync", "background"):
-            raise ValueError(f"swap must be 'sync' or 'background', not {self.swap!r}")
-        if not 0 <= self.background_nice <= 19:
-            raise ValueError("background_nice must be between 0 and 19")
-        if self.check_interval < 0 or self.retry_after < 0:
-            raise ValueError("check_interval and retry_after must be >= 0")
-        if self.verify_interval is not None and self.verify_interval < 0:
-            raise ValueError("verify_interval must be >= 0 (or None for the default)")
-        if self.max_concurrent_loads is not None and self.max_concurrent_loads < 1:
-            raise ValueError("max_concurrent_loads must be >= 1 (or None for no coordination)")
-        if self.history < 1:
-            raise ValueError("history must keep at least one load attempt")
-        if isinstance(self.loader, str) and self.loader != "auto":
-            raise ValueError(
-                f"loader must be 'auto' or a Loader, not {self.loader!r}: for a factory use "
-                f"loader=state_dict_loader({self.loader!r})"
-            )
-        if self.allow_formats is not None:
-            if isinstance(self.allow_formats, str):
-                raise ValueError("allow_formats is a collection of names, not one string")
-            unknown = sorted(set(self.allow_formats) - set(FORMATS))
-            if unknown:
-                raise ValueError(f"unknown formats {unknown} in allow_formats: use {FORMATS}")
+        for f in dataclasses.fields(self):
+            spec: Option = f.metadata[_KEY]
+            value = getattr(self, f.name)
+            if get_origin(f.type) is Literal and value not in get_args(f.type):
+                choices = " or ".join(map(repr, get_args(f.type)))
+                raise ValueError(f"{f.name} must be {choices}, not {value!r}")
+            problem = spec.problem(f.name, value)
+            if problem:
+                raise ValueError(problem)
+            if spec.check is not None and value is not None:
+                spec.check(value)
+
+
+#: Every RegistryOptions field's declaration, by name.
+OPTIONS: Mapping[str, Option] = {
+    f.name: f.metadata[_KEY] for f in dataclasses.fields(RegistryOptions)
+}

@@ -1,21 +1,19 @@
 """PUBLISH: the trainer side. Write a checkpoint so that a server never sees half of it.
 
-Each call writes `{name}_{YYYYmmdd_HHMMSS}.pt` (temp file in the same directory, fsync, atomic
-link), points `{name}_latest.pt` at it (an atomic symlink swap), writes the manifest
-`{name}_latest.json` (sha256, size, metadata, optional HMAC signature), then removes the oldest
-timestamped checkpoints beyond `keep`, never the live one.
+Each call writes `{name}_{YYYYmmdd_HHMMSS}.pt` (`.safetensors` for safetensors; temp file in the
+same directory, fsync, atomic link), points `{name}_latest.pt` at it (an atomic symlink swap),
+writes the manifest `{name}_latest.json` (sha256, size, metadata, optional HMAC signature), then
+removes the oldest timestamped checkpoints beyond `keep`, never the live one. The file names
+are the rules of `naming.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import re
-import struct
-import tempfile
+import secrets
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -24,35 +22,29 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import PublishError
-from .inference import act, infer_obs_dim
-from .manifest import (
-    METADATA_FILE,
-    METADATA_KEY,
-    SAFETENSORS_SHA256_KEY,
-    SIGNING_KEY_ENV,
-    sign_manifest,
+from ._codec import one_line
+from .errors import IntegrityError, PublishError
+from .formats import FORMATS
+from .inference import act, as_policy, infer_obs_dim
+from .manifest import Keyring, keyring_from_environment, parse_manifest
+from .naming import (
+    CHECKPOINT_SUFFIXES,
+    DEFAULT_NAME,
+    MANIFEST_SUFFIX,
+    STAMP_FORMAT,
+    checkpoint_name,
+    latest_link,
+    latest_manifest,
+    list_checkpoints,
+    parse_checkpoint_name,
+    record_for,
+    suffix_for,
 )
+from .statedir import STATE_DIR_ENV, pinned_in
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
 PublishFormat = Literal["export", "torchscript", "state_dict", "safetensors"]
-_STAMP = "%Y%m%d_%H%M%S"
-
-
-def _timestamped(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(name)}_(\d{{8}}_\d{{6}})(?:_(\d+))?\.pt$")
-
-
-def list_checkpoints(directory: str | os.PathLike[str], name: str = "actor") -> list[Path]:
-    """The timestamped checkpoints `{name}_YYYYmmdd_HHMMSS[_N].pt` in `directory`, newest first."""
-    pattern = _timestamped(name)
-    found = []
-    for entry in os.scandir(directory):
-        m = pattern.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False):
-            found.append((m.group(1), int(m.group(2) or 0), Path(entry.path)))
-    return [p for *_, p in sorted(found, reverse=True)]
 
 
 def _callable_of(model: Any) -> Any:
@@ -60,92 +52,7 @@ def _callable_of(model: Any) -> Any:
         # A program accepts only the inputs it was exported with: (state,), not (state, True).
         module = model.module()
         return lambda state, deterministic=True: module(state)
-    return model
-
-
-def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch")
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes={"state": {0: batch}})
-    except Exception as first:
-        try:  # forward's first argument may not be named `state`
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        except Exception:
-            raise PublishError(
-                f"{type(model).__name__} cannot be exported with torch.export ({type(first).__name__}: "
-                f"{first}); publish with format='state_dict' or 'safetensors' (and serve with "
-                "state_dict_loader), or format='torchscript' if it can be scripted"
-            ) from first
-
-
-def _script(model: Any) -> Any:
-    if isinstance(model, torch.jit.ScriptModule):
-        return model
-    try:
-        return torch.jit.script(model)
-    except Exception as exc:
-        raise PublishError(
-            f"{type(model).__name__} cannot be scripted ({type(exc).__name__}: {exc}); "
-            "publish with format='export' (the default) or 'safetensors'"
-        ) from exc
-
-
-def _weights(model: Any, *, unshared: bool = False) -> dict[str, torch.Tensor]:
-    """The model's tensors on the CPU; `unshared` copies tied ones (safetensors refuses them)."""
-    state = (
-        model.state_dict if isinstance(model, torch.export.ExportedProgram) else model.state_dict()
-    )
-    weights: dict[str, torch.Tensor] = {}
-    seen: set[tuple[Any, ...]] = set()
-    for k, v in state.items():
-        t = v.detach().cpu().contiguous()
-        if unshared:
-            where = (t.untyped_storage().data_ptr(),)
-            if where in seen:
-                t = t.clone()
-            seen.add(where)
-        weights[k] = t
-    return weights
-
-
-def _serialize(model: Any, fmt: str, meta_json: str, example: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "export":
-        program = (
-            model if isinstance(model, torch.export.ExportedProgram) else _export(model, example)
-        )
-        torch.export.save(program, buf, extra_files={METADATA_FILE: meta_json})
-    elif fmt == "torchscript":
-        if isinstance(model, torch.export.ExportedProgram):
-            raise PublishError(
-                "an ExportedProgram cannot be saved as TorchScript: use format='export'"
-            )
-        torch.jit.save(_script(model), buf, _extra_files={METADATA_FILE: meta_json})
-    elif fmt == "state_dict":
-        state: dict[str, Any] = dict(_weights(model))
-        state[METADATA_KEY] = meta_json
-        torch.save(state, buf)
-    elif fmt == "safetensors":
-        from safetensors.torch import save
-
-        weights = _weights(model, unshared=True)
-        plain = save(weights, metadata={METADATA_KEY: meta_json})
-        data = _safetensors_data(plain)
-        digest = hashlib.sha256(data).hexdigest()
-        checked = save(weights, metadata={METADATA_KEY: meta_json, SAFETENSORS_SHA256_KEY: digest})
-        if _safetensors_data(checked) != data:  # the header is the only part that may differ
-            raise PublishError("safetensors wrote different data for the same weights")
-        return checked
-    else:
-        raise PublishError(
-            f"unknown format {fmt!r}: choose export, torchscript, state_dict or safetensors"
-        )
-    return buf.getvalue()
-
-
-def _safetensors_data(blob: bytes) -> bytes:
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    return blob[8 + header_len :]
+    return as_policy(model)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -157,7 +64,21 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    """Write `data` to a new hidden file in `directory`, fsynced, with the umask's mode.
+
+    Not mkstemp: it makes 0600 files whatever the umask, which a server running as another
+    user cannot read. Opened 0666 with O_EXCL, the kernel applies the umask (0644 under 022).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = directory / f".tmp-{secrets.token_hex(8)}{suffix}"
+        try:
+            fd = os.open(tmp, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise PublishError(f"no free temporary name in {directory}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -167,26 +88,30 @@ def _write_temp(directory: Path, data: bytes, suffix: str) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return Path(tmp)
+    return tmp
 
 
-def _place_unique(tmp: Path, directory: Path, name: str, when: datetime) -> Path:
+def _place_unique(tmp: Path, directory: Path, name: str, when: datetime, fmt: str) -> Path:
     """Link `tmp` under a fresh timestamped name; a second call in the same second gets `_1`, ..."""
-    stem = f"{name}_{when.strftime(_STAMP)}"
-    # Number after the highest suffix of this second still on disk, so a name that retention
-    # freed is never reused and names keep sorting in publish order.
-    taken = re.compile(rf"^{re.escape(stem)}(?:_(\d+))?\.pt$")
-    used = [int(m.group(1) or 0) for e in os.scandir(directory) if (m := taken.match(e.name))]
+    stamp = when.strftime(STAMP_FORMAT)
+    # Number after the highest of this second still on disk (any suffix), so a name that
+    # retention freed is never reused and names keep sorting in publish order.
+    used = [
+        parts.n
+        for entry in os.scandir(directory)
+        if (parts := parse_checkpoint_name(entry.name))
+        and (parts.name, parts.stamp) == (name, stamp)
+    ]
     first = max(used) + 1 if used else 0
     for n in range(first, first + 10_000):
-        target = directory / (f"{stem}.pt" if n == 0 else f"{stem}_{n}.pt")
+        target = directory / checkpoint_name(name, when, fmt, n)
         try:
             os.link(tmp, target)
         except FileExistsError:
             continue
         os.unlink(tmp)
         return target
-    raise PublishError(f"no free checkpoint name for {stem} in {directory}")
+    raise PublishError(f"no free checkpoint name for {name}_{stamp} in {directory}")
 
 
 def _replace_symlink(link: Path, target_name: str) -> None:
@@ -195,23 +120,55 @@ def _replace_symlink(link: Path, target_name: str) -> None:
     os.replace(tmp, link)
 
 
-def _retain(directory: Path, name: str, keep: int, live: Path) -> None:
-    for old in list_checkpoints(directory, name)[keep:]:
-        if old.name != live.name:
+def _point_latest(directory: Path, name: str, fmt: str, checkpoint: Path) -> None:
+    """Point `{name}_latest{suffix}` at `checkpoint`; drop the link of another suffix (a format
+    published before), which would point at an older checkpoint."""
+    link = latest_link(directory, name, fmt)
+    _replace_symlink(link, checkpoint.name)
+    for suffix in CHECKPOINT_SUFFIXES:
+        other = link.with_name(f"{name}_latest{suffix}")
+        if other != link and other.is_symlink():
             with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+                other.unlink()
+
+
+def _keyring(signing_key: str | bytes | Keyring | None) -> Keyring | None:
+    if isinstance(signing_key, Keyring):
+        return signing_key
+    if signing_key:
+        return Keyring.single(signing_key)
+    try:
+        return keyring_from_environment()
+    except ValueError as exc:
+        raise PublishError(f"signing keys: {exc}") from None
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _retain(directory: Path, name: str, keep: int, live: Path, state_dir: str | None) -> None:
+    """Remove the timestamped checkpoints beyond the `keep` newest, each with its record, but
+    never the live one nor one a server has pinned (its pins are in its state directory)."""
+    spared = {live.name} | (pinned_in(state_dir, directory) if state_dir else set())
+    for old in list_checkpoints(directory, name)[keep:]:
+        if old.name not in spared:
+            _unlink(record_for(old))
+            _unlink(old)
 
 
 def publish(
     model: torch.nn.Module | torch.export.ExportedProgram,
     directory: str | os.PathLike[str],
-    name: str = "actor",
+    name: str = DEFAULT_NAME,
     keep: int = 10,
     metadata: Mapping[str, Any] | None = None,
     *,
     format: PublishFormat | None = None,
-    signing_key: str | bytes | None = None,
+    signing_key: str | bytes | Keyring | None = None,
     example_input: torch.Tensor | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Publish a checkpoint atomically and return the path of the new timestamped file.
 
@@ -219,25 +176,34 @@ def publish(
         model: an `nn.Module`, a `ScriptModule` or an `ExportedProgram` with
             `forward(state, deterministic=True) -> (action, log_prob)` or `-> action`.
         directory: the model directory the server watches (created if missing).
-        name: file name prefix: `{name}_latest.pt`, `{name}_latest.json`, `{name}_<stamp>.pt`.
-        keep: how many timestamped checkpoints to keep (the live one is never removed).
+        name: file name prefix: `{name}_latest.json`, `{name}_latest.pt`, `{name}_<stamp>.pt`
+            (`.safetensors` instead of `.pt` for safetensors; the layout is in `naming.py`).
+        keep: how many timestamped checkpoints to keep (the live one and pinned ones are never
+            removed).
         metadata: JSON-serialisable extras (`step`, `eval_return`, `obs_low`, `action_high`...);
             `obs_dim`, `action_dim`, `format` and `created_at` are filled in.
         format: "export" (default for modules), "torchscript" (default for ScriptModules),
             "state_dict" or "safetensors" (weights only; serve them with `state_dict_loader`).
-        signing_key: HMAC key for the manifest signature; defaults to `$CKPTSERVE_SIGNING_KEY`.
+        signing_key: HMAC key for the manifest signature, or a `Keyring` (its signing key signs,
+            and its id goes into the manifest as `key_id`); defaults to the keys of
+            `$CKPTSERVE_SIGNING_KEYS` (the first listed signs) or `$CKPTSERVE_SIGNING_KEY`.
         example_input: a `[batch, obs_dim]` tensor to export and probe with, if `obs_dim` is
             neither in `metadata` nor the width of the model's first weight.
+        state_dir: the servers' state directory (`--state-dir`), whose pins retention spares;
+            defaults to `$CKPTSERVE_STATE_DIR`.
 
     Example:
         publish(actor, "models/", metadata={"step": step, "eval_return": ret})
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
+    keyring = _keyring(signing_key)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format is None:
         format = "torchscript" if isinstance(model, torch.jit.ScriptModule) else "export"
+    if format not in FORMATS:
+        raise PublishError(f"unknown format {format!r}: choose {', '.join(FORMATS)}")
     meta: dict[str, Any] = dict(metadata or {})
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
@@ -253,7 +219,7 @@ def publish(
             action = act(_callable_of(model), example_input)
         except Exception as exc:
             raise PublishError(
-                f"the model fails on a {list(example_input.shape)} input: {exc}"
+                f"the model fails on a {list(example_input.shape)} input: {one_line(str(exc))}"
             ) from exc
         meta.setdefault("action_dim", int(action.shape[-1]))
         when = datetime.now(timezone.utc)
@@ -262,26 +228,26 @@ def publish(
         try:
             meta_json = json.dumps(meta, sort_keys=True)
         except TypeError as exc:
-            raise PublishError(f"metadata is not JSON-serialisable: {exc}") from None
+            raise PublishError(f"metadata is not JSON-serialisable: {one_line(str(exc))}") from None
         try:
-            data = _serialize(model, format, meta_json, example_input)
+            data = FORMATS[format].write(model, meta_json, example_input)
         except PublishError:
             raise
         except Exception as exc:
-            raise PublishError(f"could not write a {format} checkpoint: {exc}") from exc
+            raise PublishError(
+                f"could not write a {format} checkpoint: {one_line(str(exc))}"
+            ) from exc
     finally:
         if was_training and isinstance(model, torch.nn.Module):
             model.train()
 
-    tmp = _write_temp(directory, data, ".pt")
+    tmp = _write_temp(directory, data, suffix_for(format))
     try:
-        checkpoint = _place_unique(tmp, directory, name, when.astimezone())
+        checkpoint = _place_unique(tmp, directory, name, when.astimezone(), format)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(directory)
-    _replace_symlink(directory / f"{name}_latest.pt", checkpoint.name)
     manifest: dict[str, Any] = {
         "checkpoint": checkpoint.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -290,11 +256,22 @@ def publish(
         "metadata": meta,
         "created_at": meta["created_at"],
     }
-    key = signing_key if signing_key is not None else os.environ.get(SIGNING_KEY_ENV) or None
-    if key:
-        manifest["signature"] = sign_manifest(manifest, key)
+    if keyring is not None:
+        manifest = keyring.sign(manifest)
     payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    os.replace(_write_temp(directory, payload, ".json"), directory / f"{name}_latest.json")
+    try:
+        parse_manifest(payload)
+    except IntegrityError as exc:  # e.g. metadata over the 64 KiB a server reads
+        _unlink(checkpoint)
+        raise PublishError(f"a server would refuse this checkpoint's manifest: {exc}") from None
+    # The checkpoint's own record first (a pin or a fallback to it is checked against it),
+    # then the latest link and manifest: each file replaced atomically, each after what it names.
+    os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), record_for(checkpoint))
     _fsync_dir(directory)
-    _retain(directory, name, keep, checkpoint)
+    _point_latest(directory, name, format, checkpoint)
+    os.replace(_write_temp(directory, payload, MANIFEST_SUFFIX), latest_manifest(directory, name))
+    _fsync_dir(directory)
+    if state_dir is None:
+        state_dir = os.environ.get(STATE_DIR_ENV) or None
+    _retain(directory, name, keep, checkpoint, None if state_dir is None else os.fspath(state_dir))
     return checkpoint

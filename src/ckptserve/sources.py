@@ -4,10 +4,11 @@ Two sources ship: `FileSource` watches one file (its token is the `os.stat` key)
 `ManifestSource` watches a small `{name}_latest.json` that names an immutable checkpoint and its
 sha256. Object storage (an ETag as the token) fits the same protocol.
 
-`fetch(spool)` streams the checkpoint into a private file in `spool`, hashing it chunk by chunk
+`fetch(copies, limit=)` streams the checkpoint into a private file, hashing it chunk by chunk
 (hashlib and file I/O release the GIL for big buffers), and names it by its sha256: nothing holds
 the whole file in one Python object, so a reload of a large checkpoint does not stall the other
-threads for the time it takes to allocate, copy and free it.
+threads for the time it takes to allocate, copy and free it. Only regular files are read (opened
+without blocking, so a FIFO cannot hang a load), and never more bytes than the limit allows.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import stat
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._copies import PrivateCopies
 from .errors import CheckpointError, IntegrityError, PathNotAllowed
-from .manifest import parse_manifest, verify_signature
-from .versions import VersionKey
+from .manifest import MAX_MANIFEST_BYTES, Keyring, parse_manifest, verify_signature
+from .naming import latest_in_directory, record_for
+from .versions import VersionKey, stat_key
 
 __all__ = [
+    "DEFAULT_LIMIT",
     "FileSource",
     "ManifestSource",
     "Snapshot",
     "Source",
+    "checkpoint_source",
     "confine",
     "make_source",
 ]
@@ -40,7 +45,9 @@ class Snapshot:
     """One checkpoint as read once: a private copy of its bytes, and what identifies them.
 
     `file` is named by the sha256 of its bytes and never written again, so what is loaded from
-    it is exactly what was hashed, whatever happens to the source afterwards.
+    it is exactly what was hashed, whatever happens to the source afterwards. `inside` is False
+    when the path led (through a symlink) outside its own directory: status and errors then name
+    only the path inside the directory and withhold the target's name, size, digest and inode.
     """
 
     token: Hashable
@@ -51,6 +58,7 @@ class Snapshot:
     sha256: str
     key: VersionKey
     metadata: dict[str, Any] = field(default_factory=dict)
+    inside: bool = True
 
 
 class Source(Protocol):
@@ -61,10 +69,11 @@ class Source(Protocol):
 
     def token(self) -> Hashable | None:
         """A cheap value that changes when the checkpoint may have; None when there is none
-        (or it cannot be stat'ed: a dangling link, no permission, a stale NFS handle)."""
+        (or it cannot be stat'ed: a dangling link, no permission, a stale NFS handle). Never
+        reads file contents: it runs on the request path."""
 
-    def fetch(self, spool: Path) -> Snapshot:
-        """Copy the checkpoint once into the directory `spool`, as `<sha256>`.
+    def fetch(self, copies: PrivateCopies, *, limit: int) -> Snapshot:
+        """Copy the checkpoint once into `copies`, reading at most `limit` bytes of it.
 
         Raises FileNotFoundError or CheckpointError."""
 
@@ -72,9 +81,30 @@ class Source(Protocol):
         """The sha256 the source currently points at, if that is cheap to learn; else None."""
 
 
+#: The default for `max_checkpoint_bytes`: the most bytes of one checkpoint that are read.
+DEFAULT_LIMIT = 8 << 30
+
 #: Bytes per read/hash/write while spooling: big enough that each call releases the GIL for its
 #: work, small enough that no call holds a large buffer.
 CHUNK = 1 << 20
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
+def open_regular(path: Path) -> int:
+    """Open `path` for reading without ever blocking, and only if it is a regular file.
+
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever. Raises
+    FileNotFoundError, or CheckpointError for anything but a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise CheckpointError(f"{path.name} is {what}, not a regular file: refused")
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,37 +116,47 @@ class _Spooled:
     resolved: Path
 
 
-def _spool(path: Path, spool: Path, verify: Callable[[str, int], None] | None = None) -> _Spooled:
-    """Stream `path` into `spool/<sha256>`, hashing each chunk; `verify(sha256, size)` may raise
-    before the copy is kept (a partial or refused copy is removed)."""
+def _spool(
+    path: Path,
+    copies: PrivateCopies,
+    limit: int,
+    verify: Callable[[str, int], None] | None = None,
+    too_big: str = "",
+) -> _Spooled:
+    """Stream `path` into the cache as `<sha256>`, hashing each chunk and stopping past `limit`
+    bytes; `verify(sha256, size)` may raise before the copy is kept (a partial or refused copy is
+    removed). `too_big` says why the limit is what it is."""
     resolved = Path(os.path.realpath(path))
-    with open(path, "rb", buffering=0) as src:
+    with open(open_regular(path), "rb", buffering=0) as src:
         st = os.fstat(src.fileno())
-        spool.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=spool, prefix=".spool-")
+        why = too_big or f"the {limit}-byte limit (--max-checkpoint-bytes)"
+        if st.st_size > limit:
+            raise CheckpointError(f"{path.name} is {st.st_size} bytes, over {why}: refused")
+        fd, tmp = copies.spool_file()
         try:
             digest, size = hashlib.sha256(), 0
             buf = memoryview(bytearray(CHUNK))
             with open(fd, "wb") as dst:
-                while n := src.readinto(buf):
+                while n := src.readinto(buf[: min(CHUNK, limit - size + 1)]):
+                    size += n
+                    if size > limit:
+                        raise CheckpointError(f"{path.name} grew past {why} while it was read")
                     digest.update(buf[:n])
                     dst.write(buf[:n])
-                    size += n
             sha = digest.hexdigest()
             if verify is not None:
                 verify(sha, size)
-            target = spool / sha
-            if target.is_file() and target.stat().st_size == size:
-                # The same bytes are there already (a model that still maps them, a touch or a
-                # rollback): keep that file, so its pages are not freed on the last unmap.
-                os.unlink(tmp)
-            else:
-                os.replace(tmp, target)
+            target = copies.adopt(tmp, sha, size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     return _Spooled(target, size, sha, VersionKey.from_stat(st), resolved)
+
+
+def _inside(resolved: Path, directory: Path) -> bool:
+    root = os.path.realpath(directory)
+    return os.path.dirname(resolved) == root or str(resolved).startswith(root + os.sep)
 
 
 class _StatWatched:
@@ -127,26 +167,40 @@ class _StatWatched:
         self._str = os.fspath(path)
 
     def token(self) -> Hashable | None:
-        try:
-            st = os.stat(self._str)
-        except OSError:  # missing, a dangling or looping link, no permission, a stale NFS handle
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
+        return stat_key(self._str)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._str!r})"
 
 
 class FileSource(_StatWatched):
-    """Watches one checkpoint file, or a symlink to one, by its stat key."""
+    """Watches one checkpoint file, or a symlink to one, by its stat key.
+
+    Args:
+        path: the file.
+        sha256: if given, the only bytes accepted (a pin of a checkpoint whose digest was
+            verified when it was served before); anything else is an IntegrityError.
+    """
 
     kind = "file"
 
-    def fetch(self, spool: Path) -> Snapshot:
+    def __init__(self, path: str | os.PathLike[str], *, sha256: str | None = None) -> None:
+        super().__init__(path)
+        self._want = sha256
+
+    def fetch(self, copies: PrivateCopies, *, limit: int = DEFAULT_LIMIT) -> Snapshot:
         before = self.token()
         if before is None:
             raise FileNotFoundError(self._str)
-        copy = _spool(self.path, spool)
+        want = self._want
+
+        def verify(sha: str, size: int) -> None:
+            if want is not None and sha != want:
+                raise IntegrityError(
+                    f"{self.path.name} is not the checkpoint that was verified before: refused"
+                )
+
+        copy = _spool(self.path, copies, limit, verify)
         return Snapshot(
             token=before,
             file=copy.file,
@@ -155,6 +209,7 @@ class FileSource(_StatWatched):
             resolved=copy.resolved,
             sha256=copy.sha256,
             key=copy.key,
+            inside=_inside(copy.resolved, self.path.parent),
         )
 
     def digest(self) -> str | None:
@@ -174,39 +229,53 @@ class ManifestSource(_StatWatched):
         self,
         path: str | os.PathLike[str],
         *,
-        signing_key: str | bytes | None = None,
+        signing_key: Keyring | str | bytes | None = None,
         require_signature: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__(path)
         self._key = signing_key
         self._require = require_signature
+        self._only = checkpoint
 
     def read_manifest(self) -> dict[str, Any]:
-        with open(self._str, "rb") as f:
-            raw = f.read()
-        manifest = parse_manifest(raw)
-        verify_signature(manifest, self._key, required=self._require)
+        """The manifest, parsed and its signature checked; at most MAX_MANIFEST_BYTES bytes are read.
+
+        Raises FileNotFoundError, or IntegrityError (with a one-line reason) for anything that
+        is not a well-formed manifest with a valid signature."""
+        with open(open_regular(self.path), "rb", buffering=0) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"manifest is over {MAX_MANIFEST_BYTES} bytes: not a manifest")
+        try:
+            manifest = parse_manifest(raw)
+            verify_signature(manifest, self._key, required=self._require)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise IntegrityError(f"manifest is malformed: {type(exc).__name__}") from None
         return manifest
 
-    def fetch(self, spool: Path) -> Snapshot:
+    def fetch(self, copies: PrivateCopies, *, limit: int = DEFAULT_LIMIT) -> Snapshot:
         before = self.token()
         if before is None:
             raise FileNotFoundError(self._str)
         manifest = self.read_manifest()
-        name = manifest["checkpoint"]
+        name, want, size = manifest["checkpoint"], manifest["sha256"], manifest["size"]
+        if self._only is not None and name != self._only:
+            raise IntegrityError(f"{self.path.name} is the record of another checkpoint: refused")
 
-        def verify(sha: str, size: int) -> None:
-            if sha != manifest["sha256"]:
-                raise IntegrityError(
-                    f"{name}: sha256 {sha[:12]} does not match the manifest's "
-                    f"{manifest['sha256'][:12]}"
-                )
-            if size != manifest["size"]:
+        def verify(sha: str, got: int) -> None:
+            if got != size:
                 raise IntegrityError(f"{name}: size differs from the manifest")
+            if sha != want:
+                raise IntegrityError(f"{name}: sha256 does not match the manifest")
 
         checkpoint = self.path.parent / name
+        # An unsigned manifest's size is the writer's choice, so the limit stays too.
+        bound, why = (size + 1, "the size the manifest states") if size < limit else (limit, "")
         try:
-            copy = _spool(checkpoint, spool, verify)
+            copy = _spool(checkpoint, copies, bound, verify, why)
         except FileNotFoundError:
             raise CheckpointError(f"manifest names {name}, which does not exist") from None
         return Snapshot(
@@ -218,6 +287,7 @@ class ManifestSource(_StatWatched):
             sha256=copy.sha256,
             key=copy.key,
             metadata=dict(manifest.get("metadata") or {}),
+            inside=_inside(copy.resolved, self.path.parent),
         )
 
     def digest(self) -> str | None:
@@ -231,17 +301,18 @@ def make_source(
     path: str | os.PathLike[str],
     *,
     name: str = "actor",
-    signing_key: str | bytes | None = None,
+    signing_key: Keyring | str | bytes | None = None,
     require_signature: bool = False,
 ) -> Source:
     """Pick the source for a path: a `.json` manifest, a checkpoint file, or a directory.
 
     A directory is followed through `{name}_latest.json` when it has one, else
     `{name}_latest.pt`; with no `name` match, the single `*_latest.json` / `*_latest.pt` in it.
+    With `require_signature` only manifests are followed (a plain file carries no signature).
     """
     p = Path(path)
-    if p.is_dir():
-        p = latest_in_directory(p, name)
+    if os.path.isdir(p):
+        p = latest_in_directory(p, name, signed_only=require_signature)
     if p.suffix == ".json":
         return ManifestSource(p, signing_key=signing_key, require_signature=require_signature)
     if require_signature:
@@ -249,16 +320,39 @@ def make_source(
     return FileSource(p)
 
 
-def latest_in_directory(directory: Path, name: str) -> Path:
-    for candidate in (directory / f"{name}_latest.json", directory / f"{name}_latest.pt"):
-        if candidate.exists():
-            return candidate
-    for pattern in ("*_latest.json", "*_latest.pt"):
-        found = sorted(directory.glob(pattern))
-        if len(found) == 1:
-            return found[0]
-    # Nothing published yet: watch the manifest path publish() will write first.
-    return directory / f"{name}_latest.json"
+def checkpoint_source(
+    path: Path,
+    *,
+    watched: Source,
+    signing_key: Keyring | str | bytes | None,
+    signed: bool,
+    verified_sha256: str | None = None,
+) -> Source:
+    """The source that checks one earlier checkpoint (a pin, a fallback) as `watched` would.
+
+    Beside a plain file the checkpoint is a plain file. Beside a manifest it is read through its
+    own record (`naming.record_for`, written by publish(): sha256 and signature checked), or,
+    without one, by the digest a manifest gave when it was served here before. With signatures
+    on, a checkpoint without a valid signed record does not qualify.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be checked as `watched` would check it.
+    """
+    if watched.kind == "file" and not signed:
+        return FileSource(path)
+    try:
+        record = record_for(path)
+    except ValueError:
+        record = None
+    if record is not None and os.path.lexists(record):
+        return ManifestSource(record, signing_key=signing_key, require_signature=signed,
+                              checkpoint=path.name)  # fmt: skip
+    if verified_sha256 is not None and not signed:
+        return FileSource(path, sha256=verified_sha256)
+    what = "signed manifest" if signed else "manifest"
+    raise CheckpointError(
+        f"{path.name} has no {what} record to check it against, so it cannot be served here"
+    )
 
 
 def confine(directory: str | os.PathLike[str], name: str) -> Path:

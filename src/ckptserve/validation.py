@@ -10,18 +10,24 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from ._codec import one_line
 from .errors import ValidationError
 from .inference import act, infer_obs_dim
+from .options import BoundSpec
 
-__all__ = ["Bounds", "Expectations", "expectations_for", "probe", "run_checks"]
-
-Number = float | int
-BoundSpec = Number | Sequence[Number] | None
+__all__ = [
+    "MAX_PROBE_VALUES",
+    "Bounds",
+    "Expectations",
+    "expectations_for",
+    "probe",
+    "run_checks",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +115,20 @@ def _expand(spec: BoundSpec, size: int | None, name: str) -> tuple[float, ...] |
 
 @dataclass(frozen=True, slots=True)
 class Expectations:
-    """What a model must look like to be served: sizes and bounds, from config or metadata."""
+    """What a model must look like to be served: sizes and bounds, from config, the live model or
+    metadata. `action_dim=None`: whatever the model gives (nothing live, nothing configured)."""
 
     obs_dim: int | None
-    action_dim: int
+    action_dim: int | None
     obs_bounds: Bounds | None
     action_bounds: Bounds | None
+
+
+#: The most values a probe state may have: a size beyond it (e.g. `obs_dim=5e8` in metadata) is
+#: refused before anything is allocated. 4M float32 values are 16 MiB.
+MAX_PROBE_VALUES = 1 << 22
+
+_SETS = {"obs_dim": "--obs-dim", "action_dim": "--action-dim"}
 
 
 def _dimension(value: Any, key: str) -> int | None:
@@ -124,6 +138,10 @@ def _dimension(value: Any, key: str) -> int | None:
         raise ValidationError(f"{key} must be a whole number, not {value!r}")
     if value < 1:
         raise ValidationError(f"{key} must be at least 1, not {value!r}")
+    if value > MAX_PROBE_VALUES:
+        raise ValidationError(
+            f"{key}={int(value)} is over the {MAX_PROBE_VALUES} values a state may have"
+        )
     return int(value)
 
 
@@ -140,17 +158,34 @@ def expectations_for(
     obs_high: BoundSpec = None,
     action_low: BoundSpec = None,
     action_high: BoundSpec = None,
+    served: Expectations | None = None,
 ) -> Expectations:
     """Combine configured expectations with a checkpoint's metadata; configuration wins, and a
-    checkpoint whose metadata contradicts the configuration is rejected."""
-    for key, configured in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+    checkpoint whose metadata contradicts it is rejected.
+
+    `served` is the live model's: its sizes lock what a candidate may have (clients were built
+    against them) wherever the configuration does not set one, also against the candidate's own
+    metadata. Without it (nothing live, or a forced load) metadata, then the model, decide.
+    """
+    locked = {
+        "obs_dim": obs_dim if obs_dim is not None else served.obs_dim if served else None,
+        "action_dim": action_dim
+        if action_dim is not None
+        else served.action_dim
+        if served
+        else None,
+    }
+    for key, want in locked.items():
         declared = _dimension(metadata.get(key), key)
-        if configured is not None and declared is not None and declared != configured:
+        if want is not None and declared is not None and declared != want:
+            configured = (obs_dim if key == "obs_dim" else action_dim) is not None
+            whose = "the server is configured with" if configured else "the live model serves"
             raise ValidationError(
-                f"checkpoint declares {key}={declared}, server expects {configured}"
+                f"checkpoint declares {key}={declared}, {whose} {want}"
+                f" ({_SETS[key]} sets it; an admin reload with force takes it anyway)"
             )
-    o = _dimension(_pick(obs_dim, metadata, "obs_dim"), "obs_dim")
-    a = _dimension(_pick(action_dim, metadata, "action_dim"), "action_dim") or 1
+    o = _dimension(_pick(locked["obs_dim"], metadata, "obs_dim"), "obs_dim")
+    a = _dimension(_pick(locked["action_dim"], metadata, "action_dim"), "action_dim")
     return Expectations(
         obs_dim=o,
         action_dim=a,
@@ -166,29 +201,43 @@ def expectations_for(
     )
 
 
-def probe(model: Any, expect: Expectations) -> int | None:
-    """Run the model on zeros (batch 1 and 2) and check its actions; return the obs size used.
+def probe(model: Any, expect: Expectations) -> Expectations:
+    """Run the model on zeros (batch 1 and 2) and check its actions; return the expectations with
+    the sizes the probe used and found filled in.
 
     Zeros are moved into the observation bounds when there are any, so the probe asks the model
-    about a state it may really be sent.
+    about a state it may really be sent. A model whose observation size nobody states (not the
+    configuration, not its metadata, not its first weight matrix) is refused: it cannot be probed.
     """
     obs_dim = expect.obs_dim or infer_obs_dim(model)
     if obs_dim is None:
-        return None
+        raise ValidationError(
+            "cannot probe the model: its observation size is unknown (set --obs-dim, or obs_dim "
+            "in the checkpoint's metadata; publish() writes it)"
+        )
+    obs_dim = _dimension(obs_dim, "obs_dim") or obs_dim
     state = torch.zeros(1, obs_dim)
     if expect.obs_bounds is not None:
         low, high = expect.obs_bounds.tensors()
         state = state.clamp(min=low, max=high)
+    action_dim = expect.action_dim
     for batch in (1, 2):
         try:
             action = act(model, state.expand(batch, obs_dim))
         except Exception as exc:
+            reason = one_line(f"{type(exc).__name__}: {exc}")
             raise ValidationError(
-                f"probe with a [{batch}, {obs_dim}] state failed: {type(exc).__name__}: {exc}"
+                f"probe with a [{batch}, {obs_dim}] state failed: {reason}"
             ) from None
-        want = (batch, expect.action_dim)
-        if tuple(action.shape) != want:
-            raise ValidationError(f"probe action shape {list(action.shape)}, expected {list(want)}")
+        shape = tuple(action.shape)
+        if action_dim is None and len(shape) == 2 and shape[0] == batch and shape[1] >= 1:
+            action_dim = shape[1]  # nothing says otherwise: the first model sets it
+        want = (batch, action_dim)
+        if shape != want:
+            raise ValidationError(
+                f"probe action shape {list(shape)}, expected [{batch}, {action_dim or 'k'}]"
+                " (--action-dim or the checkpoint's action_dim metadata sets it)"
+            )
         if not bool(torch.isfinite(action).all()):
             raise ValidationError("probe action is not finite (NaN or infinity)")
         if expect.action_bounds is not None:
@@ -197,23 +246,22 @@ def probe(model: Any, expect: Expectations) -> int | None:
                 raise ValidationError(
                     f"probe action[{hit[0]}]={hit[1]:.6g} is outside the action bounds"
                 )
-    return obs_dim
+    return replace(expect, obs_dim=obs_dim, action_dim=action_dim)
 
 
 def run_checks(
     model: Any,
     expect: Expectations,
     validate: Callable[[Any], object] | None = None,
-) -> int | None:
-    """The whole validate stage: the probe, then the user's check. Returns the probed obs size."""
-    obs_dim = probe(model, expect)
+) -> Expectations:
+    """The whole validate stage: the probe, then the user's check. Returns the probed expectations."""
+    probed = probe(model, expect)
     if validate is not None:
         try:
             validate(model)
         except ValidationError:
             raise
         except Exception as exc:
-            raise ValidationError(
-                f"validate() rejected the model: {type(exc).__name__}: {exc}"
-            ) from None
-    return obs_dim
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            raise ValidationError(f"validate() rejected the model: {reason}") from None
+    return probed

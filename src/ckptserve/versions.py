@@ -6,9 +6,21 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["LoadAttempt", "ModelVersion", "VersionKey"]
+__all__ = ["LoadAttempt", "ModelVersion", "VersionKey", "stat_key"]
 
-LoadResult = Literal["ok", "failed", "rejected", "unchanged"]
+LoadResult = Literal["ok", "failed", "rejected", "unchanged", "superseded"]
+
+StatKey = tuple[int, int, int, int, int]
+
+
+def stat_key(path: str | os.PathLike[str]) -> StatKey | None:
+    """`os.stat(path)` as the tuple `VersionKey` holds; None when it cannot be stat'ed (missing,
+    a dangling or looping link, no permission, a stale NFS handle). A source's token."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_ctime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +44,7 @@ class VersionKey:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
-    def as_tuple(self) -> tuple[int, int, int, int, int]:
+    def as_tuple(self) -> StatKey:
         return (self.mtime_ns, self.size, self.ino, self.dev, self.ctime_ns)
 
 

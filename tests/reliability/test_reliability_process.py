@@ -100,3 +100,24 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         statuses = asyncio.run(scenario())
         assert statuses == [200] * 20
         assert server.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_makes_the_server_look_at_its_sources_again_and_never_kills_it(
+    tmp_path: Path, workers: int
+) -> None:
+    """SIGHUP means "look at the sources again now" (a manifest is re-read at once) with one
+    worker or several, never "exit" or "restart": the server answers before and after it, and
+    each worker says in the log what it did."""
+    models = tmp_path / "models"
+    publish(torch_script(seeded(1)), models)
+    args = [str(models), "--verify-interval", "3600", "--workers", str(workers)]
+    with ServerProcess(args, log=tmp_path / "log") as server:
+        server.wait_ready(timeout=90)
+        assert server.client.post("/rl/predict", json={"state": [0.1] * 4}).status_code == 200
+        server.proc.send_signal(signal.SIGHUP)
+        line = "SIGHUP: looking at the sources again"
+        wait_for(lambda: server.output().count(line) == workers, 30, f"{workers} log lines")
+        assert server.proc.poll() is None, server.output()
+        assert "replaced by a new worker" not in server.output()
+        assert server.client.post("/rl/predict", json={"state": [0.1] * 4}).status_code == 200

@@ -90,7 +90,8 @@ class ServerProcess:
     """`ckptserve serve ARGS` on a free 127.0.0.1 port, in its own process group."""
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
-                 log: Path, port: int | None = None) -> None:  # fmt: skip
+                 log: Path, port: int | None = None,
+                 command_prefix: list[str] | None = None) -> None:  # fmt: skip
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -100,7 +101,8 @@ class ServerProcess:
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, full_env.get("PYTHONPATH")]))
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ckptserve", "serve", *args, "--port", str(self.port)],
+            [*(command_prefix or []), sys.executable, "-m", "ckptserve", "serve", *args,
+             "--port", str(self.port)],
             stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
         )  # fmt: skip
         self.client = httpx.Client(base_url=self.url, timeout=10)

@@ -1,4 +1,4 @@
-"""`create_app` served in this process: admin disabled, the OpenAPI document, the status page,
+"""`create_app` served in this process: admin disabled, the OpenAPI document,
 limits and bounds, several models, loads off the event loop, one implementation of predict
 whether a request takes the fast lane or FastAPI's route, and routes built before the first
 request."""
@@ -68,20 +68,6 @@ def test_405_lists_every_method_of_the_path(model_dir: Path, make_server: MakeSe
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, POST"
 
 
-def test_status_page(model_dir: Path, make_server: MakeServer) -> None:
-    server = make_server(model_dir)
-    sha = server.client.get("/rl/status").json()["version"]["sha256"]
-    r = server.client.get("/")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    page = r.text
-    assert "actor" in page and sha[:12] in page and "ok" in page
-    assert (
-        "<script" not in page
-        and "src=" not in page
-        and "http" not in page.replace("http-equiv", "")
-    )
-
-
 def test_body_limit_is_configurable(model_dir: Path, make_server: MakeServer) -> None:
     server = make_server(model_dir, max_body_bytes=64)
     assert server.client.post("/rl/predict", json=state()).status_code == 200
@@ -132,7 +118,7 @@ def test_not_ready_reason_and_503(tmp_path: Path, make_server: MakeServer) -> No
 
 def test_directory_that_does_not_exist_yet(tmp_path: Path, make_server: MakeServer) -> None:
     """Serving a model directory before the trainer created it: ready after the first publish."""
-    directory = tmp_path / "not" / "yet"
+    directory = tmp_path / "not-yet"  # only a missing last component is created
     server = make_server(directory, ready=False, obs_dim=OBS_DIM)
     assert server.client.get("/readyz").status_code == 503
     publish(torch_script(seeded(4)), directory)

@@ -137,26 +137,42 @@ def test_missing_checkpoint_starts_not_ready(tmp_path: Path) -> None:
         assert {"model", "checkpoint", "sha256", "duration", "reason"} <= set(loads[0])
 
 
+def _wait_for_both_workers(
+    server: ServerProcess, sha: str, *, every_answer: bool
+) -> dict[int, str]:
+    """Poll until two worker pids have answered predict with `sha`; with `every_answer`, every
+    answer on the way must be a 200 from that checkpoint (else: not ready yet is retried)."""
+    seen: dict[int, str] = {}
+
+    def both() -> bool:
+        # A fresh connection each time, so the kernel may hand it to either worker.
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            r = c.post("/rl/predict", json=state())
+            good = r.status_code == 200 and r.json()["sha256"] == sha
+            assert good or not every_answer, (r.status_code, r.text, sha)
+            if not good:
+                return False
+            status = c.get("/rl/status").json()
+            seen[status["pid"]] = status["version"]["sha256"]
+        return len(seen) == 2
+
+    wait_for(both, 60, "both workers to answer")
+    return seen
+
+
 def test_two_workers_both_serve_a_new_publish(tmp_path: Path) -> None:
     """--workers 2: after a publish, every worker answers with the new sha256; metrics sum."""
     directory = tmp_path / "models"
     publish(torch_script(seeded(0)), directory)
     with ServerProcess([str(directory), "--workers", "2"], log=tmp_path / "log") as server:
         server.wait_ready()
+        # Both workers live first: a publish while one still loads its first model would be a
+        # torn load for that worker, which then answers 503 until its retry.
+        first = json.loads((directory / "actor_latest.json").read_text())["sha256"]
+        _wait_for_both_workers(server, first, every_answer=False)
         publish(torch_script(seeded(5)), directory)
         sha = json.loads((directory / "actor_latest.json").read_text())["sha256"]
-        seen: dict[int, str] = {}
-
-        def both_new() -> bool:
-            # A fresh connection each time, so the kernel may hand it to either worker.
-            with httpx.Client(base_url=server.url, timeout=10) as c:
-                r = c.post("/rl/predict", json=state())
-                assert r.status_code == 200 and r.json()["sha256"] == sha
-                status = c.get("/rl/status").json()
-                seen[status["pid"]] = status["version"]["sha256"]
-            return len(seen) == 2
-
-        wait_for(both_new, 60, "both workers to answer")
+        seen = _wait_for_both_workers(server, sha, every_answer=True)
         assert set(seen.values()) == {sha}
         text = server.client.get("/metrics").text
         total = sum(
@@ -279,8 +295,8 @@ def test_options_come_from_the_environment(
     monkeypatch.setenv("CKPTSERVE_ALLOW_FORMATS", '["export"]')
     monkeypatch.setenv("CKPTSERVE_ADMIN_TOKEN", "t")
     settings = build_settings([str(model_dir)], {"port": 9000, "swap": None})
-    assert settings.swap == "background" and settings.port == 9000
-    assert settings.allow_formats == ("export",)
+    assert settings.registry.swap == "background" and settings.port == 9000
+    assert settings.registry.allow_formats == ("export",)
     assert settings.admin_token.get_secret_value() == "t"
     assert "admin_token" not in settings.to_env()  # workers read it from the environment
     options = settings.registry_options()
@@ -300,3 +316,112 @@ def test_background_nice_reaches_the_registry_and_is_bounded(model_dir: Path) ->
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [
+        ("gpu", "--device 'gpu' is not a device torch knows"),
+        pytest.param(
+            "cuda:0", "--device cuda:0: ",
+            marks=pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has CUDA"),
+        ),
+        ("cuda:64", "--device cuda:64: "),
+    ],
+)  # fmt: skip
+def test_an_unusable_device_is_refused_at_start(
+    model_dir: Path, capsys: pytest.CaptureFixture[str], device: str, says: str
+) -> None:
+    """A device torch cannot parse, or one this machine lacks, is one line before serving."""
+    assert run_main(["serve", str(model_dir), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ckptserve: error: {says}"), err
+
+
+def test_a_usable_device_passes_the_check() -> None:
+    from ckptserve.server.devices import device_problem
+
+    assert device_problem("cpu") is None
+    assert device_problem("cpu:0") is None
+    if _cuda_devices():
+        assert device_problem("cuda") is None
+        assert device_problem(f"cuda:{_cuda_devices() - 1}") is None
+
+
+def test_a_typo_in_the_path_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve runs/exp1/modles` with neither runs/ nor exp1/ there is one line; nothing is made."""
+    runs = tmp_path / "runs" / "exp1"
+    for typo in (runs / "modles", runs / "actor_latest.pt"):
+        code = run_main(["serve", str(typo)])
+        err = capsys.readouterr().err
+        assert code == 1 and "does not exist" in err and "a typo?" in err, err
+        assert err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_last_directory_is_created_and_the_wait_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the last component of a model directory is created, and the log says the server
+    waits for a first checkpoint there; a deeper missing path raises and creates nothing."""
+    from ckptserve.server.paths import prepare_model_path
+
+    caplog.set_level("INFO", logger="ckptserve.server")
+    prepare_model_path(str(tmp_path / "models"))
+    assert (tmp_path / "models").is_dir()
+    assert f"created {tmp_path / 'models'}: waiting for a first checkpoint there" in caplog.text
+    caplog.clear()
+    prepare_model_path(str(tmp_path / "models"))
+    assert "nothing published in" in caplog.text and "waiting for a first checkpoint" in caplog.text
+    with pytest.raises(FileNotFoundError, match="a typo"):
+        prepare_model_path(str(tmp_path / "a" / "b" / "models"))
+    assert not (tmp_path / "a").exists()
+
+
+FACTORY_MODULE = "from serverkit import TinyActor\n\n\ndef make():\n    return TinyActor()\n"
+
+
+def test_a_factory_imports_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path
+) -> None:
+    """`--factory mypolicy:make` finds ./mypolicy.py without PYTHONPATH=. (--app-dir ".")."""
+    (tmp_path / "cwd_policy.py").write_text(FACTORY_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_policy", raising=False)
+    from ckptserve.cli import _preflight, build_settings
+
+    settings = build_settings([str(model_dir)], {"factory": "cwd_policy:make"})
+    _preflight(settings)
+    assert sys.path[0] == str(tmp_path) and "cwd_policy" in sys.modules
+
+
+def test_workers_import_the_factory_from_the_app_dir(tmp_path: Path) -> None:
+    """With --workers 2 and --app-dir, every worker loads weights through a factory module that
+    is on no other import path."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "app_policy.py").write_text(FACTORY_MODULE)
+    directory = tmp_path / "models"
+    publish(seeded(2), directory, format="state_dict")
+    args = [str(directory), "--factory", "app_policy:make", "--app-dir", str(app_dir),
+            "--workers", "2"]  # fmt: skip
+    with ServerProcess(args, log=tmp_path / "log", env={"PYTHONSAFEPATH": "1"}) as server:
+        server.wait_ready(timeout=90)
+        pids: set[int] = set()
+
+        def both_loaded() -> bool:
+            with httpx.Client(base_url=server.url, timeout=10) as c:  # either worker may answer
+                assert c.post("/rl/predict", json=state()).status_code == 200, server.output()
+                pids.add(c.get("/rl/status").json()["pid"])
+            return len(pids) == 2
+
+        wait_for(both_loaded, 90, "both workers to answer")

@@ -1,134 +1,147 @@
-"""What a careless client can send: a large batch never runs its forward pass on the event loop,
-batched or not, and JSON nested to any depth, in any field, is a 4xx, never a 500."""
+"""Limits a load balancer expects: a deadline for a request's headers, the open-file limit raised
+at start, a connection limit below it, and a log line saying why a worker was replaced."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-from collections.abc import Callable
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import time
 from pathlib import Path
-from typing import Any
 
-import orjson
+import httpx
 import pytest
-import torch
-from serverkit import OBS_DIM, InProcessServer, ThreadRecordingActor, seeded
+from serverkit import ServerProcess, seeded, state, torch_script, wait_for
 
 from ckptserve import publish
-from ckptserve.server.batching import OFF_LOOP_ROWS, Batcher
+from ckptserve.server.serving import (
+    RESERVED_FILES,
+    connection_limit,
+    exit_reason,
+    raise_open_file_limit,
+)
 
-MakeServer = Callable[..., InProcessServer]
+DEADLINE = 5.0  # --timeout-headers in these tests: far above a normal request's header time
 
 
-@pytest.fixture
-def recording_server(tmp_path: Path, make_server: MakeServer) -> InProcessServer:
+def _closed_by_server(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.slow
+def test_trickled_headers_are_cut_off_while_requests_are_answered(tmp_path: Path) -> None:
+    """Connections that trickle header bytes are closed once the header deadline passes (never
+    before it), while a normal request and one whose headers come in two parts are answered."""
     directory = tmp_path / "models"
-    publish(seeded(0), directory, format="safetensors")
-    server = make_server(directory, factory="serverkit:thread_recording_actor")
-    ThreadRecordingActor.threads.clear()  # the probe ran in the loading thread
-    return server
+    publish(torch_script(seeded(0)), directory)
+    args = [str(directory), "--timeout-headers", str(DEADLINE)]
+    with ServerProcess(args, log=tmp_path / "log") as server:
+        server.wait_ready()
+        opened: dict[socket.socket, float] = {}
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            opened[sock] = time.monotonic()
+            sock.sendall(b"POST /rl/predict HTTP/1.1\r\nHost: trickle\r\n")
+        try:
+            assert server.client.post("/rl/predict", json=state()).status_code == 200
+            with socket.create_connection(("127.0.0.1", server.port)) as split:
+                body = b'{"state": [0.1, 0.1, 0.1, 0.1]}'
+                split.sendall(b"POST /rl/predict HTTP/1.1\r\nHost: split\r\n")
+                time.sleep(0.2)
+                split.sendall(b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                              % (len(body), body))  # fmt: skip
+                split.settimeout(30)
+                assert split.recv(64).startswith(b"HTTP/1.1 200"), "split headers were refused"
+            closed: dict[socket.socket, float] = {}
+            give_up = time.monotonic() + DEADLINE + 60
+            while len(closed) < len(opened) and time.monotonic() < give_up:
+                for sock in opened.keys() - closed.keys():
+                    try:
+                        sock.sendall(b"x-trickle: 1\r\n")
+                    except OSError:  # reset by the server
+                        closed[sock] = time.monotonic()
+                        continue
+                    if _closed_by_server(sock):
+                        closed[sock] = time.monotonic()
+                time.sleep(0.25)
+            lasted = sorted(closed[s] - opened[s] for s in closed)
+            assert len(closed) == len(opened), f"{len(opened) - len(closed)} still open: {lasted}"
+            assert lasted[0] >= DEADLINE - 0.05, f"closed before the deadline: {lasted}"
+            assert server.client.post("/rl/predict", json=state()).status_code == 200
+        finally:
+            for sock in opened:
+                sock.close()
 
 
-@pytest.mark.parametrize("route", ["/rl/predict", "/v2/models/actor/infer"])
-def test_a_large_batch_runs_its_forward_off_the_event_loop(
-    recording_server: InProcessServer, route: str
+def test_the_soft_open_file_limit_is_raised_to_the_hard_limit(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A few states run on the loop (no thread hop); OFF_LOOP_ROWS states in a worker thread."""
-    loop_thread = recording_server.thread.ident
-    for n, on_loop in ((1, True), (OFF_LOOP_ROWS - 1, True), (OFF_LOOP_ROWS, False), (4096, False)):
-        states = [[0.01 * i] * OBS_DIM for i in range(n)]
-        if route.startswith("/rl"):
-            body: dict[str, Any] = {"states": states}
-        else:
-            body = {"inputs": [{"name": "state", "datatype": "FP32", "shape": [n, OBS_DIM],
-                                "data": states}]}  # fmt: skip
-        r = recording_server.client.post(route, json=body)
-        assert r.status_code == 200, r.text
-        ran_in = ThreadRecordingActor.threads[-1]
-        assert (ran_in == loop_thread) is on_loop, (n, ran_in, loop_thread)
+    """At start the soft RLIMIT_NOFILE becomes the hard one (workers inherit it), logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, hard, 4096) // 2
+    caplog.set_level(logging.INFO, logger="ckptserve.server")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        assert raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        assert f"raised the open-file limit from {lowered} to {hard}" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_gathered_batch_of_many_rows_runs_off_the_event_loop() -> None:
-    """Requests gathered into one pass of OFF_LOOP_ROWS rows or more: the pass runs in a worker
-    thread, each request still gets its own rows, and a bad one is still split out."""
-    threads: list[int] = []
-
-    def forward(live: Any, x: torch.Tensor) -> torch.Tensor:
-        threads.append(threading.get_ident())
-        if bool((x[:, 0] > 1).any()):
-            raise ValueError("state out of range")
-        return x[:, :1] * 2
-
-    per_request = 8
-    firsts = [0.1] * (OFF_LOOP_ROWS // per_request)
-    firsts[2] = 5.0
-
-    async def scenario() -> list[Any]:
-        batcher = Batcher(4 * OFF_LOOP_ROWS)
-        live: Any = object()
-        return await asyncio.gather(
-            *(batcher.run(live, torch.full((per_request, 3), v), forward) for v in firsts),
-            return_exceptions=True,
-        )
-
-    results = asyncio.run(scenario())
-    assert threading.get_ident() not in threads, threads
-    for i, result in enumerate(results):
-        if i == 2:
-            assert isinstance(result, ValueError), result
-        else:
-            assert isinstance(result, torch.Tensor) and result.shape == (per_request, 1)
-            assert torch.allclose(result, torch.full((per_request, 1), 0.2))
-
-
-def _nest(depth: int) -> Any:
-    value: Any = "x"
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def _deep_bodies(depth: int) -> list[tuple[str, bytes]]:
-    """Each field of both model routes' bodies replaced, in turn, by a value `depth` deep. Deeper
-    than the parsers go (orjson: 1024), as raw text."""
-    deep = "[" * depth + "]" * depth
-    state = orjson.dumps([0.0] * OBS_DIM).decode()
-    spec = {"name": '"state"', "datatype": '"FP32"', "shape": f"[1, {OBS_DIM}]", "data": state}
-
-    def infer(field: str | None, top: str | None = None) -> bytes:
-        fields = {**spec, **({field: deep} if field else {})}
-        inner = ", ".join(f'"{k}": {v}' for k, v in fields.items())
-        extra = f', "{top}": {deep}' if top else ""
-        return f'{{"inputs": [{{{inner}}}]{extra}}}'.encode()
-
-    return [
-        ("/rl/predict", f'{{"state": {deep}}}'.encode()),
-        ("/rl/predict", f'{{"states": {deep}}}'.encode()),
-        ("/rl/predict", f'{{"states": [{deep}]}}'.encode()),
-        ("/rl/predict", f'{{"state": {state}, "x": {deep}}}'.encode()),
-        ("/rl/predict", deep.encode()),
-        *(("/v2/models/actor/infer", infer(f)) for f in (*spec, "parameters")),
-        *(("/v2/models/actor/infer", infer(None, top)) for top in ("id", "outputs", "parameters")),
-        ("/v2/models/actor/infer", f'{{"inputs": {deep}}}'.encode()),
-    ]
-
-
-@pytest.mark.parametrize("depth", [260, 1000, 2000, 100_000])
-def test_json_nested_to_any_depth_is_never_a_500(
-    recording_server: InProcessServer, depth: int
+@pytest.mark.parametrize(
+    ("given", "open_files", "limit"),
+    [
+        (None, 1024, 1024 - RESERVED_FILES),  # by default: below the descriptors
+        (None, resource.RLIM_INFINITY, None),
+        (200, 1024, 200),
+        (0, 1024, None),  # 0: no limit
+    ],
+)
+def test_the_connection_limit_stays_below_the_open_file_limit(
+    given: int | None, open_files: int, limit: int | None
 ) -> None:
-    """Through the fast lane: every reply is JSON with a status under 500 (and the server keeps
-    answering)."""
-    for path, body in _deep_bodies(depth):
-        r = recording_server.client.post(path, content=body)
-        assert r.status_code < 500, (path, depth, r.status_code, r.text[:300])
-        assert r.json(), (path, depth)
-    assert recording_server.client.get("/healthz").status_code == 200
+    assert connection_limit(given, open_files) == limit
 
 
-def test_an_oip_id_nested_260_deep_is_a_400(recording_server: InProcessServer) -> None:
-    body = {"id": _nest(260), "inputs": [{"name": "state", "datatype": "FP32",
-            "shape": [1, OBS_DIM], "data": [0.0] * OBS_DIM}]}  # fmt: skip
-    r = recording_server.client.post("/v2/models/actor/infer", content=json.dumps(body).encode())
-    assert r.status_code == 400 and "id" in r.json()["error"], r.text
+@pytest.mark.parametrize(
+    ("exitcode", "answered", "says"),
+    [
+        (-9, True, "was killed by SIGKILL (the kernel's out-of-memory killer sends it too)"),
+        (-15, True, "was killed by SIGTERM"),
+        (1, True, "exited with status 1"),
+        (-9, False, "did not answer the health check within 60 s (--timeout-worker-healthcheck)"),
+    ],
+)
+def test_why_a_worker_ended(exitcode: int, answered: bool, says: str) -> None:
+    assert exit_reason(exitcode, answered=answered, healthcheck=60).startswith(says)
+
+
+@pytest.mark.slow
+def test_a_replaced_worker_is_logged_with_the_reason(tmp_path: Path) -> None:
+    """With --workers 2, a worker killed with SIGKILL is replaced and the log says why."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    with ServerProcess([str(directory), "--workers", "2"], log=tmp_path / "log") as server:
+        server.wait_ready(timeout=90)
+        victim = server.client.get("/rl/status").json()["pid"]
+        os.kill(victim, signal.SIGKILL)
+        line = f"worker [{victim}] was killed by SIGKILL"
+        wait_for(lambda: line in server.output(), 60, "the supervisor to log the replacement")
+
+        def answered_by_another() -> bool:
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                r = c.get("/rl/status")
+                return r.status_code == 200 and r.json()["pid"] != victim
+
+        wait_for(answered_by_another, 60, "a worker to answer")
+        assert "replaced by a new worker" in server.output()

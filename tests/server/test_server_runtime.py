@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from serverkit import SLOW_LOAD_SECONDS, seeded, torch_script, wait_for
 
-import ckptserve.registry
+import ckptserve._harness
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings
 from ckptserve.server.state import Runtime
@@ -21,13 +21,13 @@ from ckptserve.server.state import Runtime
 @pytest.fixture(autouse=True)
 def slow_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every load waits SLOW_LOAD_SECONDS between copying the checkpoint and reading the copy."""
-    real = ckptserve.registry.load_candidate
+    real = ckptserve._harness.load_candidate
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(SLOW_LOAD_SECONDS)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ckptserve.registry, "load_candidate", slow)
+    monkeypatch.setattr(ckptserve._harness, "load_candidate", slow)
 
 
 def runtime_for(directory: Path, **options: Any) -> Runtime:
@@ -87,7 +87,7 @@ def test_shutdown_during_a_slow_load_lets_it_finish_off_the_loop(
             publish(torch_script(seeded(2)), directory)
             await wait_until(lambda: registry.loading, 10, "the background reload")
         else:
-            await wait_until(lambda: runtime.models["actor"]._loading is not None, 10, "a load")
+            await wait_until(lambda: runtime.models["actor"]._checking is not None, 10, "a load")
         await asyncio.sleep(SLOW_LOAD_SECONDS / 5)  # well inside the load
         return await close_while_ticking(runtime)
 
@@ -109,7 +109,7 @@ def test_shutdown_waits_for_a_load_at_most_load_timeout(
 
     async def scenario() -> float:
         await runtime.start()
-        await wait_until(lambda: runtime.models["actor"]._loading is not None, 10, "a load")
+        await wait_until(lambda: runtime.models["actor"]._checking is not None, 10, "a load")
         started = time.perf_counter()
         await close_while_ticking(runtime, load_timeout=SLOW_LOAD_SECONDS / 10)
         return time.perf_counter() - started
@@ -132,7 +132,7 @@ def test_watcher_and_request_share_one_load(tmp_path: Path, thread_hops: list[An
         await runtime.start()
         handle = runtime.models["actor"]
         try:
-            await wait_until(lambda: handle._loading is not None, 10, "the watcher's load")
+            await wait_until(lambda: handle._checking is not None, 10, "the watcher's load")
             live = await handle.live()
             assert live is handle.registry.current
         finally:
@@ -140,5 +140,5 @@ def test_watcher_and_request_share_one_load(tmp_path: Path, thread_hops: list[An
 
     asyncio.run(scenario())
     registry = runtime.models["actor"].registry
-    assert [h for h in thread_hops if h == registry.get] == [registry.get]
+    assert [h for h in thread_hops if h == registry.check] == [registry.check]
     assert registry.load_count == 1

@@ -11,12 +11,7 @@ from typing import Literal
 
 import orjson
 
-from ..errors import (
-    CheckpointError,
-    ModelNotAvailable,
-    PathNotAllowed,
-    WouldBlock,
-)
+from ..errors import CheckpointError, ModelNotAvailable, PathNotAllowed
 from .names import printable
 
 __all__ = ["ApiError", "Reply", "error_reply", "status_for"]
@@ -54,7 +49,7 @@ def status_for(exc: BaseException) -> tuple[int, Headers]:
     """The HTTP status (and headers) for an exception: the table lives here and only here."""
     if isinstance(exc, ApiError):
         return exc.status, exc.headers
-    if isinstance(exc, (ModelNotAvailable, WouldBlock)):
+    if isinstance(exc, ModelNotAvailable):
         return 503, [(b"retry-after", RETRY_AFTER)]
     if isinstance(exc, PathNotAllowed):
         return 400, []
@@ -68,7 +63,7 @@ def status_for(exc: BaseException) -> tuple[int, Headers]:
 def error_reply(exc: BaseException, style: Style = "detail", extra: Headers | None = None) -> Reply:
     """Render an exception as a JSON error response (`{"detail": ...}`, or `{"error": ...}` for OIP)."""
     status, headers = status_for(exc)
-    if status >= 500 and not isinstance(exc, (ApiError, ModelNotAvailable, WouldBlock)):
+    if status >= 500 and not isinstance(exc, (ApiError, ModelNotAvailable)):
         log.error("request failed", exc_info=exc)
         message = f"internal error: {type(exc).__name__}"
     else:

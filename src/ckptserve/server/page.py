@@ -1,87 +1,102 @@
-"""The live status page at `/`: plain HTML, no scripts or external assets, refreshed every 2 s."""
+"""The live status page at `/` and the one JSON document it draws itself from, `GET /statusz`.
+
+The page is `static/index.html` with `static/page.css` and `static/page.js` inlined: one response,
+no external assets, nothing to build. Its script fetches `/statusz` once a second.
+"""
 
 from __future__ import annotations
 
-import html
+import os
 import time
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-from .state import Runtime
+import anyio.to_thread
 
-__all__ = ["render_page"]
+from .state import ModelHandle, Runtime
 
-_STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-h1{font-size:20px}h2{font-size:16px;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f4f4f4}.ok{color:#080}.bad{color:#b00}.warn{color:#a60}code{font-size:13px}
-"""
+__all__ = ["page_html", "status_document"]
+
+_VERSIONS_LISTED = 20
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+@cache
+def page_html() -> str:
+    """The status page (read from the package once)."""
+    static = files("ckptserve.server") / "static"
+    html = (static / "index.html").read_text(encoding="utf-8")
+    style = (static / "page.css").read_text(encoding="utf-8")
+    script = (static / "page.js").read_text(encoding="utf-8")
+    return html.replace("{{style}}", style).replace("{{script}}", script)
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+async def status_document(runtime: Runtime) -> dict[str, Any]:
+    """Everything the page shows, for every model, as answered by this worker process.
+
+    The request and action series are read on the event loop (where they are written); the
+    directory listings and stats run in a worker thread.
+    """
+    now = time.time()
+    series = {name: runtime.live.snapshot(name, now) for name in runtime.models}
+    models = await anyio.to_thread.run_sync(_models, runtime, now)
+    for model in models:
+        model.update(series[model["name"]])
+    settings = runtime.settings
+    return {
+        "pid": os.getpid(),
+        "workers": settings.workers,
+        "now": now,
+        "started_at": runtime.started_at,
+        "not_ready": runtime.not_ready(),
+        "prefix": settings.prefix,
+        "admin_enabled": settings.admin_token is not None,
+        "window_seconds": runtime.live.window,
+        "models": models,
+    }
 
 
-def _when(at: float | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at)) if at else "-"
+def _models(runtime: Runtime, now: float) -> list[dict[str, Any]]:
+    return [_model(runtime, handle, now) for handle in list(runtime.models.values())]
 
 
-def render_page(runtime: Runtime) -> str:
-    """The whole page for the current state of every model."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<meta http-equiv='refresh' content='2'><title>ckptserve</title>",
-        f"<style>{_STYLE}</style></head><body><h1>ckptserve</h1>",
-    ]
-    reasons = runtime.not_ready()
-    state = "<span class='ok'>ready</span>" if not reasons else "<span class='bad'>not ready</span>"
-    parts.append(f"<p>{state} &middot; {len(runtime.models)} model(s) &middot; prefix "
-                 f"<code>{_e(runtime.settings.prefix)}</code> &middot; swap "
-                 f"<code>{_e(runtime.settings.swap)}</code></p>")  # fmt: skip
-    for name, handle in runtime.models.items():
-        status = handle.registry.status()
-        version = status["version"]
-        age, lag = handle.staleness()
-        default = " (default)" if name == runtime.default else ""
-        parts.append(f"<h2>{_e(name)}{default}</h2><table>")
-        rows = [
-            ("watching", f"<code>{_e(status['model_path'])}</code> ({_e(status['source'])})"),
-            ("live", f"<code>{_e(version['checkpoint'])}</code> sha256 <code>{_e(version['sha256'][:12])}</code> "
-             f"({_e(version['format'])}, loaded {_when(version['loaded_at'])} in "
-             f"{version['load_seconds'] * 1000:.1f} ms)" if version else "<span class='bad'>none</span>"),
-            ("loads", _e(status["load_count"])),
-            ("age", _ago(age)),
-            ("lag behind newest file",
-             f"<span class='{'warn' if lag else 'ok'}'>{_ago(lag)}</span>" if lag is not None else "-"),
-            ("pinned", f"<code>{_e(status['pinned'])}</code>" if status["pinned"] else "no"),
-        ]  # fmt: skip
-        if status["file_missing"]:
-            rows.append(("file", "<span class='bad'>missing</span>"))
-        error = status["last_error"]
-        if error:
-            rows.append(("last error", f"<span class='bad'>{_e(error['result'])}</span> "
-                         f"{_e(error['checkpoint'])}: {_e(error['reason'])} at {_when(error['at'])}"))  # fmt: skip
-        parts.extend(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)
-        parts.append("</table><table><tr><th>time</th><th>result</th><th>checkpoint</th>"
-                     "<th>sha256</th><th>ms</th><th>reason</th></tr>")  # fmt: skip
-        for attempt in reversed(status["history"]):
-            css = "ok" if attempt["result"] in ("ok", "unchanged") else "bad"
-            parts.append(
-                f"<tr><td>{_when(attempt['at'])}</td><td class='{css}'>{_e(attempt['result'])}</td>"
-                f"<td>{_e(attempt['checkpoint'])}</td><td><code>{_e((attempt['sha256'] or '')[:12])}</code></td>"
-                f"<td>{attempt['duration'] * 1000:.1f}</td><td>{_e(attempt['reason'])}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("<p><a href='/docs'>API docs</a> &middot; <a href='/metrics'>metrics</a> &middot; "
-                 "<a href='/readyz'>readyz</a></p></body></html>")  # fmt: skip
-    return "".join(parts)
+def _model(runtime: Runtime, handle: ModelHandle, now: float) -> dict[str, Any]:
+    status = handle.registry.status()
+    age, lag = handle.staleness(now)
+    version = status["version"]
+    live = None
+    if version is not None:
+        live = {
+            "checkpoint": version["checkpoint"],
+            "sha256": version["sha256"],
+            "format": version["format"],
+            "step": version["metadata"].get("step"),
+            "mtime": version["mtime"],
+            "size": version["size"],
+            "loaded_at": version["loaded_at"],
+            "load_seconds": version["load_seconds"],
+            "age_seconds": age,
+        }
+    base = f"{runtime.settings.prefix}/{handle.name}"
+    versions = handle.versions()[:_VERSIONS_LISTED]
+    return {
+        "name": handle.name,
+        "default": handle.name == runtime.default,
+        "routes": {"status": f"{base}/status", "reload": f"{base}/reload", "pin": f"{base}/pin"},
+        "watching": status["model_path"],
+        "source": status["source"],
+        "swap": status["swap"],
+        "live": live,
+        "lag_seconds": lag,
+        "pinned": Path(status["pinned"]).name if status["pinned"] else None,
+        "file_missing": status["file_missing"],
+        "loading": status["loading"],
+        "load_count": status["load_count"],
+        "last_error": status["last_error"],
+        "history": status["history"],
+        "versions": [
+            {"checkpoint": v["checkpoint"], "mtime": v["mtime"], "live": v["live"]}
+            for v in versions
+        ],
+    }

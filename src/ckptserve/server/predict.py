@@ -417,4 +417,5 @@ async def handle_model_request(
     except Exception as exc:
         reply = error_reply(exc, style)
     runtime.metrics.observe(label, reply.status, time.perf_counter() - started)
+    runtime.live.record(label, reply.status, time.perf_counter() - started, reply)
     return reply

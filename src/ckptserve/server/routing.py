@@ -107,6 +107,7 @@ def route_table(prefix: str) -> tuple[Route, ...]:
         Route("GET", "/metrics", ops.metrics, "Prometheus metrics", "operations",
               response_class=Response),
         Route("GET", "/", ops.page, "Status page", "operations", response_class=HTMLResponse),
+        Route("GET", "/statusz", ops.statusz, "Status page data", "operations"),
         Route("GET", "/docs", docs.swagger_ui, "API docs", "docs", response_class=HTMLResponse,
               in_schema=False),
         Route("GET", "/docs/oauth2-redirect", docs.oauth2_redirect, "OAuth2 redirect", "docs",

@@ -9,6 +9,7 @@ import gc
 import hmac
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,32 +18,21 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..errors import ModelNotAvailable, WouldBlock
-from ..naming import checkpoint_prefix
-from ..publishing import list_checkpoints
+from ..errors import ModelNotAvailable
+from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
 from .batching import Batcher
 from .errors import ApiError
+from .live import LiveRecorder
 from .metrics import Metrics, prune_dead_workers
 from .names import printable, version_header
+from .paths import prepare_model_path
+from .pins import PinBook
 from .settings import ModelSpec, Settings
 
-__all__ = ["ModelHandle", "Runtime", "prepare_model_path"]
+__all__ = ["ModelHandle", "Runtime"]
 
 log = logging.getLogger("ckptserve.server")
-
-
-def looks_like_directory(path: str) -> bool:
-    """A path that does not exist yet names a directory when it ends in a slash or has no suffix."""
-    return path.endswith(("/", os.sep)) or not Path(path).suffix
-
-
-def prepare_model_path(path: str) -> None:
-    """Create a model directory that does not exist yet (publish() would), so the registry follows
-    `{name}_latest.*` inside it instead of watching the directory's path as a file."""
-    p = Path(path)
-    if not p.exists() and looks_like_directory(path):
-        p.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(slots=True)
@@ -66,23 +56,27 @@ class ModelHandle:
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
     _meta: _LiveMeta | None = field(default=None, repr=False)
-    _loading: asyncio.Future[LiveModel] | None = field(default=None, repr=False)
+    _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
-        """The live handle; a load that is needed runs in a worker thread, never on the loop.
-        Requests that find a load needed while one is under way wait for that same one (one
-        thread, not one thread hop per request: a sync swap under load stays short)."""
+        """The live handle. A check that is needed runs in a worker thread, never on the loop:
+        the swap policy hands it to the registry's worker (background mode, timers), or the
+        requests that find the source stale await one shared `to_thread(check)` (one thread,
+        not one thread hop per request: a sync swap under load stays short)."""
         registry = self.registry
         if force_reload:
-            return await anyio.to_thread.run_sync(partial(registry.get, force_reload=True))
-        try:
-            return registry.get(block=False)
-        except WouldBlock:
-            pass
-        loading = self._loading
-        if loading is None or loading.done():
-            loading = self._loading = asyncio.ensure_future(anyio.to_thread.run_sync(registry.get))
-        return await asyncio.shield(loading)
+            await anyio.to_thread.run_sync(partial(registry.check, reload=True))
+        elif registry.stale():
+            live = registry.policy.serve_stale(registry)
+            if live is not None:
+                return live
+            checking = self._checking
+            if checking is None or checking.done():
+                checking = self._checking = asyncio.ensure_future(
+                    anyio.to_thread.run_sync(registry.check)
+                )
+            await asyncio.shield(checking)
+        return registry.require_live()
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""
@@ -150,9 +144,11 @@ class Runtime:
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin_token = token.encode() or None
         self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
+        self.live = LiveRecorder()  # the status page's per-second series and action samples
         self._watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self.pins = PinBook(settings.registry.state_dir)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -183,12 +179,18 @@ class Runtime:
 
             torch.set_num_threads(self.settings.torch_threads)
         self.open_models()
+        # A recorded pin wins over what the directory offers (and over a fallback): apply it
+        # before the first load.
+        if self.pins.state_dir is not None:
+            await anyio.to_thread.run_sync(self.pins.apply, list(self.models.values()))
         if not gc.get_freeze_count():
             # What is alive now (torch, FastAPI, ...) lives as long as the process. Frozen, it is
             # skipped by every later collection: a full one no longer holds the GIL ~80 ms.
             # Collected first, so no garbage is frozen with it.
             gc.collect()
             gc.freeze()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread only
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.look_again)
         self._watcher = asyncio.create_task(self._watch(), name="ckptserve-watch")
         if self.settings.loop_probe_interval:
             self._probe = asyncio.create_task(self._lag_probe(), name="ckptserve-lag-probe")
@@ -197,13 +199,15 @@ class Runtime:
         """Stop watching, let the loads this server started finish (up to `load_timeout` s), then
         close the registries in a worker thread: closing waits for a background load and removes
         the private copies, which a load still reading one would record as a failed load."""
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         for task in (self._watcher, self._probe):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         deadline = time.monotonic() + load_timeout
-        loading = {h._loading: h.name for h in self.models.values() if h._loading is not None}
+        loading = {h._checking: h.name for h in self.models.values() if h._checking is not None}
         if loading:
             _, late = await asyncio.wait(loading, timeout=load_timeout)
             for future in late:
@@ -215,12 +219,25 @@ class Runtime:
         await anyio.to_thread.run_sync(_close_all, registries, deadline)
         self.metrics.close()
 
+    def look_again(self) -> None:
+        """SIGHUP: look at every model's source again now, off the event loop (a manifest is
+        re-read, content that failed is retried); the server keeps serving meanwhile."""
+        log.info("SIGHUP: looking at the sources again", extra={"pid": os.getpid()})
+        for handle in self.models.values():
+            handle.registry.look_again()
+
     async def _watch(self) -> None:
         """Keep every model fresh without traffic: the first load at start-up, a checkpoint that
         appears later, and background swaps when nobody asks. A request that needs a load while
         the watcher's is under way waits for that same one."""
         while True:
-            for handle in list(self.models.values()):
+            handles = list(self.models.values())
+            if self.pins.state_dir is not None:
+                try:
+                    await anyio.to_thread.run_sync(self.pins.apply, handles)  # another worker's pin
+                except Exception:
+                    log.exception("applying the recorded pins failed")
+            for handle in handles:
                 try:
                     await handle.live()
                 except ModelNotAvailable:

@@ -41,8 +41,10 @@ async def model_metadata(request: Request, name: str) -> Response:
     except Exception as exc:
         return to_response(error_reply(exc, "oip"))
     live = handle.registry.current
-    obs_dim = live.expect.obs_dim if live is not None else runtime.settings.obs_dim
-    action_dim = live.expect.action_dim if live is not None else runtime.settings.action_dim or 1
+    obs_dim = live.expect.obs_dim if live is not None else runtime.settings.registry.obs_dim
+    action_dim = (
+        live.expect.action_dim if live is not None else runtime.settings.registry.action_dim or 1
+    )
     return _json({
         "name": handle.name,
         "versions": [live.version.tag] if live is not None else [],

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from ..errors import RETRY_AFTER
-from ..names import printable
-from ..page import render_page
+from ..names import text_safe
+from ..page import page_html, status_document
 from .common import JSONText, runtime_of
 
-__all__ = ["healthz", "metrics", "page", "readyz"]
+__all__ = ["healthz", "metrics", "page", "readyz", "statusz"]
 
 
 async def healthz() -> dict[str, Any]:
@@ -39,6 +40,17 @@ def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-def page(request: Request) -> HTMLResponse:
-    """A small HTML page: each model's live version, load history, last error and staleness."""
-    return HTMLResponse(printable(render_page(runtime_of(request))))
+async def page() -> HTMLResponse:
+    """The live status page; its script draws `/statusz` once a second."""
+    return HTMLResponse(page_html())
+
+
+async def statusz(request: Request) -> Response:
+    """Every model's live version, load attempts, requests per second with p50/p99 and sampled
+    actions over the last minutes, as answered by one worker (`pid`)."""
+    document = await status_document(runtime_of(request))
+    try:
+        body = orjson.dumps(document)
+    except orjson.JSONEncodeError:  # a file name that is not UTF-8
+        body = orjson.dumps(text_safe(document))
+    return Response(body, media_type="application/json")

@@ -106,7 +106,7 @@ def _admin(request: Request, model: str | None) -> tuple[Runtime, ModelHandle]:
 async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
     """Load the served checkpoint again now (the pinned one while pinned), even if unchanged (admin)."""
     runtime, handle = _admin(request, model)
-    await anyio.to_thread.run_sync(partial(handle.registry.get, force_reload=True))
+    await anyio.to_thread.run_sync(partial(handle.registry.check, reload=True))
     status = await status_of(runtime, handle)
     status["attempt"] = status["history"][-1] if status["history"] else None
     return status

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,14 +48,14 @@ class LoadSlots:
         if limit < 1:
             raise ValueError("a load needs at least one slot")
         root = Path(directory or Path(tempfile.gettempdir()) / f"ckptserve-locks-{os.getuid()}")
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _own_private_directory(root)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.paths = [root / f"{digest}.{i}.lock" for i in range(limit)]
         self.limit = limit
         self.timeout = timeout
 
     def _try(self, path: Path) -> int | None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -95,3 +96,18 @@ class LoadSlots:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def _own_private_directory(root: Path) -> None:
+    """Create `root` 0700, or accept an existing one only if it is a real directory of ours that
+    nobody else can write: a directory another user pre-created would let them hold the slots."""
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700, parents=True)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"lock directory {root} is not a directory (a symlink?): refused")
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise PermissionError(
+            f"lock directory {root} must be owned by uid {os.getuid()} with mode 0700 "
+            f"(it has uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): refused"
+        )

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ._codec import one_line
 from .errors import CheckpointError, ValidationError
 from .sources import Snapshot
 from .versions import LoadAttempt, LoadResult
@@ -38,12 +39,23 @@ class AttemptLog(Generic[Owner]):
 
     def loaded(
         self, owner: Owner, snapshot: Snapshot, *, started: float, forced: bool, unchanged: bool
-    ) -> None:
+    ) -> LoadAttempt:
         """Record a swap ("ok", which clears the last error) or the same bytes again ("unchanged")."""
         if not unchanged:
             self.last_error, self.last_exc = None, None
         result: LoadResult = "unchanged" if unchanged else "ok"
-        self._record(owner, result, snapshot.resolved.name, snapshot.sha256, None, started, forced)
+        name, sha256 = _shown(snapshot)
+        return self._record(owner, result, name, sha256, None, started, forced)
+
+    def superseded(
+        self, owner: Owner, snapshot: Snapshot, *, started: float, forced: bool
+    ) -> LoadAttempt:
+        """Record a load whose source changed while it was read: a newer write replaced it (a
+        torn read of a file written in place looks the same). Not a failure: the newer content
+        is looked at next."""
+        name, sha256 = _shown(snapshot)
+        reason = "the checkpoint changed while it was read: the newer one is looked at next"
+        return self._record(owner, "superseded", name, sha256, reason, started, forced)
 
     def failed(
         self,
@@ -54,22 +66,23 @@ class AttemptLog(Generic[Owner]):
         *,
         started: float,
         forced: bool,
-    ) -> None:
+    ) -> LoadAttempt:
         """Record a checkpoint that failed to load ("failed") or was refused ("rejected")."""
         result: LoadResult = "rejected" if isinstance(error, ValidationError) else "failed"
         # What was read, if it got that far; else the path it was to be read from.
-        checkpoint = snapshot.resolved.name if snapshot is not None else path.name
-        sha256 = snapshot.sha256 if snapshot is not None else None
+        checkpoint, sha256 = _shown(snapshot) if snapshot is not None else (path.name, None)
+        shown_key = snapshot is not None and snapshot.inside
+        reason = one_line(str(error))
         self.last_exc = error
         self.last_error = {
             "result": result,
-            "reason": str(error),
+            "reason": reason,
             "checkpoint": checkpoint,
             "sha256": sha256,
-            "key": snapshot.key.to_dict() if snapshot is not None else None,
+            "key": snapshot.key.to_dict() if snapshot is not None and shown_key else None,
             "at": time.time(),
         }
-        self._record(owner, result, checkpoint, sha256, str(error), started, forced)
+        return self._record(owner, result, checkpoint, sha256, reason, started, forced)
 
     def _record(
         self,
@@ -80,12 +93,12 @@ class AttemptLog(Generic[Owner]):
         reason: str | None,
         started: float,
         forced: bool,
-    ) -> None:
+    ) -> LoadAttempt:
         duration = time.perf_counter() - started
         attempt = LoadAttempt(result, checkpoint, sha256, reason, duration, time.time(), forced)
         self.history.append(attempt)
         self.count += 1
-        level = logging.INFO if result in ("ok", "unchanged") else logging.WARNING
+        level = logging.WARNING if result in ("failed", "rejected") else logging.INFO
         log.log(
             level,
             "load %s: %s %s",
@@ -102,10 +115,19 @@ class AttemptLog(Generic[Owner]):
                 listener(owner, attempt)
             except Exception:
                 log.exception("load listener failed")
+        return attempt
+
+
+def _shown(snapshot: Snapshot) -> tuple[str, str | None]:
+    """The name and sha256 an attempt shows: a target outside the model's directory is named by
+    the path inside it, and its digest is withheld."""
+    if snapshot.inside:
+        return snapshot.resolved.name, snapshot.sha256
+    return snapshot.path.name, None
 
 
 def as_checkpoint_error(exc: Exception) -> CheckpointError:
     """Any exception from a load as a CheckpointError whose cause is the original."""
-    error = CheckpointError(f"load failed: {type(exc).__name__}: {exc}")
+    error = CheckpointError(one_line(f"load failed: {type(exc).__name__}: {exc}"))
     error.__cause__ = exc
     return error

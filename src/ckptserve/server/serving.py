@@ -1,0 +1,236 @@
+"""Running the server under uvicorn, with the limits a load balancer expects: a deadline for a
+request's headers, the open-file limit raised at start, a connection limit below it, and with
+`--workers N` the time a worker needs to start and a log line saying why one is replaced.
+
+uvicorn has no deadline for receiving headers: its keep-alive timer restarts on every byte and is
+not armed before a first request, and `limit_concurrency` acts only once headers are parsed, so
+clients that trickle header bytes hold their descriptors forever. The protocol classes here close
+a connection whose request headers are not complete `timeout_headers` seconds after it opened (or
+after the first byte of a later request on it); uvicorn accepts a protocol class for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import logging.config
+import os
+import resource
+import shutil
+import signal
+import tempfile
+from typing import Any
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
+
+from .settings import Settings
+
+__all__ = [
+    "RESERVED_FILES",
+    "connection_limit",
+    "exit_reason",
+    "http_protocol",
+    "raise_open_file_limit",
+    "run",
+]
+
+log = logging.getLogger("ckptserve.server")
+
+#: Descriptors kept free for what is not a connection: checkpoints, private copies, lock and
+#: metrics files, logs, the listening sockets.
+RESERVED_FILES = 128
+
+
+class _HeaderDeadline:
+    """Mixed in before a uvicorn HTTP protocol class. Cheap on the hot path: a request whose
+    headers arrive in one read costs one attribute comparison."""
+
+    # From the protocol class this is mixed into.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+
+    def __init__(self, *args: Any, timeout_headers: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timeout_headers = timeout_headers
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not before:  # a request's headers are complete
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+        elif self._deadline is None and (before is None or before.response_complete):
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self._timeout_headers, self._headers_late)
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def http_protocol(timeout_headers: float) -> Any:
+    """The `http=` argument for uvicorn: its httptools protocol (h11 where httptools is not
+    installed, as uvicorn's "auto") with a header deadline; "auto" when `timeout_headers` is 0.
+    A partial of a module-level class, so it pickles into `--workers` processes."""
+    if not timeout_headers:
+        return "auto"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return functools.partial(H11WithHeaderDeadline, timeout_headers=timeout_headers)
+    return functools.partial(HttpToolsWithHeaderDeadline, timeout_headers=timeout_headers)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it); return the soft
+    limit now in force. Logged when it changed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+            return soft
+        log.info("raised the open-file limit from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
+def connection_limit(given: int | None, open_files: int) -> int | None:
+    """uvicorn's `limit_concurrency` (None: no limit): `given` (0: no limit), or by default the
+    open-file limit less RESERVED_FILES, so that past it requests get 503 at once while loads
+    can still open files."""
+    if given is not None:
+        return given or None
+    if open_files == resource.RLIM_INFINITY:
+        return None
+    return max(1, open_files - RESERVED_FILES)
+
+
+class H11WithHeaderDeadline(_HeaderDeadline, H11Protocol):
+    """uvicorn's h11 protocol with a deadline for a request's headers."""
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is not installed: http_protocol() picks h11
+    pass
+else:
+
+    class HttpToolsWithHeaderDeadline(_HeaderDeadline, HttpToolsProtocol):
+        """uvicorn's httptools protocol with a deadline for a request's headers."""
+
+
+def exit_reason(exitcode: int | None, *, answered: bool, healthcheck: float) -> str:
+    """Why a worker process ended, for the log: `answered` is False when it was running but
+    did not answer uvicorn's health check (uvicorn then kills it)."""
+    if not answered:
+        return (
+            f"did not answer the health check within {healthcheck:g} s "
+            "(--timeout-worker-healthcheck) and was killed"
+        )
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the kernel's out-of-memory killer sends it too)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {exitcode}"
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor (its keep-alive loop, as in uvicorn 0.52+), which also logs
+    why it replaces a worker: uvicorn says only "Child process died"."""
+
+    def handle_hup(self) -> None:
+        """SIGHUP means what it means to one worker, "look at the sources again now", in every
+        worker (uvicorn would restart them all)."""
+        log.info("SIGHUP: passed to %d workers", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            # Ended by itself (or by a signal) before the health check gave up on it, or hung:
+            # told apart before uvicorn's own kill, which would make every exit a SIGKILL.
+            answered = not process.process.is_alive()
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                log.error("worker [%s] failed to start: stopping the server", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            reason = exit_reason(process.exitcode, answered=answered,
+                                 healthcheck=self.config.timeout_worker_healthcheck)  # fmt: skip
+            log.warning("worker [%s] %s: replaced by a new worker", process.pid, reason)
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
+
+
+def run(settings: Settings) -> None:
+    """Serve `settings` under uvicorn until it is stopped: one process, or `settings.workers`
+    worker processes under a supervisor."""
+    from .app import SETTINGS_ENV, app_from_env, create_app
+    from .logs import log_config
+    from .metrics import MULTIPROC_ENV
+
+    logging_config = log_config(settings.log_format, settings.log_level)
+    logging.config.dictConfig(logging_config)  # now, so that what follows is logged too
+    open_files = raise_open_file_limit()
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        "http": http_protocol(settings.timeout_headers),
+        "limit_concurrency": connection_limit(settings.limit_concurrency, open_files),
+        "timeout_keep_alive": settings.timeout_keep_alive,
+        "timeout_worker_healthcheck": settings.timeout_worker_healthcheck,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    own_dir = None
+    if not settings.prometheus_multiproc_dir:
+        own_dir = tempfile.mkdtemp(prefix="ckptserve-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir  # prometheus-client reads it in each worker
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    target = f"{app_from_env.__module__}:{app_from_env.__name__}"
+    config = uvicorn.Config(target, factory=True, workers=settings.workers, **common)
+    try:
+        _Supervisor(config, sockets=[config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)

@@ -9,10 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import torch
@@ -32,6 +33,24 @@ class TinyActor(torch.nn.Module):
         self, state: torch.Tensor, deterministic: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tanh(self.mu(self.body(state))), torch.zeros(state.shape[0], 1)
+
+
+class ThreadRecordingActor(TinyActor):
+    """A TinyActor that notes the thread each forward pass runs in (a Python module: built by a
+    factory for a weights checkpoint)."""
+
+    threads: ClassVar[list[int]] = []
+
+    def forward(
+        self, state: torch.Tensor, deterministic: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ThreadRecordingActor.threads.append(threading.get_ident())
+        return super().forward(state, deterministic)
+
+
+def thread_recording_actor() -> TinyActor:
+    """Factory for `--factory serverkit:thread_recording_actor`."""
+    return ThreadRecordingActor()
 
 
 def torch_script(module: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -136,8 +155,6 @@ class InProcessServer:
     its runtime (registries, metrics) is reachable from the test."""
 
     def __init__(self, app: Any) -> None:
-        import threading
-
         import uvicorn
 
         self.app = app
@@ -155,7 +172,7 @@ class InProcessServer:
 
     @property
     def runtime(self) -> Any:
-        return self.app.state.runtime
+        return self.app.runtime
 
     def stop(self) -> None:
         self.client.close()

@@ -63,6 +63,12 @@ def test_tritonclient_wrong_shape_is_an_error(client) -> None:  # type: ignore[n
         client.infer("actor", inputs=[inp])
 
 
+def _infer(**fields: object) -> dict[str, object]:
+    """A valid one-state infer request, with `fields` of its input replaced."""
+    spec = {"name": "state", "shape": [1, OBS_DIM], "datatype": "FP32", "data": [0.0] * OBS_DIM}
+    return {"inputs": [{**spec, **fields}]}
+
+
 @pytest.mark.parametrize(
     ("request_body", "status"),
     [
@@ -122,6 +128,16 @@ def test_tritonclient_wrong_shape_is_an_error(client) -> None:  # type: ignore[n
         ),
         ({"inputs": []}, 400),
         ([], 400),
+        (_infer(data=[]), 422),
+        (_infer(shape=[1.5, OBS_DIM]), 400),
+        (_infer(shape=[True, OBS_DIM]), 400),
+        (_infer(data=[[[0.0] * OBS_DIM]]), 422),
+        (_infer(data=[[0.0] * OBS_DIM, 0.0]), 400),
+        ({**_infer(), "id": 7}, 400),
+        ({**_infer(), "id": [[["deep"]]]}, 400),
+        ({**_infer(), "parameters": []}, 400),
+        (_infer(parameters="binary"), 400),
+        ({**_infer(), "outputs": [{"name": "action", "parameters": None}]}, 400),
     ],
     ids=[
         "nan",
@@ -132,6 +148,16 @@ def test_tritonclient_wrong_shape_is_an_error(client) -> None:  # type: ignore[n
         "datatype",
         "no-inputs",
         "not-object",
+        "empty-data",
+        "fractional-shape",
+        "boolean-shape",
+        "data-too-deep",
+        "data-mixed",
+        "id-number",
+        "id-nested",
+        "parameters-list",
+        "input-parameters-string",
+        "output-parameters-null",
     ],
 )
 def test_bad_infer_requests(
@@ -150,3 +176,24 @@ def test_binary_header_larger_than_body_is_400(shared_server: tuple[ServerProces
         "/v2/models/actor/infer", content=b"{}", headers={"inference-header-content-length": "99"}
     )
     assert r.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        _infer(shape=[1.0, float(OBS_DIM)]),
+        _infer(shape=[OBS_DIM]),
+        _infer(shape=[2, OBS_DIM], data=[[0.0] * OBS_DIM, [0.5] * OBS_DIM]),
+        {**_infer(), "id": "request-1", "parameters": {}},
+    ],
+    ids=["integral-float-shape", "one-dimension", "one-list-per-row", "id-and-parameters"],
+)
+def test_schema_valid_infer_requests_are_answered(
+    shared_server: tuple[ServerProcess, Path], request_body: dict[str, object]
+) -> None:
+    """What the schema allows, the server answers: `4.0` is a JSON Schema integer too."""
+    server, _ = shared_server
+    r = server.client.post("/v2/models/actor/infer", json=request_body)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["shape"][1] == 1
+    assert r.json().get("id") == request_body.get("id")

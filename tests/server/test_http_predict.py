@@ -22,14 +22,22 @@ def server(shared_server: tuple[ServerProcess, Path]) -> ServerProcess:
 
 
 def test_predict_returns_action_and_version_fields(server: ServerProcess) -> None:
-    """The original response fields plus checkpoint and sha256, and the X-Model-Version header."""
+    """The original response fields (`model_version` is the mtime) plus checkpoint, sha256 and
+    `version`, the tag that X-Model-Version and OIP's `model_version` carry."""
     r = server.client.post("/rl/predict", json=state())
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"action", "model_version", "load_count", "checkpoint", "sha256"}
+    assert set(body) == {"action", "model_version", "version", "load_count", "checkpoint", "sha256"}
     assert len(body["action"]) == 1 and isinstance(body["action"][0], float)
     assert isinstance(body["model_version"], float) and body["load_count"] >= 1
-    assert r.headers["x-model-version"] == f"{body['checkpoint']}@{body['sha256'][:12]}"
+    assert body["version"] == f"{body['checkpoint']}@{body['sha256'][:12]}"
+    assert r.headers["x-model-version"] == body["version"]
+    oip = {"inputs": [{"name": "state", "shape": [1, OBS_DIM], "datatype": "FP32",
+                       "data": state()["state"]}]}  # fmt: skip
+    assert (
+        server.client.post("/v2/models/actor/infer", json=oip).json()["model_version"]
+        == (body["version"])
+    )
 
 
 def test_batch_of_states_returns_actions(server: ServerProcess) -> None:

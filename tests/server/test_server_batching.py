@@ -140,3 +140,102 @@ def test_a_failing_forward_fails_every_request_of_its_batch() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def _picky(calls: list[int]) -> Any:
+    """A forward that raises for any state whose first value is over 1 (out of range)."""
+
+    def forward(live: Any, x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        if bool((x[:, 0] > 1).any()):
+            raise ValueError("state out of range")
+        return x[:, :1] * 2
+
+    return forward
+
+
+def _gather(batcher: Batcher, forward: Any, firsts: list[float]) -> list[Any]:
+    async def scenario() -> list[Any]:
+        live: Any = object()
+        return await asyncio.gather(
+            *(batcher.run(live, torch.tensor([[v, 0.0, 0.0]]), forward) for v in firsts),
+            return_exceptions=True,
+        )
+
+    return asyncio.run(scenario())
+
+
+def test_one_bad_request_fails_alone_for_a_few_extra_passes() -> None:
+    """A failed batch is split in halves and retried: the 15 good requests of a batch of 16 get
+    their answers, the bad one the error, for 1 + 2 log2(16) = 9 passes, not 1 + 16."""
+    calls: list[int] = []
+    firsts = [0.05 * i for i in range(16)]
+    firsts[5] = 7.0
+    results = _gather(Batcher(16), _picky(calls), firsts)
+    for i, (value, result) in enumerate(zip(firsts, results, strict=True)):
+        if i == 5:
+            assert isinstance(result, ValueError), result
+        else:
+            assert isinstance(result, torch.Tensor) and result.item() == pytest.approx(2 * value)
+    assert calls[0] == 16 and len(calls) == 9, calls
+
+
+def test_good_requests_mixed_one_in_four_with_bad_ones_never_fail() -> None:
+    """Every good request is answered and every bad one refused, in at most 2N - 1 passes."""
+    calls: list[int] = []
+    firsts = [5.0 if i % 4 == 3 else 0.5 for i in range(64)]
+    batcher = Batcher(16)
+    results = _gather(batcher, _picky(calls), firsts)
+    bad = [i for i, r in enumerate(results) if isinstance(r, ValueError)]
+    assert bad == [i for i in range(64) if i % 4 == 3], results
+    assert all(isinstance(r, torch.Tensor) for i, r in enumerate(results) if i % 4 != 3)
+    assert batcher.batches == len(calls) and len(calls) <= 4 * (2 * 16 - 1), calls
+
+
+class _OutOfRange(torch.nn.Module):
+    """A TorchScript-able actor that raises for a state value beyond 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(OBS_DIM, 1)
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        if bool((state.abs() > 10).any()):
+            raise ValueError("state out of range")
+        return torch.tanh(self.linear(state))
+
+
+def test_batched_requests_mixed_with_bad_ones_get_their_own_answers(tmp_path: Path) -> None:
+    """The issue's case through the model route: --batch-max-size 16, a model that raises for
+    out-of-range states, 300 good requests mixed 1-in-4 with bad ones: no good one fails, every
+    bad one is a 422, and the good answers equal the unbatched ones."""
+    directory = tmp_path / "models"
+    torch.manual_seed(0)
+    publish(torch.jit.script(_OutOfRange().eval()), directory)
+    plain = _runtime(directory)
+    batched = _runtime(directory, batch_max_size=16)
+    good = [orjson.dumps({"state": [0.01 * i] * OBS_DIM}) for i in range(300)]
+    bodies: list[bytes] = []
+    for i, body in enumerate(good):
+        bodies.append(body)
+        if i % 3 == 2:
+            bodies.append(orjson.dumps({"state": [50.0] * OBS_DIM}))
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        expected = [await _predict(plain, body) for body in good]
+        replies = await asyncio.gather(
+            *(handle_model_request(batched, "rl", None, b, b"", None, None) for b in bodies)
+        )
+        return expected, list(replies)
+
+    expected, replies = asyncio.run(scenario())
+    statuses = [r.status for r in replies]
+    assert statuses.count(200) == 300 and statuses.count(422) == 100, statuses
+    answers = [orjson.loads(r.body)["action"] for r in replies if r.status == 200]
+    for want, have in zip(expected, answers, strict=True):
+        assert have == pytest.approx(want["action"], abs=1e-6)
+    for reply in replies:
+        if reply.status == 422:
+            assert b"out of range" in reply.body, reply.body
+    batcher = batched.models["actor"].batcher
+    assert batcher is not None and batcher.requests == 400, batcher.batches

@@ -1,6 +1,8 @@
 """The ASGI application: `create_app(settings)` builds it, its lifespan starts and stops the models.
 
-    FastLane (raw ASGI: model routes, body limit)  ->  FastAPI (routes, OpenAPI, other routes)
+    FastLane (raw ASGI: model routes, body limit)  ->  FastAPI (every route, OpenAPI)
+
+Both read one route table (`routing.route_table`).
 
 `app_from_env` is the factory uvicorn calls in each worker process under `--workers N`.
 """
@@ -12,13 +14,12 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message
 
 from .. import __version__
 from ..errors import CkptServeError
@@ -26,9 +27,8 @@ from .errors import ApiError, Style, error_reply
 from .fastlane import FastLane
 from .openapi import install as install_openapi
 from .routes.common import to_response
-from .routes.oip import oip_router
-from .routes.ops import ops_router
-from .routes.rl import rl_router
+from .routing import Route, lane_paths, route_table
+from .schemas import json_body
 from .settings import Settings
 from .state import Runtime
 
@@ -47,35 +47,11 @@ async def _error(request: Request, exc: Exception) -> Response:
     return to_response(error_reply(exc, style))
 
 
-class _App(FastAPI):
-    """FastAPI whose model routes go straight to the fast lane: a POST to a path the lane answers
-    skips FastAPI's per-request telemetry check and the error middleware (the lane catches every
-    error itself). Anything else takes the full stack, the fast lane included."""
-
-    _lane: FastLane | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lane = self._lane
-        if lane is None and self.middleware_stack is not None:
-            layer: Any = self.middleware_stack
-            while layer is not None and not isinstance(layer, FastLane):
-                layer = getattr(layer, "app", None)
-            lane = self._lane = layer
-        if (
-            lane is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in lane.routes
-        ):
-            await lane(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
 async def _warm_up(app: ASGIApp, paths: Iterable[str]) -> None:
-    """One in-process GET per path, replies discarded. FastAPI (>= 0.137) builds the routes of an
-    included router when the first request reaches it: ~10 ms on the event loop for ours, paid
-    here, before any connection is accepted, instead of by the first request."""
+    """One in-process GET per path, replies discarded: the first request through FastAPI builds
+    its middleware stack and the error path (~1 ms), paid here, before any connection is
+    accepted. The routes themselves are built when registered (`add_api_route` on the app; an
+    included router would build its routes on the first request, ~10 ms on the event loop)."""
     for path in paths:
         with contextlib.suppress(Exception):
             await _get(app, path)
@@ -98,44 +74,60 @@ async def _get(app: ASGIApp, path: str) -> None:
     await app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the app for `settings`; the models are opened and loaded by its lifespan.
+def create_app(settings: Settings) -> FastLane:
+    """Build the app for `settings`: the fast lane in front of FastAPI (`app.app`); the models
+    are opened and loaded by its lifespan.
 
     Example:
         app = create_app(Settings(models=[ModelSpec(name="actor", path="models/")]))
         uvicorn.run(app)
     """
     runtime = Runtime(settings)
+    table = route_table(settings.prefix)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One read-only route per router, before the models open (status answers 404): the
-        # warm-up reads no model and counts no request.
-        await _warm_up(app, (f"{settings.prefix}/status", "/v2/health/live", "/healthz"))
+        # Before the models open (status answers 404): the warm-up reads no model and counts
+        # no request.
+        await _warm_up(app, (route.path for route in table if route.warm))
         await runtime.start()
         try:
             yield
         finally:
             await runtime.close()
 
-    app = _App(
+    app = FastAPI(
         title="ckptserve",
         version=__version__,
         summary="Serve a model that is still being trained: hot-reloaded, verified checkpoints.",
         lifespan=lifespan,
+        docs_url=None,  # the docs pages are in the route table, served without a CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime
-    app.include_router(rl_router(settings.prefix))
-    app.include_router(oip_router())
-    app.include_router(ops_router())
+    for route in table:
+        _register(app, route)
     for exc_type in (ApiError, CkptServeError, FileNotFoundError, RequestValidationError):
         app.add_exception_handler(exc_type, _error)
-    install_openapi(app, runtime)
-    app.add_middleware(FastLane, runtime=runtime)
-    return app
+    install_openapi(app, runtime, table)
+    return FastLane(app, runtime, lane_paths(table, (spec.name for spec in settings.models)))
 
 
-def app_from_env() -> FastAPI:
+def _register(app: FastAPI, route: Route) -> None:
+    app.add_api_route(
+        route.path,
+        route.endpoint,
+        methods=[route.method],
+        summary=route.summary,
+        tags=[route.tag],
+        responses={code: dict(doc) for code, doc in route.responses.items()},
+        response_class=route.response_class,
+        openapi_extra=json_body(dict(route.body)) if route.body is not None else None,
+        include_in_schema=route.in_schema,
+    )
+
+
+def app_from_env() -> FastLane:
     """The uvicorn factory for worker processes: settings from `$CKPTSERVE_SERVE_SETTINGS_JSON`."""
     raw = os.environ.get(SETTINGS_ENV)
     if not raw:

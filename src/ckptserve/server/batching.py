@@ -8,7 +8,12 @@ waits one loop turn, not a timer. Under light load (the last batch held one requ
 skip the queue and run at once, all but every `PROBE`-th, which queues to find out whether others
 join it: at concurrency 1 batching costs nothing. A batch reaching `max_size` rows flushes at
 once. The flush runs one forward pass per live version among the waiting requests (a swap in the
-middle of a batch never mixes versions), on the event loop, as the unbatched path does.
+middle of a batch never mixes versions), on the event loop as the unbatched path does, or, for
+`OFF_LOOP_ROWS` states or more, in a worker thread (both paths).
+
+A pass that fails (the model raises for one client's input) is tried again in two halves, and so
+on down to single requests: only the requests whose input fails get the error, and one bad
+request in a batch of N costs about 2 log2(N) extra passes, not N.
 
 Worth it for models whose forward pass is memory-bound at batch 1 (large hidden layers): one pass
 over the weights serves the whole batch. For tiny models the per-request work around the forward
@@ -19,17 +24,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 import torch
 
 if TYPE_CHECKING:
     from ..registry import LiveModel
 
-__all__ = ["Batcher", "Forward"]
+__all__ = ["OFF_LOOP_ROWS", "Batcher", "Forward"]
 
 #: Under light load (a batch of one), this many requests run at once before one queues again.
 PROBE = 8
+
+#: A forward pass over this many states or more runs in a worker thread, not on the event loop,
+#: batched or not. Measured on the 2-core machine (torch threads 1, loaded): the benchmark actor
+#: (32-256-256-1) takes 0.1 ms for 64 states, about what a thread hop costs; the 12.7 MB actor
+#: (1024 x 4) 6 ms for 64 states and 0.6 s for 4096, which on the loop held every other request.
+OFF_LOOP_ROWS = 64
 
 #: `forward(live, x)` -> a `[len(x), action_dim]` tensor; raises for a bad input or output.
 Forward = Callable[["LiveModel", torch.Tensor], torch.Tensor]
@@ -52,13 +65,17 @@ class Batcher:
     Args:
         max_size: most rows (states) in one forward pass; a request with more runs alone.
         max_wait: seconds the first request of a batch waits for others (0: one loop turn).
+        off_loop_rows: a pass over this many rows or more runs in a worker thread.
     """
 
-    def __init__(self, max_size: int, max_wait: float = 0.0) -> None:
-        if max_size < 1 or max_wait < 0:
-            raise ValueError("max_size must be >= 1 and max_wait >= 0")
+    def __init__(self, max_size: int, max_wait: float = 0.0, *,
+                 off_loop_rows: int = OFF_LOOP_ROWS) -> None:  # fmt: skip
+        if max_size < 1 or max_wait < 0 or off_loop_rows < 1:
+            raise ValueError("max_size and off_loop_rows must be >= 1 and max_wait >= 0")
         self.max_size = max_size
         self.max_wait = max_wait
+        self.off_loop_rows = off_loop_rows
+        self._off_loop: set[asyncio.Task[None]] = set()
         self._pending: list[_Item] = []
         self._rows = 0
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -76,6 +93,8 @@ class Batcher:
             self._inline -= 1
             self.batches += 1
             self.requests += 1
+            if n >= self.off_loop_rows:
+                return await anyio.to_thread.run_sync(forward, live, x)
             return forward(live, x)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[torch.Tensor] = loop.create_future()
@@ -114,25 +133,58 @@ class Batcher:
         for item in batch:
             groups.setdefault(id(item.live), []).append(item)
         for items in groups.values():
-            self.batches += 1
             self.requests += len(items)
-            try:
-                if len(items) == 1:
-                    out = forward(items[0].live, items[0].x)
-                else:
-                    out = forward(items[0].live, torch.cat([item.x for item in items]))
-            except Exception as exc:
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            if sum(item.n for item in items) >= self.off_loop_rows:
+                task = asyncio.ensure_future(self._run_off_loop(items, forward))
+                self._off_loop.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(partial(self._done, items))
                 continue
-            if len(items) == 1:
-                if not items[0].future.done():
-                    items[0].future.set_result(out)
-                continue
-            start = 0
-            for item in items:
-                stop = start + item.n
-                if not item.future.done():
-                    item.future.set_result(out[start:stop])
-                start = stop
+            work = [items]
+            while work:
+                group = work.pop()
+                work.extend(self._settle(group, *_attempt(forward, group)))
+                self.batches += 1
+
+    def _done(self, items: list[_Item], task: asyncio.Task[None]) -> None:
+        self._off_loop.discard(task)
+        for item in items:  # cancelled (shutdown): no request waits forever
+            item.future.cancel()
+
+    async def _run_off_loop(self, items: list[_Item], forward: Forward) -> None:
+        """`_flush`'s passes for one version, each in a worker thread."""
+        work = [items]
+        while work:
+            group = work.pop()
+            work.extend(
+                self._settle(group, *await anyio.to_thread.run_sync(_attempt, forward, group))
+            )
+            self.batches += 1
+
+    def _settle(self, items: list[_Item], out: torch.Tensor | None,
+                error: Exception | None) -> list[list[_Item]]:  # fmt: skip
+        """Hand each request its rows of `out`; after a failed pass, the two halves to try again
+        (one request's bad input must not fail the others), or the error to a lone request."""
+        if error is not None:
+            if len(items) > 1:
+                half = len(items) // 2
+                return [items[half:], items[:half]]  # popped last first: oldest half first
+            if not items[0].future.done():
+                items[0].future.set_exception(error)
+            return []
+        assert out is not None
+        start = 0
+        for item in items:
+            stop = start + item.n
+            if not item.future.done():
+                item.future.set_result(out if len(items) == 1 else out[start:stop])
+            start = stop
+        return []
+
+
+def _attempt(forward: Forward, items: list[_Item]) -> tuple[torch.Tensor | None, Exception | None]:
+    """One forward pass over `items`' rows: its output, or the error it raised."""
+    try:
+        x = items[0].x if len(items) == 1 else torch.cat([item.x for item in items])
+        return forward(items[0].live, x), None
+    except Exception as exc:
+        return None, exc

@@ -12,6 +12,7 @@ from typing import Literal
 import orjson
 
 from ..errors import CheckpointError, ModelNotAvailable, PathNotAllowed
+from .names import printable
 
 __all__ = ["ApiError", "Reply", "error_reply", "status_for"]
 
@@ -67,6 +68,7 @@ def error_reply(exc: BaseException, style: Style = "detail", extra: Headers | No
         message = f"internal error: {type(exc).__name__}"
     else:
         message = str(exc) if not isinstance(exc, FileNotFoundError) else _not_found(exc)
+        message = printable(message)  # it may name a file
     body = orjson.dumps({"error": message} if style == "oip" else {"detail": message})
     return Reply(status, body, [*headers, *(extra or []), *json_headers(body)])
 

@@ -1,20 +1,27 @@
-"""The fast lane: a raw ASGI middleware that answers the model routes without FastAPI's routing,
-dependency injection or pydantic, and enforces the body limit for every route.
+"""The fast lane: the raw ASGI app in front of FastAPI. It answers the model routes without
+FastAPI's routing, dependency injection or pydantic, and enforces the body limit for every route.
 
-It matches exact paths (`{prefix}/predict`, `{prefix}/{name}/predict`, `/v2/models/{name}/infer`)
-with one dict lookup and calls the same `handle_model_request` the FastAPI routes call, so the
-behaviour is one implementation whichever way a request arrives. Everything else passes through.
+It matches the exact paths of the route table's lane routes (`{prefix}/predict`,
+`{prefix}/{name}/predict`, `/v2/models/{name}/infer` for each served name) with one dict lookup
+and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
+implementation whichever way a request arrives. Everything else goes to the app it wraps.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError, Reply, Style, error_reply
 from .predict import handle_model_request
 from .state import Runtime
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.datastructures import State
+
+    from .routing import Lane
 
 __all__ = ["FastLane", "read_body"]
 
@@ -73,18 +80,27 @@ async def send_reply(send: Send, reply: Reply) -> None:
 
 
 class FastLane:
-    """ASGI middleware: model routes straight to `handle_model_request`, body limits for all."""
+    """The ASGI app `create_app` returns: model routes straight to `handle_model_request`, body
+    limits for all, every other request to `app` (the FastAPI app).
 
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+    Args:
+        app: the app behind the lane; `app.state` is this app's state.
+        runtime: the server's runtime.
+        routes: `path -> (lane, model name or None)`, from `routing.lane_paths`.
+    """
+
+    def __init__(
+        self, app: FastAPI, runtime: Runtime, routes: dict[str, tuple[Lane, str | None]]
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self.limit = runtime.settings.max_body_bytes
-        prefix = runtime.settings.prefix
-        routes: dict[str, tuple[str, str | None]] = {f"{prefix}/predict": ("rl", None)}
-        for spec in runtime.settings.models:
-            routes[f"{prefix}/{spec.name}/predict"] = ("rl", spec.name)
-            routes[f"/v2/models/{spec.name}/infer"] = ("oip", spec.name)
         self.routes = routes
+
+    @property
+    def state(self) -> State:
+        """The wrapped app's state (`state.runtime` is the runtime)."""
+        return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

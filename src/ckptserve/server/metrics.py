@@ -1,16 +1,20 @@
 """Prometheus metrics (prometheus-client), correct with one process or several workers.
 
 With `--workers` > 1 the CLI points `PROMETHEUS_MULTIPROC_DIR` at a temporary directory before the
-workers start: counters and histograms are then summed over workers, the info-style gauge uses a
-`livemax` mode (dead workers drop out via `mark_process_dead`), and checkpoint age and lag are
-computed at scrape time from the files on disk.
+workers start: counters and histograms are then summed over workers, and checkpoint age and lag are
+computed at scrape time from the files on disk. `ckptserve_model_info` is a collector of its own:
+prometheus-client's multiprocess mode keeps every label set a gauge ever had (`Gauge.remove` does
+nothing there), so each worker writes the versions it serves to `info_<pid>.json` in that directory
+and a scrape shows one series per version some live worker serves, and no other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .names import printable
 
 if TYPE_CHECKING:
     from ..registry import ModelRegistry
@@ -66,6 +72,64 @@ class _StalenessCollector(Collector):
         yield lag
 
 
+class _InfoCollector(Collector):
+    """`ckptserve_model_info{model,checkpoint,sha256} 1` for each version a live worker serves."""
+
+    def __init__(self, directory: str | None) -> None:
+        self._directory = directory
+        self._own: dict[str, tuple[str, str]] = {}
+        self._file = os.path.join(directory, _info_file(os.getpid())) if directory else None
+
+    def set(self, model: str, checkpoint: str, sha256: str) -> None:
+        if self._own.get(model) == (checkpoint, sha256):
+            return
+        self._own[model] = (checkpoint, sha256)
+        if self._file is not None and self._directory is not None:
+            fd, tmp = tempfile.mkstemp(dir=self._directory, prefix=".info-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._own, f)
+            os.replace(tmp, self._file)  # a scrape reads the old file or the new one, whole
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._file)
+
+    def _workers(self) -> Iterator[dict[str, tuple[str, str]]]:
+        """The versions each other live worker serves, from its file."""
+        if self._directory is None:
+            return
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(self._directory):
+                m = _INFO_FILE.match(entry)
+                if m is None or int(m.group(1)) == os.getpid() or not _alive(int(m.group(1))):
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    with open(os.path.join(self._directory, entry)) as f:
+                        data = json.load(f)
+                    if isinstance(data, dict):
+                        yield {
+                            str(model): (str(version[0]), str(version[1]))
+                            for model, version in data.items()
+                            if isinstance(version, list) and len(version) == 2
+                        }
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "ckptserve_model_info",
+            "The live checkpoint of each model (value 1; with several workers, each version one "
+            "of them serves).",
+            labels=["model", "checkpoint", "sha256"],
+        )
+        seen: set[tuple[str, str, str]] = set()
+        for versions in (self._own, *self._workers()):
+            for model, (checkpoint, sha256) in versions.items():
+                if (model, checkpoint, sha256) not in seen:
+                    seen.add((model, checkpoint, sha256))
+                    family.add_metric([model, checkpoint, sha256], 1)
+        yield family
+
+
 class Metrics:
     """The server's metrics, owned by one app (no module-level registry state)."""
 
@@ -98,19 +162,16 @@ class Metrics:
             "ckptserve_event_loop_lag_max_seconds", "The worst event-loop lag this process has seen.",
             registry=reg, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.info = Gauge(
-            "ckptserve_model_info", "The live checkpoint of each model (value 1).",
-            ["model", "checkpoint", "sha256"], registry=reg, multiprocess_mode="livemax",
-        )  # fmt: skip
         if multiprocess_dir:
             exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         else:
             exposed = own
         exposed.register(_StalenessCollector(staleness))
+        self.info = _InfoCollector(multiprocess_dir)
+        exposed.register(self.info)
         self._exposed = exposed
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._info_labels: dict[str, tuple[str, str]] = {}
 
     def observe(self, model: str, code: int, seconds: float) -> None:
         """Count one model request and its latency (label children are cached: hot path)."""
@@ -132,46 +193,52 @@ class Metrics:
         self.set_live(registry)
 
     def set_live(self, registry: ModelRegistry) -> None:
+        """Point `ckptserve_model_info` at the registry's live version."""
         version = registry.version
-        if version is None:
-            return
-        new = (version.checkpoint, version.sha256)
-        old = self._info_labels.get(registry.name)
-        if old == new:
-            return
-        if old is not None:
-            if self.multiprocess_dir:
-                self.info.labels(registry.name, *old).set(0)
-            else:
-                with contextlib.suppress(KeyError):
-                    self.info.remove(registry.name, *old)
-        self.info.labels(registry.name, *new).set(1)
-        self._info_labels[registry.name] = new
+        if version is not None:
+            self.info.set(registry.name, printable(version.checkpoint), version.sha256)
 
     def exposition(self) -> tuple[bytes, str]:
         """The Prometheus text for /metrics and its content type."""
         return generate_latest(self._exposed), CONTENT_TYPE_LATEST
 
     def close(self) -> None:
-        """Mark this worker's live gauges dead (multiprocess mode)."""
+        """Mark this worker's live gauges and its versions dead (multiprocess mode)."""
         if self.multiprocess_dir:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+            self.info.close()
 
 
 _LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
+_INFO_FILE = re.compile(r"^info_(\d+)\.json$")
+
+
+def _info_file(pid: int) -> str:
+    return f"info_{pid}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def prune_dead_workers(directory: str) -> None:
-    """Drop the live-gauge files of workers that died without cleaning up (kill -9)."""
+    """Drop the live-gauge and version files of workers that died without cleaning up (kill -9)."""
     with contextlib.suppress(OSError):
         for entry in os.listdir(directory):
+            info = _INFO_FILE.match(entry)
+            if info is not None and not _alive(int(info.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, entry))
+                continue
             m = _LIVE_FILE.match(entry)
             if m is None:
                 continue
             pid = int(m.group(1))
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-            except PermissionError:
-                pass

@@ -1,12 +1,12 @@
 """The OpenAPI document, made exact where it can be: the default model's observation size and
 bounds go into the `predict` body schema once a model is live, and a 405 lists every method the
-path supports in `Allow`, as documented (POST and DELETE `/pin` are two routes on one path)."""
+path supports in `Allow`, as documented (POST and DELETE `/pin` are two routes on one path). The
+model routes and each path's methods come from the route table."""
 
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .routing import Route, path_pattern
 from .schemas import number_schema
 from .state import Runtime
 
@@ -47,13 +48,15 @@ def _with_model_names(schema: dict[str, Any], names: list[str]) -> dict[str, Any
     return schema
 
 
-def install(app: FastAPI, runtime: Runtime) -> None:
-    """Serve the live-shaped OpenAPI document and complete `Allow` on 405 responses."""
+def install(app: FastAPI, runtime: Runtime, table: Sequence[Route]) -> None:
+    """Serve the live-shaped OpenAPI document and complete `Allow` on 405 responses, both from
+    the route table."""
     generate: Callable[[], dict[str, Any]] = app.openapi
     base: dict[str, Any] | None = None
-    path = f"{runtime.settings.prefix}/predict"
-    named = f"{runtime.settings.prefix}/{{model}}/predict"
-    infer = "/v2/models/{name}/infer"
+    predicts = [route.path for route in table if route.lane == "rl"]
+    path = next(p for p in predicts if "{" not in p)  # the default model's
+    named = next(p for p in predicts if "{" in p)
+    infer = next(route.path for route in table if route.lane == "oip")
 
     def openapi() -> dict[str, Any]:
         nonlocal base
@@ -77,27 +80,28 @@ def install(app: FastAPI, runtime: Runtime) -> None:
             shape = body["schema"]["properties"]["inputs"]["items"]["properties"]["shape"]
             batch_dim = {"type": "integer", "minimum": 1, "maximum": runtime.settings.max_batch}
             obs = {"type": "integer", "enum": [shapes[0]["minItems"]]}
-            shape.update(prefixItems=[batch_dim, obs], minItems=2, items=False)
+            shape.clear()  # [batch, obs_dim], or [obs_dim] for one state
+            shape.update(type="array", anyOf=[
+                {"prefixItems": [batch_dim, obs], "minItems": 2, "items": False},
+                {"prefixItems": [obs], "minItems": 1, "items": False},
+            ])  # fmt: skip
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    templates: list[tuple[re.Pattern[str], set[str]]] | None = None
+    methods: dict[str, set[str]] = {}
+    for route in table:
+        methods.setdefault(route.path, set()).add(route.method)
+    templates = [(path_pattern(path), allowed) for path, allowed in methods.items()]
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code != 405:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-        nonlocal templates
-        if templates is None:
-            templates = [
-                (re.compile(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), set(ops))
-                for path, ops in app.openapi()["paths"].items()
-            ]
         allowed: set[str] = set()
-        for pattern, methods in templates:
+        for pattern, on_path in templates:
             if pattern.match(request.url.path):
-                allowed |= {m.upper() for m in methods}
+                allowed |= on_path
         return JSONResponse(
             {"detail": "Method Not Allowed"}, 405, headers={"allow": ", ".join(sorted(allowed))}
         )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import numpy as np
 import orjson
 import torch
@@ -21,11 +23,16 @@ import torch
 from ..inference import act
 from ..registry import LiveModel
 from ..validation import Bounds
+from .batching import OFF_LOOP_ROWS
 from .errors import ApiError, Reply, Style, error_reply, json_headers
+from .names import VERSION_HEADER
 from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
 
 __all__ = ["handle_model_request", "infer", "parse_json", "predict"]
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -83,6 +90,11 @@ def check_row(row: Any, obs_dim: int | None, where: str) -> list[float]:
     return row  # pragma: no cover
 
 
+def _short(v: Any) -> str:
+    """A client's value in an error message: its repr, cut short (any depth, any size)."""
+    return _REPR.repr(v)
+
+
 def _json_type(v: Any) -> str:
     if v is None:
         return "null"
@@ -124,9 +136,11 @@ def _force_reload(query: bytes) -> bool:
 async def _forward_maybe_batched(handle: ModelHandle, live: LiveModel,
                                  x: torch.Tensor) -> list[list[float]]:  # fmt: skip
     batcher = handle.batcher
-    if batcher is None:
-        return _rows(_run_model(live, x))
-    return _rows(await batcher.run(live, x, _run_model))
+    if batcher is not None:
+        return _rows(await batcher.run(live, x, _run_model))
+    if x.shape[0] >= OFF_LOOP_ROWS:  # a large batch must not hold the event loop
+        return _rows(await anyio.to_thread.run_sync(_run_model, live, x))
+    return _rows(_run_model(live, x))
 
 
 def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
@@ -208,14 +222,15 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "detail", [(b"x-model-version", meta.tag)])
+        return error_reply(exc, "detail", [(VERSION_HEADER, meta.header)])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
+    out["version"] = meta.tag
     out["load_count"] = handle.registry.load_count
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256
     data = orjson.dumps(out)
-    return Reply(200, data, [*json_headers(data), (b"x-model-version", meta.tag)])
+    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header)])
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -224,14 +239,34 @@ _DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("
 
 
 def _flatten(data: Any) -> list[Any]:
+    """`data` as one row-major list: flat already, or one list per row (no deeper)."""
     if type(data) is not list:
         raise ApiError(400, 'input "data" must be a list')
-    if data and type(data[0]) is list:
-        flat: list[Any] = []
-        for part in data:
-            flat.extend(_flatten(part))
-        return flat
-    return data
+    if not data or type(data[0]) is not list:
+        return data
+    flat: list[Any] = []
+    for row in data:
+        if type(row) is not list:
+            raise ApiError(400, 'input "data" must be flat or a list of rows, not a mix')
+        flat.extend(row)
+    return flat
+
+
+def _dimension(d: Any) -> int | None:
+    """A shape entry: a JSON integer, also written as `4.0` (JSON Schema's integers include it)."""
+    t = type(d)
+    if t is int:
+        return d if d >= 0 else None
+    if t is float and d.is_integer() and d >= 0:
+        return int(d)
+    return None
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    params = holder.get("parameters", {})
+    if type(params) is not dict:
+        raise ApiError(400, f"{where}parameters must be an object, not {_json_type(params)}")
+    return params
 
 
 def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
@@ -240,25 +275,23 @@ def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
         raise ApiError(400, 'the request needs exactly one input, named "state"')
     spec = inputs[0]
     if spec.get("name") != "state":
-        raise ApiError(400, f'unknown input {spec.get("name")!r}: the input is named "state"')
-    dtype = _DTYPES.get(str(spec.get("datatype")))
+        raise ApiError(400, f'unknown input {_short(spec.get("name"))}: the input is named "state"')
+    datatype = spec.get("datatype")
+    dtype = _DTYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
-        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {spec.get("datatype")!r}')
-    shape = spec.get("shape")
-    if (
-        type(shape) is not list
-        or not 1 <= len(shape) <= 2
-        or any(type(d) is not int or d < 0 for d in shape)
-    ):
-        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {shape!r}')
+        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {_short(datatype)}')
+    raw = spec.get("shape")
+    dims = [_dimension(d) for d in raw] if type(raw) is list and 1 <= len(raw) <= 2 else [None]
+    shape = [d for d in dims if d is not None]
+    if len(shape) != len(dims):
+        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {_short(raw)}')
     if len(shape) == 1:
         shape = [1, shape[0]]
     count = shape[0] * shape[1]
-    params = spec.get("parameters") or {}
-    size = params.get("binary_data_size") if type(params) is dict else None
+    size = _parameters(spec, 'input "state" ').get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or size > len(binary):
-            raise ApiError(400, f"binary_data_size {size!r} does not fit the request body")
+            raise ApiError(400, f"binary_data_size {_short(size)} does not fit the request body")
         if size != count * dtype.itemsize:
             raise ApiError(
                 422,
@@ -290,11 +323,9 @@ def _binary_output(request: dict[str, Any]) -> bool:
         for o in outputs:
             if type(o) is not dict or o.get("name") != "action":
                 raise ApiError(400, 'unknown output requested: the output is named "action"')
-            params = o.get("parameters") or {}
-            binary = binary or bool(type(params) is dict and params.get("binary_data"))
+            binary = binary or bool(_parameters(o, 'output "action" ').get("binary_data"))
         return binary
-    params = request.get("parameters") or {}
-    return bool(type(params) is dict and params.get("binary_data_output"))
+    return bool(_parameters(request, "").get("binary_data_output"))
 
 
 async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
@@ -313,6 +344,8 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         request, binary = parse_json(body), view[len(body) :]
     if type(request) is not dict:
         raise ApiError(400, "the inference request must be a JSON object")
+    if "id" in request and type(request["id"]) is not str:
+        raise ApiError(400, f'the request "id" must be a string, not {_json_type(request["id"])}')
     x = _oip_input(request, binary)
     want_binary = _binary_output(request)
     live = await handle.live()
@@ -333,7 +366,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "oip", [(b"x-model-version", meta.tag)])
+        return error_reply(exc, "oip", [(VERSION_HEADER, meta.header)])
     shape = [len(values), len(values[0])]
     output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
     tail = b""
@@ -344,7 +377,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         output["data"] = [a for row in values for a in row]
     response: dict[str, Any] = {
         "model_name": handle.name,
-        "model_version": meta.tag.decode(),
+        "model_version": meta.tag,
         "outputs": [output],
         "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
                        "load_count": handle.registry.load_count},
@@ -354,7 +387,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
     head = orjson.dumps(response)
     data = head + tail
     headers = [(b"content-type", b"application/octet-stream" if tail else b"application/json"),
-               (b"content-length", str(len(data)).encode()), (b"x-model-version", meta.tag)]  # fmt: skip
+               (b"content-length", str(len(data)).encode()), (VERSION_HEADER, meta.header)]  # fmt: skip
     if tail:
         headers.append((b"inference-header-content-length", str(len(head)).encode()))
     return Reply(200, data, headers)

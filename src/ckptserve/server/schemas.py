@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ADMIN",
+    "BINARY_TENSORS",
     "F32_MAX",
     "ErrorResponse",
     "InferResponse",
@@ -17,6 +18,7 @@ __all__ = [
     "PredictResponse",
     "error_responses",
     "json_body",
+    "not_ready_response",
     "number_schema",
 ]
 
@@ -54,9 +56,18 @@ PREDICT_BODY: dict[str, Any] = {
     ]
 }
 
+_dimension = {"type": "integer", "minimum": 1}
+_row = {"type": "array", "items": number_schema(None, None), "minItems": 1}
+
 INFER_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
+    "description": (
+        "JSON tensors. With the binary tensor extension (the header "
+        "`Inference-Header-Content-Length: <n>`, `tritonclient`'s default) the first n bytes are "
+        'this JSON with `"parameters": {"binary_data_size": <bytes>}` in place of `data`, and '
+        "the tensor's little-endian bytes follow."
+    ),
     "properties": {
         "id": {"type": "string"},
         "parameters": {"type": "object"},
@@ -66,25 +77,16 @@ INFER_BODY: dict[str, Any] = {
             "maxItems": 1,
             "items": {
                 "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "anyOf": [
-                    {"required": ["data"]},
-                    {
-                        "required": ["parameters"],
-                        "properties": {"parameters": {"required": ["binary_data_size"]}},
-                    },
-                ],
+                "required": ["name", "shape", "datatype", "data"],
                 "properties": {
                     "name": {"type": "string", "enum": ["state"]},
-                    "shape": {
-                        "type": "array",
-                        "items": {"type": "integer", "minimum": 0},
-                        "minItems": 1,
-                        "maxItems": 2,
-                    },
+                    "shape": {"type": "array", "items": _dimension, "minItems": 1, "maxItems": 2},
                     "datatype": {"type": "string", "enum": ["FP32", "FP64"]},
                     "parameters": {"type": "object"},
-                    "data": {"type": "array"},
+                    "data": {
+                        "description": "shape[0] x shape[1] values, row-major: flat, or one list per row",
+                        "oneOf": [_row, {"type": "array", "items": _row, "minItems": 1}],
+                    },
                 },
             },
         },
@@ -100,6 +102,11 @@ INFER_BODY: dict[str, Any] = {
             },
         },
     },
+}
+
+#: The 200 of `infer` with the binary tensor extension: the JSON header, then the tensor.
+BINARY_TENSORS: dict[str, Any] = {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
 }
 
 PIN_BODY: dict[str, Any] = {
@@ -140,7 +147,11 @@ class PredictResponse(BaseModel):
 
     action: list[float] | None = None
     actions: list[list[float]] | None = None
-    model_version: float = Field(description="mtime of the live checkpoint")
+    model_version: float = Field(
+        description="mtime of the live checkpoint (the original API's field; OIP's `model_version` "
+        "is the `version` tag)"
+    )
+    version: str = Field(description="`<checkpoint>@<sha256[:12]>`, as in `X-Model-Version`")
     load_count: int
     checkpoint: str
     sha256: str
@@ -179,3 +190,10 @@ def error_responses(*codes: int, oip: bool = False) -> dict[int | str, dict[str,
     """The `responses=` entry documenting each error status a route returns."""
     model = OipError if oip else ErrorResponse
     return {code: {"model": model, "description": _MEANING[code]} for code in codes}
+
+
+def not_ready_response(*fields: str) -> dict[int | str, dict[str, Any]]:
+    """The 503 of a readiness route: the same body as its 200, with `"ready": false`."""
+    props = {f: {"type": "boolean" if f == "ready" else "string"} for f in fields}
+    schema = {"type": "object", "required": list(fields), "properties": props}
+    return {503: {"description": "Not ready", "content": {"application/json": {"schema": schema}}}}

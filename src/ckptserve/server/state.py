@@ -25,6 +25,7 @@ from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
 from .metrics import Metrics, prune_dead_workers
+from .names import printable, version_header
 from .paths import prepare_model_path
 from .pins import PinBook
 from .settings import ModelSpec, Settings
@@ -37,7 +38,8 @@ log = logging.getLogger("ckptserve.server")
 @dataclass(slots=True)
 class _LiveMeta:
     live: LiveModel
-    tag: bytes
+    header: bytes  # the X-Model-Version value: the tag, made safe for a header
+    tag: str  # <checkpoint>@<sha256[:12]> for JSON bodies (names.printable)
     checkpoint: str
     sha256: str
     mtime: float
@@ -82,7 +84,8 @@ class ModelHandle:
         if meta is not None and meta.live is live:
             return meta
         v = live.version
-        meta = _LiveMeta(live, v.tag.encode(), v.checkpoint, v.sha256, v.mtime)
+        header = version_header(v.checkpoint, v.sha256)
+        meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256, v.mtime)
         self._meta = meta
         return meta
 
@@ -107,15 +110,17 @@ class ModelHandle:
         return out
 
     def newest_mtime(self) -> float | None:
-        """The newest checkpoint on disk (timestamped files or the watched path), by mtime."""
+        """The newest checkpoint on disk (timestamped files, or the watched path when it is a
+        checkpoint: a manifest is not one, and rewriting it publishes nothing newer), by mtime."""
         best: float | None = None
         with contextlib.suppress(OSError):
             found = list_checkpoints(self.directory, self.prefix)
             if found:
                 best = found[0].stat().st_mtime
-        with contextlib.suppress(OSError):
-            watched = self.watched.stat().st_mtime
-            best = watched if best is None else max(best, watched)
+        if self.registry.source.kind != "manifest":
+            with contextlib.suppress(OSError):
+                watched = self.watched.stat().st_mtime
+                best = watched if best is None else max(best, watched)
         return best
 
     def staleness(self, now: float | None = None) -> tuple[float | None, float | None]:

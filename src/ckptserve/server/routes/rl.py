@@ -1,8 +1,8 @@
-"""The original API under the prefix (default `/rl`), for the default model and, under
-`{prefix}/{model}/...`, for every model.
+"""The original API's endpoints, under the prefix (default `/rl`) for the default model and under
+`{prefix}/{model}/...` for every model (the paths are in `routing.py`).
 
-`predict` is normally answered by the fast lane before FastAPI routes it; the route declared here
-calls the same implementation, so it documents (and, reached directly, behaves as) the same thing.
+`predict` is normally answered by the fast lane before FastAPI routes it; the endpoint here calls
+the same implementation, so it documents (and, reached directly, behaves as) the same thing.
 """
 
 from __future__ import annotations
@@ -13,28 +13,30 @@ from functools import partial
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import ValidationError as PydanticValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ...errors import CheckpointError
 from ...sources import confine
 from ..errors import ApiError
 from ..predict import handle_model_request
-from ..schemas import (
-    ADMIN,
-    PIN_BODY,
-    PREDICT_BODY,
-    PinRequest,
-    PredictResponse,
-    error_responses,
-    json_body,
-)
+from ..schemas import PinRequest
 from ..state import ModelHandle, Runtime
 from .common import runtime_of, to_response
 
-__all__ = ["rl_router"]
+__all__ = [
+    "for_default",
+    "for_named",
+    "pin",
+    "predict",
+    "predict_named",
+    "reload",
+    "status",
+    "unpin",
+    "versions",
+]
 
 
 _FORCE = Query(False, description="Reload before answering (needs the admin token)")
@@ -141,7 +143,9 @@ async def unpin(request: Request, model: str | None = None) -> dict[str, Any]:
 Handler = Callable[[Request, "str | None"], Awaitable[Any]]
 
 
-def _default(fn: Handler) -> Callable[[Request], Awaitable[Any]]:
+def for_default(fn: Handler) -> Callable[[Request], Awaitable[Any]]:
+    """`fn` as the endpoint of the default model's route (`{prefix}/...`)."""
+
     async def endpoint(request: Request) -> Any:
         return await fn(request, None)
 
@@ -149,49 +153,11 @@ def _default(fn: Handler) -> Callable[[Request], Awaitable[Any]]:
     return endpoint
 
 
-def _named(fn: Handler) -> Callable[[Request, str], Awaitable[Any]]:
+def for_named(fn: Handler) -> Callable[[Request, str], Awaitable[Any]]:
+    """`fn` as the endpoint of a named model's route (`{prefix}/{model}/...`)."""
+
     async def endpoint(request: Request, model: str) -> Any:
         return await fn(request, model)
 
     endpoint.__name__, endpoint.__doc__ = f"{fn.__name__}_named", fn.__doc__
     return endpoint
-
-
-def rl_router(prefix: str) -> APIRouter:
-    """The routes for the default model under `prefix` and for each model under `prefix/{model}`."""
-    router = APIRouter(tags=["rl"])
-    admin = error_responses(*ADMIN, 404)
-    for base, suffix in ((prefix, ""), (f"{prefix}/{{model}}", " (named model)")):
-        named = bool(suffix)
-        bind = _named if named else _default
-        router.add_api_route(
-            f"{base}/predict", predict_named if named else predict, methods=["POST"], response_class=JSONResponse,
-            summary="Predict" + suffix, response_model=None,
-            responses={200: {"model": PredictResponse}, **error_responses(400, 401, 403, 404, 413, 422, 503)},
-            openapi_extra=json_body(PREDICT_BODY),
-        )  # fmt: skip
-        router.add_api_route(
-            f"{base}/status", bind(status), methods=["GET"], summary="Status" + suffix,
-            responses=error_responses(404),
-        )  # fmt: skip
-        router.add_api_route(
-            f"{base}/versions", bind(versions), methods=["GET"], summary="Versions" + suffix,
-            responses=error_responses(404),
-        )  # fmt: skip
-        router.add_api_route(
-            f"{base}/reload", bind(reload), methods=["POST"], summary="Reload" + suffix,
-            responses={**admin, **error_responses(503)},
-        )  # fmt: skip
-        router.add_api_route(
-            f"{base}/pin", bind(pin), methods=["POST"], summary="Pin" + suffix,
-            responses={**admin, **error_responses(400, 413, 422)},
-            openapi_extra=json_body(PIN_BODY),
-        )  # fmt: skip
-        router.add_api_route(
-            f"{base}/pin",
-            bind(unpin),
-            methods=["DELETE"],
-            summary="Unpin" + suffix,
-            responses=admin,
-        )
-    return router

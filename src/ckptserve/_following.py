@@ -20,12 +20,15 @@ class Following:
     """The sources of one model.
 
     Args:
-        path: a checkpoint file, a `{name}_latest.json` manifest, or a directory.
+        path: a checkpoint file, a `{name}_latest.json` manifest, a directory, or an
+            `s3://bucket/prefix/` URL (kept a string: a Path would fold its `//`).
         options: the registry's options (signing, retry and verify timing).
         name: the `{name}` looked for in a directory (default "actor").
     """
 
-    def __init__(self, path: Path, options: RegistryOptions, name: str | None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], options: RegistryOptions, name: str | None
+    ) -> None:
         self._options = options
         # Having a key means only signed manifests are followed: without that, deleting the
         # manifest and writing a plain checkpoint would downgrade the source.
@@ -33,7 +36,7 @@ class Following:
         self._name = name or DEFAULT_NAME
         self.directory: DirectoryWatch | None = None
         if os.path.isdir(path):
-            self.directory = DirectoryWatch(path, self._name, signed_only=self.signed)
+            self.directory = DirectoryWatch(Path(path), self._name, signed_only=self.signed)
         self.watched = self.watch(self._source(path))
         self._vouched: dict[str, str] = {}  # checkpoint name -> sha256 a manifest vouched for
 
@@ -72,8 +75,8 @@ class Following:
             signed=self.signed, verified_sha256=self._vouched.get(path.name),
         )  # fmt: skip
 
-    def _source(self, path: Path) -> Source:
+    def _source(self, path: str | os.PathLike[str]) -> Source:
         return make_source(
             path, name=self._name, signing_key=self._options.signing_key,
-            require_signature=self.signed,
+            require_signature=self.signed, check_interval=self._options.check_interval,
         )  # fmt: skip

@@ -87,7 +87,7 @@ class ModelRegistry:
         self.device = device
         if options.require_signature and not options.signing_key:
             raise ValueError("require_signature needs a key: pass signing_key=")
-        self._follow = Following(self.model_path, options, name)
+        self._follow = Following(model_path, options, name)  # a URL stays a string
         self.name = name or model_name(self._follow.watched.source.path)
         self.policy: SwapPolicy = SWAP_POLICIES[options.swap]()
         self._interval = options.check_interval
@@ -399,10 +399,12 @@ class ModelRegistry:
         version = live.version if live is not None else None
         history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
         serving = self._serving
+        # A polled source (s3://, --nfs) says when it last answered and what failed.
+        health = getattr(serving.source, "health", None)
         return {
             "name": self.name,
             "loaded": live is not None,
-            "model_path": str(self.model_path),
+            "model_path": getattr(self._follow.watched.source, "url", str(self.model_path)),
             "load_count": self._load_count,
             "last_mtime": version.mtime if version is not None else 0.0,
             "version": version.to_dict() if version is not None else None,
@@ -411,6 +413,7 @@ class ModelRegistry:
             "pinned": str(self._pinned) if self._pinned is not None else None,
             "fallback": self.fallback.to_dict() if self.fallback is not None else None,
             "source": serving.source.kind,
+            "source_health": health() if health is not None else None,
             "phase": serving.state.phase.value,
             "swap": self.policy.name,
             "loading": self.loading,

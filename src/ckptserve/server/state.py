@@ -40,6 +40,8 @@ def looks_like_directory(path: str) -> bool:
 def prepare_model_path(path: str) -> None:
     """Create a model directory that does not exist yet (publish() would), so the registry follows
     `{name}_latest.*` inside it instead of watching the directory's path as a file."""
+    if "://" in path:  # object storage: nothing to create here
+        return
     p = Path(path)
     if not p.exists() and looks_like_directory(path):
         p.mkdir(parents=True, exist_ok=True)

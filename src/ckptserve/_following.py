@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ._watching import RESCAN_EVERY, DirectoryWatch, Timing, Watch
 from .naming import DEFAULT_NAME, checkpoint_prefix
+from .nfs import PolledSource
 from .options import RegistryOptions
 from .sources import Snapshot, Source, checkpoint_source, make_source
 
@@ -76,7 +77,10 @@ class Following:
         )  # fmt: skip
 
     def _source(self, path: str | os.PathLike[str]) -> Source:
-        return make_source(
+        source = make_source(
             path, name=self._name, signing_key=self._options.signing_key,
             require_signature=self.signed, check_interval=self._options.check_interval,
         )  # fmt: skip
+        if self._options.nfs and source.kind in ("file", "manifest"):
+            return PolledSource(source, interval=self._options.check_interval)
+        return source

@@ -94,7 +94,7 @@ class Poll:
             "polled_at": self.polled_at,
             "error": self.error,
             "error_at": self.error_at,
-            "reading_for": None if since is None else round(time.monotonic() - since, 3),
+            "reading_for": None if since is None else round(time.monotonic() - since, 6),
         }
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ class RegistryOptions:
     lock_dir: where the coordination lock files live (default: a per-user temp dir).
     max_checkpoint_bytes: the most bytes of one checkpoint that are read (manifest mode: also at
         most the size the manifest states, plus one).
+    nfs: the model directory is on a shared file system (NFS): its attributes are polled by a
+        thread of its own every check_interval (1 s when 0), past the attribute cache (nfs.py).
     """
 
     check_interval: float = 0.0
@@ -69,6 +71,7 @@ class RegistryOptions:
     max_concurrent_loads: int | None = None
     lock_dir: str | None = None
     max_checkpoint_bytes: int = 8 << 30
+    nfs: bool = False
 
     def __post_init__(self) -> None:
         if self.swap not in ("sync", "background"):

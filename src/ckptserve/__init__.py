@@ -9,6 +9,7 @@ from .errors import (
     PublishError,
     ValidationError,
 )
+from .fleet import wait_live
 from .formats import FORMATS, ExportedPolicy, load_checkpoint, sniff, state_dict_loader
 from .publishing import list_checkpoints, publish
 from .registry import LiveModel, ModelRegistry, RegistryOptions
@@ -44,4 +45,5 @@ __all__ = (
     "publish",
     "sniff",
     "state_dict_loader",
+    "wait_live",
 )

@@ -26,6 +26,7 @@ from .errors import ApiError, Style, error_reply
 from .fastlane import FastLane
 from .openapi import install as install_openapi
 from .routes.common import to_response
+from .routes.fleet import fleet_router
 from .routes.oip import oip_router
 from .routes.ops import ops_router
 from .routes.rl import rl_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.runtime = runtime
     app.include_router(rl_router(settings.prefix))
+    app.include_router(fleet_router(settings.prefix))
     app.include_router(oip_router())
     app.include_router(ops_router())
     for exc_type in (ApiError, CkptServeError, FileNotFoundError, RequestValidationError):

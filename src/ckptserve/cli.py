@@ -217,7 +217,12 @@ _FORMATS = "export, torchscript, state_dict, safetensors"
               help="torch intra-op threads (0: torch's default).  [default: 1]")  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="[default: text]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(models: tuple[str, ...], **options: Any) -> None:
+@click.option("--ray", "on_ray", is_flag=True,
+              help="Serve as a Ray Serve application (ckptserve[ray]): on the cluster in "
+                   "$RAY_ADDRESS, else a local Ray bound to --host.")  # fmt: skip
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: how many replicas, each watching the source itself.")  # fmt: skip
+def serve(models: tuple[str, ...], on_ray: bool, replicas: int, **options: Any) -> None:
     """Serve one or more hot-reloading models.
 
     PATH is a checkpoint file, a `{name}_latest.json` manifest or a directory (its *_latest file is
@@ -241,6 +246,13 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     problem = port_problem(settings.host, settings.port)
     if problem:
         _fail(problem)
+    if on_ray:
+        try:
+            from .ray import run as run_on_ray
+        except ImportError as exc:
+            _fail(f"--ray needs Ray Serve: pip install 'ckptserve[ray]' ({exc})")
+        run_on_ray(settings, replicas=replicas)
+        return
     _run(settings)
 
 

@@ -42,6 +42,7 @@ def test_all_is_pinned_and_sorted():
         "publish",
         "sniff",
         "state_dict_loader",
+        "wait_live",
     ]
     assert list(ckptserve.__all__) == sorted(ckptserve.__all__, key=isort_style)
     for name in ckptserve.__all__:

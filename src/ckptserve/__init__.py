@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         PublishError,
         ValidationError,
     )
+    from .fleet import wait_live
     from .formats import FORMATS, ExportedPolicy, load_checkpoint, sniff, state_dict_loader
     from .options import RegistryOptions
     from .publishing import list_checkpoints, publish
@@ -55,11 +56,13 @@ __all__ = (
     "publish",
     "sniff",
     "state_dict_loader",
+    "wait_live",
 )
 
 _MODULES = {
     "errors": ("CheckpointError", "CkptServeError", "IntegrityError", "ModelNotAvailable",
                "PathNotAllowed", "PublishError", "ValidationError"),
+    "fleet": ("wait_live",),
     "formats": ("FORMATS", "ExportedPolicy", "load_checkpoint", "sniff", "state_dict_loader"),
     "options": ("RegistryOptions",),
     "publishing": ("list_checkpoints", "publish"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from ._watching import RESCAN_EVERY, DirectoryWatch, Timing, Watch
 from .manifest import Keyring, parse_keyring
 from .naming import DEFAULT_NAME, checkpoint_prefix
+from .nfs import PolledSource
 from .options import RegistryOptions
 from .sources import Snapshot, Source, checkpoint_source, make_source
 
@@ -21,12 +22,15 @@ class Following:
     """The sources of one model.
 
     Args:
-        path: a checkpoint file, a `{name}_latest.json` manifest, or a directory.
+        path: a checkpoint file, a `{name}_latest.json` manifest, a directory, or an
+            `s3://bucket/prefix/` URL (kept a string: a Path would fold its `//`).
         options: the registry's options (signing, retry and verify timing).
         name: the `{name}` looked for in a directory (default "actor").
     """
 
-    def __init__(self, path: Path, options: RegistryOptions, name: str | None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], options: RegistryOptions, name: str | None
+    ) -> None:
         key: object = options.signing_key  # a Keyring passed as is, or a key to parse
         self.keyring = (
             key
@@ -42,7 +46,7 @@ class Following:
         self._name = name or DEFAULT_NAME
         self.directory: DirectoryWatch | None = None
         if os.path.isdir(path):
-            self.directory = DirectoryWatch(path, self._name, signed_only=self.signed)
+            self.directory = DirectoryWatch(Path(path), self._name, signed_only=self.signed)
         self.watched = self.watch(self._source(path))
         self._vouched: dict[str, str] = {}  # checkpoint name -> sha256 a manifest vouched for
 
@@ -81,8 +85,11 @@ class Following:
             signed=self.signed, verified_sha256=self._vouched.get(path.name),
         )  # fmt: skip
 
-    def _source(self, path: Path) -> Source:
-        return make_source(
+    def _source(self, path: str | os.PathLike[str]) -> Source:
+        source = make_source(
             path, name=self._name, signing_key=self.keyring,
-            require_signature=self.signed,
+            require_signature=self.signed, check_interval=self._options.check_interval,
         )  # fmt: skip
+        if self._options.nfs and source.kind in ("file", "manifest"):
+            return PolledSource(source, interval=self._options.check_interval)
+        return source

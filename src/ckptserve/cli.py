@@ -222,6 +222,13 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     problem = port_problem(settings.host, settings.port)
     if problem:
         _fail(problem)
+    if settings.ray:
+        try:
+            from .ray import run as run_on_ray
+        except ImportError as exc:
+            _fail(f"--ray needs Ray Serve: pip install 'ckptserve[ray]' ({exc})")
+        run_on_ray(settings, replicas=settings.replicas)
+        return
     _run(settings)
 
 
@@ -260,6 +267,30 @@ def demo(host: str, port: int, directory: str | None, duration: float | None) ->
     from .demo.runner import run_demo
 
     sys.exit(run_demo(host=host, port=port, directory=directory, duration=duration))
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--sha256", required=True, help="The checkpoint's sha256 (or its first 12+ hex).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@click.option("--model", help="The model to check.  [default: the server's default model]")
+def wait(url: str, sha256: str, timeout: float, model: str | None) -> None:
+    """Wait until every replica of the server at URL serves a checkpoint: exit 0 then, 1 on
+    timeout, 2 when URL cannot be reached or the arguments are wrong."""
+    from .fleet import wait_live
+
+    try:
+        view = wait_live(url, sha256, timeout, model=model)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except ConnectionError as exc:
+        click.echo(f"ckptserve: error: {exc}", err=True)
+        sys.exit(2)
+    except TimeoutError as exc:
+        click.echo(f"ckptserve: {exc}", err=True)
+        sys.exit(1)
+    replicas = view["replicas"]
+    click.echo(f"{len(replicas)} replica(s) serve {sha256[:12]} ({view['scope']})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

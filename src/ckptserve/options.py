@@ -141,7 +141,7 @@ class RegistryOptions:
     )  # fmt: skip
     action_dim: int | None = _option(
         None, "Action size, for checkpoints without metadata.", ge=1,
-        default_text="metadata, else 1",
+        default_text="metadata, else the first model's output",
     )  # fmt: skip
     obs_low: BoundSpec = _option(
         None, "Lower observation bound: one number, or one per dimension (comma-separated); a "
@@ -195,6 +195,10 @@ class RegistryOptions:
     state_dir: str | None = _option(
         None, "A writable directory for what the server must remember across restarts (pins, "
         "marks); never the model directory.", default_text="none: nothing is remembered",
+    )  # fmt: skip
+    nfs: bool = _option(
+        False, "The model directory is on a shared file system (NFS): its attributes are polled "
+        "by a thread of its own every --check-interval (1 s when 0), past the attribute cache.",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

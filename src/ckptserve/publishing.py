@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import secrets
@@ -200,7 +201,18 @@ def publish(
 
     Example:
         publish(actor, "models/", metadata={"step": step, "eval_return": ret})
+
+    An `s3://bucket/prefix/` directory publishes to object storage (objectstore.py): the
+    checkpoint object first, the manifest last; the path returned is then the new object's name.
     """
+    if isinstance(directory, str) and directory.startswith("s3://"):
+        # objectstore.py builds on this module, so it is found by name, not imported above.
+        store: Any = importlib.import_module("ckptserve.objectstore")
+        url: str = store.publish_to_store(
+            model, directory, name, keep, metadata, format=format, signing_key=signing_key,
+            example_input=example_input,
+        )  # fmt: skip
+        return Path(url.rpartition("/")[2])
     if keep < 1:
         raise ValueError("keep must be at least 1")
     keyring = _keyring(signing_key)

@@ -76,7 +76,7 @@ class ModelRegistry:
         self.options = options = replace(options or RegistryOptions(), **overrides)
         self.model_path = Path(model_path)
         self.device = device
-        follow = Following(self.model_path, options, name)
+        follow = Following(model_path, options, name)  # a URL (s3://) stays a string
         self.name = name or model_name(follow.watched.source.path)
         self.policy: SwapPolicy = SWAP_POLICIES[options.swap]()
         self._interval = options.check_interval
@@ -285,14 +285,17 @@ class ModelRegistry:
         """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
         swap, version = self._swap, self.version
         history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
+        health = getattr(swap.serving.source, "health", None)  # a polled source (s3://, --nfs)
         return {
-            "name": self.name, "loaded": version is not None, "model_path": str(self.model_path),
+            "name": self.name, "loaded": version is not None,
+            "model_path": getattr(swap.serving.source, "url", str(self.model_path)),
             "load_count": swap.load_count, "last_mtime": version.mtime if version else 0.0,
             "version": version.to_dict() if version else None,
             "last_error": self._attempts.last_error, "file_missing": swap.serving.missing,
             "pinned": str(swap.pinned) if swap.pinned is not None else None,
             "fallback": swap.fallback.to_dict() if swap.fallback is not None else None,
             "source": swap.serving.source.kind, "phase": swap.serving.state.phase.value,
+            "source_health": health() if health is not None else None,
             "swap": self.policy.name, "loading": self.loading,
             "history": [a.to_dict() for a in history],
             "resident": self.resident.to_dict(version.sha256 if version else None),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import stat
 from collections.abc import Callable, Hashable
@@ -303,13 +304,24 @@ def make_source(
     name: str = "actor",
     signing_key: Keyring | str | bytes | None = None,
     require_signature: bool = False,
+    check_interval: float = 0.0,
 ) -> Source:
     """Pick the source for a path: a `.json` manifest, a checkpoint file, or a directory.
 
     A directory is followed through `{name}_latest.json` when it has one, else
     `{name}_latest.pt`; with no `name` match, the single `*_latest.json` / `*_latest.pt` in it.
     With `require_signature` only manifests are followed (a plain file carries no signature).
+    An `s3://bucket/prefix/` URL is followed by objectstore.S3Source (polled every
+    `check_interval` seconds, 2 s when 0).
     """
+    if isinstance(path, str) and path.startswith("s3://"):
+        # objectstore.py builds on this module, so it is found by name, not imported above.
+        s3: Any = importlib.import_module("ckptserve.objectstore")
+        source: Source = s3.S3Source(
+            path, name=name, signing_key=signing_key, require_signature=require_signature,
+            check_interval=check_interval,
+        )  # fmt: skip
+        return source
     p = Path(path)
     if os.path.isdir(p):
         p = latest_in_directory(p, name, signed_only=require_signature)

@@ -4,6 +4,7 @@ by clients, and every kind of bad input answered with a clear 4xx."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +23,16 @@ def server(shared_server: tuple[ServerProcess, Path]) -> ServerProcess:
 
 
 def test_predict_returns_action_and_version_fields(server: ServerProcess) -> None:
-    """The original response fields (`model_version` is the mtime) plus checkpoint, sha256 and
-    `version`, the tag that X-Model-Version and OIP's `model_version` carry."""
+    """The original response fields (`model_version` is the mtime) plus checkpoint, sha256,
+    `version` (the tag that X-Model-Version and OIP's `model_version` carry) and replica, and the
+    X-Model-Version and X-Replica headers."""
     r = server.client.post("/rl/predict", json=state())
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"action", "model_version", "version", "load_count", "checkpoint", "sha256"}
+    assert set(body) == {
+        "action", "model_version", "version", "load_count", "checkpoint", "sha256", "replica"
+    }  # fmt: skip
+    assert r.headers["x-replica"] == body["replica"] == f"{socket.gethostname()}:{server.proc.pid}"
     assert len(body["action"]) == 1 and isinstance(body["action"][0], float)
     assert isinstance(body["model_version"], float) and body["load_count"] >= 1
     assert body["version"] == f"{body['checkpoint']}@{body['sha256'][:12]}"

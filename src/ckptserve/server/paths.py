@@ -59,6 +59,8 @@ def prepare_model_path(path: str) -> None:
     Raises:
         FileNotFoundError: the directory's parent does not exist (nothing is created).
     """
+    if "://" in path:  # object storage: nothing to create here
+        return
     p = Path(path)
     if not p.exists() and looks_like_directory(path):
         problem = model_path_problem(path)

@@ -25,6 +25,7 @@ from ..registry import LiveModel
 from ..validation import Bounds
 from .batching import OFF_LOOP_ROWS
 from .errors import ApiError, Reply, Style, error_reply, json_headers
+from .fleet import replica_header, replica_name
 from .names import VERSION_HEADER
 from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
@@ -222,15 +223,16 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "detail", [(VERSION_HEADER, meta.header)])
+        return error_reply(exc, "detail", [(VERSION_HEADER, meta.header), replica_header()])
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
     out["version"] = meta.tag
     out["load_count"] = handle.registry.load_count
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256
+    out["replica"] = replica_name()
     data = orjson.dumps(out)
-    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header)])
+    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header), replica_header()])
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -366,7 +368,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
         values = await _forward_maybe_batched(handle, live, x)
     except ApiError as exc:
-        return error_reply(exc, "oip", [(VERSION_HEADER, meta.header)])
+        return error_reply(exc, "oip", [(VERSION_HEADER, meta.header), replica_header()])
     shape = [len(values), len(values[0])]
     output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
     tail = b""
@@ -380,14 +382,15 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         "model_version": meta.tag,
         "outputs": [output],
         "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
-                       "load_count": handle.registry.load_count},
+                       "load_count": handle.registry.load_count, "replica": replica_name()},
     }  # fmt: skip
     if "id" in request:
         response["id"] = request["id"]
     head = orjson.dumps(response)
     data = head + tail
     headers = [(b"content-type", b"application/octet-stream" if tail else b"application/json"),
-               (b"content-length", str(len(data)).encode()), (VERSION_HEADER, meta.header)]  # fmt: skip
+               (b"content-length", str(len(data)).encode()), (VERSION_HEADER, meta.header),
+               replica_header()]  # fmt: skip
     if tail:
         headers.append((b"inference-header-content-length", str(len(head)).encode()))
     return Reply(200, data, headers)

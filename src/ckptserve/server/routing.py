@@ -16,7 +16,7 @@ from typing import Any, Literal
 from starlette.responses import HTMLResponse, Response
 
 from . import docs
-from .routes import oip, ops, rl
+from .routes import fleet, oip, ops, rl
 from .routes.common import JSONText
 from .schemas import (
     ADMIN,
@@ -89,6 +89,7 @@ def route_table(prefix: str) -> tuple[Route, ...]:
                   {**admin, **error_responses(400, 413, 422)}, body=PIN_BODY),
             Route("DELETE", f"{base}/pin", bind(rl.unpin), "Unpin" + suffix, "rl", admin),
         ]  # fmt: skip
+    table.append(Route("GET", f"{prefix}/fleet", fleet.fleet, "Fleet", "rl"))
     oip_404 = error_responses(404, oip=True)
     table += [
         Route("GET", "/v2", oip.server_metadata, "Server metadata", "oip"),

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
         1, ge=1, description="uvicorn worker processes (each loads its own copy of each model)."
     )
     device: str = Field("cpu", description="Where models are loaded (cpu, cuda, cuda:0, ...).")
+    ray: bool = Field(
+        False, description="Serve as a Ray Serve application (ckptserve[ray]): on the cluster in "
+        "$RAY_ADDRESS, else a local Ray bound to --host.",
+    )  # fmt: skip
+    replicas: int = Field(
+        1, ge=1, description="With --ray: how many replicas, each watching the source itself."
+    )
     registry: Annotated[RegistryOptions, _AsRegistryOptions] = RegistryOptions()
     factory: str | None = Field(
         None, description="package.module:function building the module for weights formats "

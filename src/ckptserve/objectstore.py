@@ -1,0 +1,513 @@
+"""DETECT and PUBLISH on object storage: `s3://bucket/prefix/` is followed and written like a
+model directory, with a manifest that names an immutable, timestamped checkpoint object.
+
+Configured only by the standard AWS variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, or any other source of the AWS credential chain),
+so the same URL works against AWS, MinIO, Ceph or a loopback test server. boto3 is used directly
+(`pip install 'ckptserve[s3]'`): s3fs caches listings and then reports stale ETags.
+
+`S3Source` never touches the network on the request path. Its token is the manifest object's
+ETag (plus VersionId on a versioned bucket; a multipart ETag such as `"…-3"` is an opaque value,
+not an MD5), read by a HEAD on a thread of its own every `check_interval` seconds (default 2 s).
+A fetch reads the manifest with a conditional GET (`If-None-Match`), then streams the checkpoint
+object it names once, hashed, into the private copy, bounded like a local file (the size the
+manifest states plus one, and the byte limit); the core's checks (sha256 against the manifest,
+signature, CRCs, probe) follow unchanged. Bytes already in the private copies are not downloaded
+again. A slow or failing store is a failed check: the live model keeps serving, and `health()`
+(in the registry's status) says when the store last answered and what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ._copies import PrivateCopies
+from ._polling import Poll
+from .errors import CheckpointError, CkptServeError, IntegrityError, PublishError
+from .manifest import MAX_MANIFEST_BYTES, Keyring, parse_manifest, verify_signature
+from .sources import CHUNK, DEFAULT_LIMIT, Snapshot
+from .versions import VersionKey
+
+__all__ = [
+    "DEFAULT_CHECK_INTERVAL",
+    "ObjectToken",
+    "S3Location",
+    "S3Source",
+    "client_from_env",
+    "is_url",
+    "publish_to_store",
+]
+
+SCHEME = "s3://"
+#: Seconds between HEADs of the manifest object when `check_interval` is 0 (the local default).
+DEFAULT_CHECK_INTERVAL = 2.0
+#: The most checkpoint downloads whose object dates are remembered (for a copy not downloaded).
+_REMEMBERED = 8
+
+
+def is_url(path: object) -> bool:
+    """Whether `path` names object storage (`s3://...`) rather than a local path."""
+    return isinstance(path, str) and path.startswith(SCHEME)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """Where a model lives in a bucket: the manifest's key and the prefix its checkpoints share."""
+
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    manifest: str
+
+    @classmethod
+    def parse(cls, url: str, name: str) -> S3Location:
+        """`s3://bucket/prefix/` (its `{name}_latest.json`) or `s3://bucket/prefix/x_latest.json`.
+
+        Raises:
+            ValueError: not an s3:// URL with a bucket, or a key that is not a manifest.
+        """
+        if not is_url(url):
+            raise ValueError(f"{url!r} is not an s3:// URL")
+        bucket, _, key = url[len(SCHEME) :].partition("/")
+        if not bucket or "\x00" in url:
+            raise ValueError(f"{url!r} names no bucket")
+        if key.endswith(".json"):
+            prefix = key.rpartition("/")[0]
+            return cls(bucket, f"{prefix}/" if prefix else "", key)
+        last = key.rpartition("/")[2]
+        if "." in last and not key.endswith("/"):
+            raise ValueError(
+                f"{url}: serve the manifest (*_latest.json) or the prefix (ending in /): a "
+                "checkpoint object alone carries no sha256 to check it against"
+            )
+        prefix = key if not key or key.endswith("/") else f"{key}/"
+        return cls(bucket, prefix, f"{prefix}{name}_latest.json")
+
+    def url(self, key: str) -> str:
+        return f"{SCHEME}{self.bucket}/{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectToken:
+    """What identifies one write of an object: its ETag, and its VersionId where the bucket
+    keeps versions (the same bytes written again keep the ETag and get a new VersionId)."""
+
+    etag: str
+    version_id: str | None = None
+
+
+def client_from_env() -> Any:
+    """A boto3 S3 client configured by the standard AWS variables, with bounded timeouts.
+
+    Raises:
+        CkptServeError: boto3 is not installed.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise CkptServeError("s3:// needs boto3: pip install 'ckptserve[s3]'") from None
+    config = Config(
+        connect_timeout=3, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"}
+    )
+    # boto3's default session: its service model is loaded once per process (~0.3 s each).
+    return boto3.client("s3", config=config)
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, Mapping):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code")
+    if status is None and isinstance(code, str) and code.isdigit():
+        status = int(code)
+    return int(status) if status is not None else None
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _token_of(response: Mapping[str, Any]) -> ObjectToken:
+    return ObjectToken(str(response["ETag"]), response.get("VersionId"))
+
+
+def _key_of(response: Mapping[str, Any], size: int) -> VersionKey:
+    modified = response.get("LastModified")
+    ns = int(modified.timestamp() * 1e9) if isinstance(modified, datetime) else 0
+    return VersionKey(ns, size, 0, 0, ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Manifest:
+    token: ObjectToken
+    raw: bytes
+
+
+class S3Source:
+    """Follows a manifest object in a bucket and reads the checkpoint object it names.
+
+    Args:
+        url: `s3://bucket/prefix/` or `s3://bucket/prefix/{name}_latest.json`.
+        name: the `{name}` of the manifest under a prefix (default "actor").
+        signing_key / require_signature: as for a local manifest.
+        check_interval: seconds between HEADs of the manifest (0: DEFAULT_CHECK_INTERVAL).
+        client: a boto3 S3 client (default: `client_from_env()`).
+
+    Example:
+        registry = ModelRegistry("s3://models/actor/", swap="background")
+    """
+
+    kind = "s3"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "actor",
+        signing_key: Keyring | str | bytes | None = None,
+        require_signature: bool = False,
+        check_interval: float = 0.0,
+        client: Any = None,
+    ) -> None:
+        self.location = where = S3Location.parse(url, name)
+        self.url = where.url(where.manifest)
+        # Only the name and suffix of this path mean anything (the model's name, `.json`): it
+        # is no local file, and nothing looks for one there.
+        self.path = Path(self.url)
+        self._key = signing_key
+        self._require = require_signature
+        self._client = client if client is not None else client_from_env()
+        self._manifest: _Manifest | None = None  # the last manifest read, for If-None-Match
+        self._dates: dict[str, VersionKey] = {}  # sha256 -> the checkpoint object's date
+        self._poll = Poll(
+            self._head, check_interval or DEFAULT_CHECK_INTERVAL, name=f"ckptserve-s3-{name}"
+        )
+
+    # ---- the Source protocol ------------------------------------------------------------------
+
+    def token(self) -> Hashable | None:
+        return self._poll.value
+
+    def fetch(self, copies: PrivateCopies, *, limit: int = DEFAULT_LIMIT) -> Snapshot:
+        manifest, token = self._read_manifest()
+        name, want, size = manifest["checkpoint"], manifest["sha256"], manifest["size"]
+        key = self.location.prefix + name
+        # An unsigned manifest's size is the writer's choice, so the limit stays too.
+        bound, why = (size + 1, "the size the manifest states") if size < limit else (limit, "")
+        why = why or f"the {limit}-byte limit (--max-checkpoint-bytes)"
+        have = copies.path_for(want)
+        date = self._dates.get(want)
+        if date is not None and _size(have) == size:
+            file = have  # named by its sha256 when it was written: the same bytes
+        else:
+            file, date = self._download(key, name, copies, bound, why, want, size)
+            self._dates = dict(list({**self._dates, want: date}.items())[-_REMEMBERED:])
+        checkpoint = Path(self.location.url(key))
+        return Snapshot(
+            token=token, file=file, size=size, path=checkpoint, resolved=checkpoint,
+            sha256=want, key=date, metadata=dict(manifest.get("metadata") or {}),
+        )  # fmt: skip
+
+    def digest(self) -> str | None:
+        try:
+            manifest, _ = self._read_manifest()
+        except (OSError, CheckpointError):
+            return None
+        return str(manifest["sha256"])
+
+    # ---- observing ----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The poll's state: when the store last answered, the last error, a HEAD under way."""
+        return {"url": self.url, **self._poll.health()}
+
+    def poll_now(self) -> None:
+        """One HEAD in the calling thread (the poll thread does this every interval)."""
+        self._poll.poll_once()
+
+    def close(self) -> None:
+        """Stop polling (also done when the source is collected)."""
+        self._poll.close()
+
+    def __repr__(self) -> str:
+        return f"S3Source({self.url!r})"
+
+    # ---- the store ----------------------------------------------------------------------------
+
+    def _head(self) -> ObjectToken | None:
+        where = self.location
+        try:
+            return _token_of(self._client.head_object(Bucket=where.bucket, Key=where.manifest))
+        except Exception as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+
+    def _read_manifest(self) -> tuple[dict[str, Any], ObjectToken]:
+        """The manifest, checked, and the token of what was read; a 304 reuses the last one.
+
+        Raises FileNotFoundError (no manifest object) or CheckpointError."""
+        where, cached = self.location, self._manifest
+        extra = {"IfNoneMatch": cached.token.etag} if cached is not None else {}
+        try:
+            response = self._client.get_object(Bucket=where.bucket, Key=where.manifest, **extra)
+        except Exception as exc:
+            status = _status(exc)
+            if status == 304 and cached is not None:
+                polled = self._poll.value
+                same = isinstance(polled, ObjectToken) and polled.etag == cached.token.etag
+                token = polled if same and isinstance(polled, ObjectToken) else cached.token
+                self._poll.offer(token)
+                return self._checked(cached.raw), token
+            if status == 404:
+                self._poll.offer(None)
+                raise FileNotFoundError(self.url) from None
+            raise CheckpointError(f"{self.url}: the store did not answer: {_why(exc)}") from None
+        token = _token_of(response)
+        body = response["Body"]
+        try:
+            if int(response.get("ContentLength") or 0) > MAX_MANIFEST_BYTES:
+                raise IntegrityError(f"manifest is over {MAX_MANIFEST_BYTES} bytes: not a manifest")
+            raw = body.read(MAX_MANIFEST_BYTES + 1)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{self.url}: reading the manifest failed: {_why(exc)}") from None
+        finally:
+            body.close()
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise IntegrityError(f"manifest is over {MAX_MANIFEST_BYTES} bytes: not a manifest")
+        self._poll.offer(token)
+        manifest = self._checked(raw)
+        self._manifest = _Manifest(token, raw)  # only a manifest that passed is kept
+        return manifest, token
+
+    def _checked(self, raw: bytes) -> dict[str, Any]:
+        try:
+            manifest = parse_manifest(raw)
+            verify_signature(manifest, self._key, required=self._require)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise IntegrityError(f"manifest is malformed: {type(exc).__name__}") from None
+        return manifest
+
+    def _download(
+        self, key: str, name: str, copies: PrivateCopies, bound: int, why: str, want: str,
+        size: int,
+    ) -> tuple[Path, VersionKey]:  # fmt: skip
+        """Stream the object into the cache as `<sha256>`, hashing each chunk, stopping past
+        `bound` bytes; kept only if its size and sha256 are the manifest's."""
+        try:
+            response = self._client.get_object(Bucket=self.location.bucket, Key=key)
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise CheckpointError(f"manifest names {name}, which does not exist") from None
+            raise CheckpointError(f"{name}: the store did not answer: {_why(exc)}") from None
+        body = response["Body"]
+        try:
+            length = int(response.get("ContentLength") or 0)
+            if length > bound:
+                raise CheckpointError(f"{name} is {length} bytes, over {why}: refused")
+            fd, tmp = copies.spool_file()
+            try:
+                digest, got = hashlib.sha256(), 0
+                with open(fd, "wb") as out:
+                    for chunk in _chunks(body, bound - got + 1):
+                        got += len(chunk)
+                        if got > bound:
+                            raise CheckpointError(f"{name} grew past {why} while it was read")
+                        digest.update(chunk)
+                        out.write(chunk)
+                if got != size:
+                    raise IntegrityError(f"{name}: size differs from the manifest")
+                if digest.hexdigest() != want:
+                    raise IntegrityError(f"{name}: sha256 does not match the manifest")
+                file = copies.adopt(tmp, want, got)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except CheckpointError:
+            raise
+        except Exception as exc:  # the connection broke, the store stalled past the timeout
+            raise CheckpointError(f"{name}: the download failed: {_why(exc)}") from None
+        finally:
+            body.close()
+        return file, _key_of(response, got)
+
+
+def _chunks(body: Any, limit: int) -> Iterator[bytes]:
+    """The body in CHUNK-sized reads, never reading more than `limit` bytes in all."""
+    left = limit
+    while left > 0:
+        chunk = body.read(min(CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+# ---- publishing ---------------------------------------------------------------------------------
+
+#: Checkpoint objects publish() names: `{name}_YYYYmmdd_HHMMSS[_N].<suffix>`.
+_STAMPED = r"_(\d{8}_\d{6})(?:_(\d+))?\.(?:pt|safetensors)$"
+#: Publishes tried when another writer took the same timestamped name first.
+_NAME_TRIES = 5
+
+
+def publish_to_store(
+    model: Any,
+    url: str,
+    name: str = "actor",
+    keep: int = 10,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    client: Any = None,
+    **options: Any,
+) -> str:
+    """Publish a checkpoint to `s3://bucket/prefix/`; return the new checkpoint object's URL.
+
+    The checkpoint is written exactly as `publish()` writes it to a directory (a private staging
+    directory, so the format, metadata, signature and checks are the same), then uploaded: the
+    checkpoint object first, under a timestamped name that is never overwritten (a conditional
+    PUT), then the manifest, so a reader never sees a manifest naming an object that is not
+    complete. Retention then removes the oldest checkpoint objects beyond `keep`, never the one
+    the manifest names.
+
+    Args:
+        model, name, keep, metadata, options: as for `publish()` (`format=`, `signing_key=`, ...).
+        url: `s3://bucket/prefix/`.
+        client: a boto3 S3 client (default: `client_from_env()`).
+
+    Raises:
+        PublishError: the model cannot be written, or the store refused or failed a write.
+    """
+    from .publishing import publish  # torch, only for a publish
+
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    try:
+        where = S3Location.parse(url if url.endswith(("/", ".json")) else f"{url}/", name)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
+    if not where.manifest.endswith(f"{name}_latest.json"):
+        raise PublishError(f"{url}: publish to a prefix (s3://bucket/prefix/), not to a file")
+    s3 = client if client is not None else _publish_client()
+    stamped = re.compile(rf"^{re.escape(name)}{_STAMPED}")
+    for _ in range(_NAME_TRIES):
+        _wait_for_a_free_second(s3, where, name)
+        with tempfile.TemporaryDirectory(prefix="ckptserve-publish-") as stage:
+            checkpoint = publish(model, stage, name, 1, metadata, **options)
+            key = where.prefix + checkpoint.name
+            if not _put(s3, where.bucket, key, checkpoint, new=True):
+                continue  # another writer took this second's name: publish under the next one
+            record = checkpoint.with_suffix(".json")
+            if record.exists():  # the checkpoint's own signed record, where publish() writes one
+                _put(s3, where.bucket, where.prefix + record.name, record)
+            _put(s3, where.bucket, where.manifest, Path(stage) / f"{name}_latest.json")
+        _retain(s3, where, stamped, keep, checkpoint.name)
+        return where.url(key)
+    raise PublishError(f"{url}: no free checkpoint name after {_NAME_TRIES} tries")
+
+
+def _publish_client() -> Any:
+    try:
+        return client_from_env()
+    except CkptServeError as exc:
+        raise PublishError(str(exc)) from None
+
+
+def _stamp() -> str:
+    return datetime.now().astimezone().strftime("%Y%m%d_%H%M%S")
+
+
+def _wait_for_a_free_second(s3: Any, where: S3Location, name: str) -> None:
+    """Wait for the clock to leave a second whose checkpoint name is taken in the bucket: a
+    name is never reused, and names keep sorting in publish order."""
+    stamp = _stamp()
+    try:
+        listed = s3.list_objects_v2(
+            Bucket=where.bucket, Prefix=f"{where.prefix}{name}_{stamp}", MaxKeys=1
+        )
+    except Exception as exc:
+        raise PublishError(f"{where.url(where.prefix)}: listing failed: {_why(exc)}") from None
+    if listed.get("KeyCount", 0):
+        while _stamp() == stamp:
+            time.sleep(0.05)
+
+
+def _put(s3: Any, bucket: str, key: str, path: Path, *, new: bool = False) -> bool:
+    """Upload `path` as `key`; with `new`, only if no object has that key (False if one does)."""
+    extra = {"IfNoneMatch": "*"} if new else {}
+    try:
+        with open(path, "rb") as body:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    except Exception as exc:
+        if new and _status(exc) in (409, 412):  # taken (412), or a write racing ours (409)
+            return False
+        raise PublishError(f"s3://{bucket}/{key}: upload failed: {_why(exc)}") from None
+    return True
+
+
+def _retain(s3: Any, where: S3Location, stamped: re.Pattern[str], keep: int, new: str) -> None:
+    """Remove the oldest checkpoint objects (and their records) beyond `keep`: never the new
+    one, nor the one the manifest names when retention runs (another writer's newer one)."""
+    found: list[tuple[str, int, str]] = []
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=where.prefix)
+    try:
+        for page in pages:
+            for item in page.get("Contents", []):
+                base = item["Key"][len(where.prefix) :]
+                m = stamped.match(base)
+                if m and "/" not in base:
+                    found.append((m.group(1), int(m.group(2) or 0), base))
+        named = _named_checkpoint(s3, where)
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise PublishError(f"{where.url(where.prefix)}: listing failed: {_why(exc)}") from None
+    for *_, base in sorted(found, reverse=True)[keep:]:
+        if base in (new, named):
+            continue
+        for old in (base, f"{base.rpartition('.')[0]}.json"):
+            try:
+                s3.delete_object(Bucket=where.bucket, Key=where.prefix + old)
+            except Exception as exc:
+                raise PublishError(
+                    f"{where.url(where.prefix + old)}: delete failed: {_why(exc)}"
+                ) from None
+
+
+def _named_checkpoint(s3: Any, where: S3Location) -> str | None:
+    """The checkpoint the manifest object names now (None: no manifest, or not one)."""
+    try:
+        response = s3.get_object(Bucket=where.bucket, Key=where.manifest)
+    except Exception as exc:
+        if _status(exc) == 404:
+            return None
+        raise
+    with contextlib.closing(response["Body"]) as body:
+        raw = body.read(MAX_MANIFEST_BYTES + 1)
+    try:
+        return str(parse_manifest(raw)["checkpoint"])
+    except IntegrityError:
+        return None

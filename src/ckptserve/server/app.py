@@ -122,7 +122,11 @@ def _register(app: FastAPI, route: Route) -> None:
         tags=[route.tag],
         responses={code: dict(doc) for code, doc in route.responses.items()},
         response_class=route.response_class,
-        openapi_extra=json_body(dict(route.body)) if route.body is not None else None,
+        openapi_extra=(
+            json_body(dict(route.body), required=route.body_required)
+            if route.body is not None
+            else None
+        ),
         include_in_schema=route.in_schema,
     )
 

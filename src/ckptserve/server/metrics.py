@@ -43,11 +43,13 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
 
-Staleness = Callable[[], Iterable[tuple[str, float | None, float | None]]]
+#: Per model: (name, age, lag, serving a fallback).
+Staleness = Callable[[], Iterable[tuple[str, float | None, float | None, bool]]]
 
 
 class _StalenessCollector(Collector):
-    """Checkpoint age and lag, computed when /metrics is scraped."""
+    """Checkpoint age and lag, and whether a fallback is served, computed when /metrics is
+    scraped."""
 
     def __init__(self, staleness: Staleness) -> None:
         self._staleness = staleness
@@ -63,13 +65,20 @@ class _StalenessCollector(Collector):
             "How far the live checkpoint is behind the newest checkpoint on disk (mtime difference).",
             labels=["model"],
         )
-        for model, age_s, lag_s in self._staleness():
+        fallback = GaugeMetricFamily(
+            "ckptserve_fallback",
+            "1 while an earlier checkpoint is served because the newest one cannot be.",
+            labels=["model"],
+        )
+        for model, age_s, lag_s, falling_back in self._staleness():
             if age_s is not None:
                 age.add_metric([model], age_s)
             if lag_s is not None:
                 lag.add_metric([model], lag_s)
+            fallback.add_metric([model], 1.0 if falling_back else 0.0)
         yield age
         yield lag
+        yield fallback
 
 
 class _InfoCollector(Collector):

@@ -24,6 +24,7 @@ from .schemas import (
     INFER_BODY,
     PIN_BODY,
     PREDICT_BODY,
+    RELOAD_BODY,
     InferResponse,
     PredictResponse,
     error_responses,
@@ -48,7 +49,8 @@ class Route:
         endpoint: the FastAPI endpoint.
         summary: the operation's summary; `tag` groups it in the docs.
         responses: the documented statuses besides FastAPI's own.
-        body: the JSON schema of a request body the endpoint reads itself.
+        body: the JSON schema of a request body the endpoint reads itself (`body_required`: it
+            must be sent).
         lane: the fast lane answers this route (POST), once per served model.
         warm: the lifespan GETs it once before serving (it must read no model).
         in_schema: documented in `/openapi.json` (the docs pages themselves are not).
@@ -61,6 +63,7 @@ class Route:
     tag: str
     responses: Mapping[int | str, Mapping[str, Any]] = field(default_factory=dict)
     body: Mapping[str, Any] | None = None
+    body_required: bool = True
     lane: Lane | None = None
     warm: bool = False
     response_class: type[Response] = JSONText
@@ -84,7 +87,7 @@ def route_table(prefix: str) -> tuple[Route, ...]:
             Route("GET", f"{base}/versions", bind(rl.versions), "Versions" + suffix, "rl",
                   error_responses(404)),
             Route("POST", f"{base}/reload", bind(rl.reload), "Reload" + suffix, "rl",
-                  {**admin, **error_responses(503)}),
+                  {**admin, **error_responses(422, 503)}, body=RELOAD_BODY, body_required=False),
             Route("POST", f"{base}/pin", bind(rl.pin), "Pin" + suffix, "rl",
                   {**admin, **error_responses(400, 413, 422)}, body=PIN_BODY),
             Route("DELETE", f"{base}/pin", bind(rl.unpin), "Unpin" + suffix, "rl", admin),

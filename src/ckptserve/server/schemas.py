@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 __all__ = [
     "ADMIN",
     "BINARY_TENSORS",
     "F32_MAX",
+    "RELOAD_BODY",
     "ErrorResponse",
     "InferResponse",
     "OipError",
     "PinRequest",
     "PredictResponse",
+    "ReloadRequest",
     "error_responses",
     "json_body",
     "not_ready_response",
@@ -118,14 +120,27 @@ PIN_BODY: dict[str, Any] = {
             "type": "string",
             "description": "A file name in the model's directory; a name that leaves it is a 400.",
             "pattern": r"^(?!\.\.?$)[A-Za-z0-9._-]+$",
-        }
+        },
+        "force": {
+            "type": "boolean",
+            "description": "Serve it even if its sizes differ from the live model's (logged); "
+            "the integrity and signature checks are never skipped.",
+        },
     },
 }
 
+#: `POST {prefix}/reload`'s optional body.
+RELOAD_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"force": PIN_BODY["properties"]["force"]},
+}
 
-def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+
+def json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
     """`openapi_extra` documenting a JSON request body the route reads itself."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 class ErrorResponse(BaseModel):
@@ -140,6 +155,13 @@ class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(min_length=1)
+    force: StrictBool = False
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: StrictBool = False
 
 
 class PredictResponse(BaseModel):

@@ -306,9 +306,21 @@ class Runtime:
             reasons["*"] = "starting"
         return reasons
 
-    def _staleness(self) -> list[tuple[str, float | None, float | None]]:
+    def _staleness(self) -> list[tuple[str, float | None, float | None, bool]]:
         now = time.time()
-        return [(name, *h.staleness(now)) for name, h in self.models.items()]
+        return [
+            (name, *h.staleness(now), h.registry.fallback is not None)
+            for name, h in self.models.items()
+        ]
+
+    def fallbacks(self) -> dict[str, str]:
+        """The models served by an earlier checkpoint because the newest cannot be: name ->
+        the checkpoint served."""
+        return {
+            name: fallback.checkpoint
+            for name, h in self.models.items()
+            if (fallback := h.registry.fallback) is not None
+        }
 
 
 def _close_all(registries: list[ModelRegistry], deadline: float) -> None:

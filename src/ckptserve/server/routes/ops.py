@@ -23,8 +23,10 @@ async def healthz() -> dict[str, Any]:
 
 
 async def readyz(request: Request) -> Response:
-    """200 when every model has a live version; 503 with the reason for each one that has not."""
-    reasons = runtime_of(request).not_ready()
+    """200 when every model has a live version (`fallback` names the models served by an earlier
+    checkpoint because the newest cannot be); 503 with the reason for each one that has not."""
+    runtime = runtime_of(request)
+    reasons = runtime.not_ready()
     if reasons:
         detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
         return JSONText(
@@ -32,7 +34,9 @@ async def readyz(request: Request) -> Response:
             status_code=503,
             headers={"retry-after": RETRY_AFTER.decode()},
         )
-    return JSONText({"status": "ready", "models": list(runtime_of(request).models)})
+    return JSONText(
+        {"status": "ready", "models": list(runtime.models), "fallback": runtime.fallbacks()}
+    )
 
 
 def metrics(request: Request) -> Response:

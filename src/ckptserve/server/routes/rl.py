@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import Query
+from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +23,7 @@ from ...errors import CheckpointError
 from ...sources import confine
 from ..errors import ApiError
 from ..predict import handle_model_request
-from ..schemas import PinRequest
+from ..schemas import PinRequest, ReloadRequest
 from ..state import ModelHandle, Runtime
 from .common import runtime_of, to_response
 
@@ -104,9 +105,15 @@ def _admin(request: Request, model: str | None) -> tuple[Runtime, ModelHandle]:
 
 
 async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
-    """Load the served checkpoint again now (the pinned one while pinned), even if unchanged (admin)."""
+    """Load the served checkpoint again now (the pinned one while pinned), even if unchanged
+    (admin). `{"force": true}` also takes a checkpoint whose sizes differ from the live model's."""
     runtime, handle = _admin(request, model)
-    await anyio.to_thread.run_sync(partial(handle.registry.check, reload=True))
+    raw = await request.body()
+    body = (
+        _parse(ReloadRequest, raw, '{"force": true} or no body') if raw.strip() else ReloadRequest()
+    )
+    check = partial(handle.registry.check, reload=True, force=body.force)
+    await anyio.to_thread.run_sync(check)
     status = await status_of(runtime, handle)
     status["attempt"] = status["history"][-1] if status["history"] else None
     return status
@@ -115,21 +122,15 @@ async def reload(request: Request, model: str | None = None) -> dict[str, Any]:
 async def pin(request: Request, model: str | None = None) -> dict[str, Any]:
     """Serve a given checkpoint from the model's own directory until unpinned (admin)."""
     runtime, handle = _admin(request, model)
-    try:
-        body = PinRequest.model_validate_json(await request.body())
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(
-            422, f'pin needs {{"checkpoint": "<file name>"}}: {where}: {first["msg"]}'
-        ) from None
+    body = _parse(PinRequest, await request.body(), '{"checkpoint": "<file name>"}')
     path = confine(handle.directory, body.checkpoint)  # PathNotAllowed -> 400, before existence
     if not path.is_file():
         raise ApiError(404, f"no checkpoint named {body.checkpoint!r} in {handle.directory}")
     try:
-        await anyio.to_thread.run_sync(handle.registry.pin, path)
+        await anyio.to_thread.run_sync(partial(handle.registry.pin, path, force=body.force))
     except CheckpointError as exc:
         raise ApiError(422, f"{body.checkpoint} cannot be served: {exc}") from None
+    await anyio.to_thread.run_sync(runtime.pins.record, handle)  # for every worker and restart
     return await status_of(runtime, handle)
 
 
@@ -137,7 +138,21 @@ async def unpin(request: Request, model: str | None = None) -> dict[str, Any]:
     """Follow the watched path again (admin)."""
     runtime, handle = _admin(request, model)
     await anyio.to_thread.run_sync(handle.registry.unpin)
+    await anyio.to_thread.run_sync(runtime.pins.record, handle)
     return await status_of(runtime, handle)
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def _parse(model: type[Body], raw: bytes, wanted: str) -> Body:
+    """The request body as `model`, or a 422 that says what was wanted."""
+    try:
+        return model.model_validate_json(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(422, f"the body must be {wanted}: {where}: {first['msg']}") from None
 
 
 Handler = Callable[[Request, "str | None"], Awaitable[Any]]

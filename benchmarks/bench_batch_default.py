@@ -122,7 +122,7 @@ async def measure(model: Path, routes: dict[str, tuple[str, bytes]], requests: i
     out = []
     async with contextlib.AsyncExitStack() as stack:
         for app in apps.values():
-            await stack.enter_async_context(app.router.lifespan_context(app))
+            await stack.enter_async_context(app.app.router.lifespan_context(app.app))
         deadline = time.monotonic() + 60
         while any(a.state.runtime.models["actor"].registry.current is None for a in apps.values()):
             if time.monotonic() > deadline:

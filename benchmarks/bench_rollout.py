@@ -53,7 +53,7 @@ async def measure(blocks: int, requests: int) -> None:
                                   log_level="warning"))  # fmt: skip
         body = json.dumps({"state": [0.1] * OBS}).encode()
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(app.router.lifespan_context(app))
+            await stack.enter_async_context(app.app.router.lifespan_context(app.app))
             registry = app.state.runtime.models["actor"].registry
             deadline = time.monotonic() + 60
             while registry.current is None:

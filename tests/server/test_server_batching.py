@@ -39,7 +39,7 @@ async def _predict(runtime: Runtime, body: bytes) -> dict[str, Any]:
 
 def test_batched_serving_returns_the_same_actions_as_unbatched(model_dir: Path) -> None:
     """Concurrent requests are answered by fewer forward passes, with the unbatched answers."""
-    plain = _runtime(model_dir)
+    plain = _runtime(model_dir, batch_max_size=1)
     batched = _runtime(model_dir, batch_max_size=8)
     batcher = batched.models["actor"].batcher
     assert plain.models["actor"].batcher is None and batcher is not None
@@ -96,7 +96,7 @@ def test_a_swap_inside_a_batch_answers_each_request_with_its_own_version(
 
 def test_one_request_at_a_time_mostly_skips_the_queue(model_dir: Path) -> None:
     """Under light load requests run at once (no loop turn), all but one probe in PROBE + 1."""
-    plain = _runtime(model_dir)
+    plain = _runtime(model_dir, batch_max_size=1)
     batched = _runtime(model_dir, batch_max_size=8)
     batcher = batched.models["actor"].batcher
     assert batcher is not None
@@ -212,7 +212,7 @@ def test_batched_requests_mixed_with_bad_ones_get_their_own_answers(tmp_path: Pa
     directory = tmp_path / "models"
     torch.manual_seed(0)
     publish(torch.jit.script(_OutOfRange().eval()), directory)
-    plain = _runtime(directory)
+    plain = _runtime(directory, batch_max_size=1)
     batched = _runtime(directory, batch_max_size=16)
     good = [orjson.dumps({"state": [0.01 * i] * OBS_DIM}) for i in range(300)]
     bodies: list[bytes] = []

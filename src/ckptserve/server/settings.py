@@ -172,8 +172,9 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(4096, ge=1, description="Most states in one request.")
     batch_max_size: int = Field(
-        1, ge=1, description="Dynamic batching: gather up to N concurrent states into one "
-        "forward pass (1: off).",
+        32, ge=1, description="Dynamic batching: gather up to N concurrent states into one "
+        "forward pass; it waits for no timer (a lone request runs at once), and a failed batch is "
+        "retried in halves (1: off).",
     )  # fmt: skip
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for more requests (0: one event-loop turn)."

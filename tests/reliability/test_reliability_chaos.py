@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from relkit import CHAOS, MANIFEST_CHAOS, run_chaos, run_manifest_chaos
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from serverkit import ServerProcess, seeded, torch_script
 
 from ckptserve import publish
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_slow_and_large_clients_do_not_stop_normal_traffic(tmp_path: Path) -> None:

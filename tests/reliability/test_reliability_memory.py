@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from relkit import run_reloads
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 RELOADS = 200
 #: 50 MB per 1,000 reloads (the soak's requirement), scaled to this run.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from relkit import run_stalls
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 #: Regression bounds, not the goal (<= 10 ms, met by `make soak` on an idle machine; see
 #: docs/reliability.md). CI shares its cores with other jobs, whose noise moves both windows: the

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -351,15 +352,15 @@ def test_publish_never_overwrites_a_checkpoint_object(bucket: str, s3: Any) -> N
 
 
 def test_publish_retention_keeps_the_object_the_manifest_names(bucket: str, s3: Any) -> None:
-    """keep=2 leaves the two newest checkpoint objects, the manifest's among them."""
+    """keep=2 leaves the two newest checkpoint objects (each with its signed record), the
+    manifest's among them."""
     names = [
         publish(seeded_actor(i), f"s3://{bucket}/models/", keep=2, format="torchscript").name
         for i in range(3)
     ]
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    assert listed == sorted(
-        [f"models/{names[1]}", f"models/{names[2]}", "models/actor_latest.json"]
-    )
+    kept = [f"models/{n}" for n in names[1:]] + [f"models/{Path(n).stem}.json" for n in names[1:]]
+    assert listed == sorted([*kept, "models/actor_latest.json"])
     assert manifest_of(bucket)["checkpoint"] == names[2]
 
 

@@ -13,12 +13,13 @@ named `<hostname>:<pid>`. What a replica can see of the others depends on how it
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .metrics import worker_versions
 
 if TYPE_CHECKING:
     from .state import Runtime
@@ -160,35 +161,14 @@ def local_fleet(runtime: Runtime) -> FleetView:
     return FleetView("workers", workers, default, replicas, note)
 
 
-_LIVE_FILE = re.compile(r"^gauge_livemax_(\d+)\.db$")
-
-
 def _workers_in(directory: str, runtime: Runtime) -> list[Replica]:
-    """Each live worker's `ckptserve_model_info` gauge (value 1: the live checkpoint)."""
-    from prometheus_client.multiprocess import MultiProcessCollector
-
+    """Each live worker's versions, from the files the workers keep for `ckptserve_model_info`."""
     host = socket.gethostname()
     found = []
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return []
-    for entry in entries:
-        m = _LIVE_FILE.match(entry)
-        if m is None:
-            continue
-        models: dict[str, Serving | None] = dict.fromkeys(runtime.models)
-        try:
-            metrics = MultiProcessCollector.merge([os.path.join(directory, entry)], False)  # type: ignore[no-untyped-call]
-        except (OSError, ValueError):
-            continue  # removed as the worker stopped, or half written
-        for metric in metrics:
-            if metric.name != "ckptserve_model_info":
-                continue
-            for sample in metric.samples:
-                labels = sample.labels
-                if sample.value == 1 and labels.get("model") in models:
-                    models[labels["model"]] = Serving(labels["checkpoint"], labels["sha256"])
+    for pid, versions in worker_versions(directory):
+        models: dict[str, Serving | None] = {
+            name: Serving(*versions[name]) if name in versions else None for name in runtime.models
+        }
         if any(models.values()):
-            found.append(Replica(f"{host}:{m.group(1)}", models))
+            found.append(Replica(f"{host}:{pid}", models))
     return found

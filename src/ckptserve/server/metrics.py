@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..registry import ModelRegistry
     from ..versions import LoadAttempt
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "prune_dead_workers"]
+__all__ = ["MULTIPROC_ENV", "Metrics", "prune_dead_workers", "worker_versions"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -106,22 +106,10 @@ class _InfoCollector(Collector):
 
     def _workers(self) -> Iterator[dict[str, tuple[str, str]]]:
         """The versions each other live worker serves, from its file."""
-        if self._directory is None:
-            return
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(self._directory):
-                m = _INFO_FILE.match(entry)
-                if m is None or int(m.group(1)) == os.getpid() or not _alive(int(m.group(1))):
-                    continue
-                with contextlib.suppress(OSError, ValueError):
-                    with open(os.path.join(self._directory, entry)) as f:
-                        data = json.load(f)
-                    if isinstance(data, dict):
-                        yield {
-                            str(model): (str(version[0]), str(version[1]))
-                            for model, version in data.items()
-                            if isinstance(version, list) and len(version) == 2
-                        }
+        if self._directory is not None:
+            for pid, versions in worker_versions(self._directory):
+                if pid != os.getpid():
+                    yield versions
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -220,6 +208,28 @@ class Metrics:
 
 _LIVE_FILE = re.compile(r"^gauge_live\w*_(\d+)\.db$")
 _INFO_FILE = re.compile(r"^info_(\d+)\.json$")
+
+
+def worker_versions(directory: str) -> Iterator[tuple[int, dict[str, tuple[str, str]]]]:
+    """(pid, {model: (checkpoint, sha256)}) of each live worker, from the file each keeps in the
+    shared metrics directory (`--workers N`): what `ckptserve_model_info` and `/rl/fleet` show."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            m = _INFO_FILE.match(entry)
+            if m is None or not _alive(pid := int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(directory, entry)) as f:
+                    data = json.load(f)
+                if isinstance(data, dict):
+                    yield (
+                        pid,
+                        {
+                            str(model): (str(version[0]), str(version[1]))
+                            for model, version in data.items()
+                            if isinstance(version, list) and len(version) == 2
+                        },
+                    )
 
 
 def _info_file(pid: int) -> str:

@@ -29,7 +29,10 @@ def _directory_of(path: str) -> Path:
 
 def model_path_problem(path: str) -> str | None:
     """Why `path` cannot be served, or None: unreadable, under a file, or a directory to create
-    whose parent does not exist either (only a missing last component is created)."""
+    whose parent does not exist either (only a missing last component is created). A URL
+    (s3://...) is the source's to check."""
+    if "://" in path:
+        return None
     p = Path(path)
     if p.exists():
         if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):

@@ -339,3 +339,19 @@ def test_a_restarted_trainer_republishing_step_zero_is_refused_as_a_regression(
     assert registry.current is live
     publish(seeded_actor(2), tmp_path, metadata={"step": 0}, new_run=True)
     assert registry.check().result == "ok"
+
+
+def test_a_model_answering_one_dimensional_actions_is_published_with_action_dim_one(tmp_path):
+    """A `[batch]` action is one action per state, not `batch` actions."""
+    import json
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu = torch.nn.Linear(4, 1)
+
+        def forward(self, state: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+            return self.mu(state)[:, 0]
+
+    publish(Flat().eval(), tmp_path)
+    assert json.loads((tmp_path / "actor_latest.json").read_text())["metadata"]["action_dim"] == 1

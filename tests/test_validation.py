@@ -158,3 +158,39 @@ def test_a_huge_observation_size_is_refused_before_anything_is_allocated():
     """obs_dim=5e8 in metadata would cost 2 GB for the probe state: refused up front."""
     with pytest.raises(ValidationError, match="over the"):
         expectations_for({"obs_dim": 5e8})
+
+
+class FlatActor(torch.nn.Module):
+    """Returns one action per state as a 1-D tensor `[batch]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = torch.nn.Linear(4, 1)
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return torch.tanh(self.mu(state))[:, 0]
+
+
+def test_a_one_dimensional_action_is_one_action_per_state():
+    """`[batch]` is served as `[batch, 1]`, by the probe as by the server."""
+    assert probe(FlatActor().eval(), expectations_for({})).action_dim == 1
+
+
+def test_a_model_on_another_device_is_called_with_cpu_states_and_answers_on_the_cpu():
+    """The probe and requests build CPU tensors; a model on an accelerator gets them moved to
+    its device and answers on the CPU (checked here with the wrapper on the CPU device)."""
+    from ckptserve.inference import _OnDevice, act, on_device
+
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, state: torch.Tensor, deterministic: bool = True) -> tuple:
+            seen.append(state.device)
+            return state[:, :1] * 2, torch.zeros(state.shape[0], 1)
+
+    model = Recording()
+    assert on_device(model, "cpu") is model  # nothing to move on the CPU
+    wrapped = _OnDevice(model, "cpu")
+    action = act(wrapped, torch.ones(2, 4))
+    assert seen == [torch.device("cpu")] and action.device.type == "cpu"
+    assert action.tolist() == [[2.0], [2.0]]

@@ -91,6 +91,7 @@ def build_settings(models: Sequence[str], options: dict[str, Any]) -> Any:
 def _preflight(settings: Any) -> None:
     """Catch bad paths and options now, as one line, instead of in a worker's traceback: the
     factory imports, and each path can be read and names the kind of source the options need."""
+    from ._coordination import LoadSlots
     from .errors import CkptServeError
     from .formats import resolve_factory
     from .server.devices import device_problem
@@ -108,8 +109,14 @@ def _preflight(settings: Any) -> None:
             _fail(f"--{exc}")
         except (ImportError, AttributeError) as exc:
             _fail(f"--factory {settings.factory!r}: {exc}")
-    if options.require_signature and not (options.signing_key or options.signing_keys):
+    keyed = bool(options.signing_key or options.signing_keys)
+    if options.require_signature and not keyed:
         _fail("--require-signature needs a key: set CKPTSERVE_SIGNING_KEY")
+    if options.max_concurrent_loads is not None:
+        try:  # the lock directory must be ours and private: say so now, not in a traceback
+            LoadSlots("preflight", 1, directory=options.lock_dir)
+        except OSError as exc:
+            _fail(f"--max-concurrent-loads: {exc}")
     for spec in settings.models:
         problem = model_path_problem(spec.path)
         if problem:
@@ -119,10 +126,11 @@ def _preflight(settings: Any) -> None:
         try:
             make_source(
                 spec.path, name=spec.name, signing_key=options.signing_key,
-                require_signature=options.require_signature,
+                require_signature=options.require_signature or keyed,  # a key means signed-only
             )  # fmt: skip
         except (CkptServeError, ValueError, OSError) as exc:
-            _fail(f"{spec.name}={spec.path}: {exc}")
+            why = " (a signing key is set, so only signed manifests are served)" if keyed else ""
+            _fail(f"{spec.name}={spec.path}: {exc}{why}")
 
 
 def _run(settings: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["act", "as_policy", "infer_obs_dim"]
+__all__ = ["act", "as_policy", "infer_obs_dim", "on_device"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -21,6 +21,27 @@ class _StateOnly(torch.nn.Module):
 
     def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
         return self.inner(state)
+
+
+class _OnDevice(torch.nn.Module):
+    """A model on an accelerator, called with CPU states: they go to its device, and what it
+    answers comes back to the CPU (requests and the probe build their tensors there)."""
+
+    def __init__(self, inner: Any, device: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.device = torch.device(device)
+
+    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
+        out = self.inner(state.to(self.device, non_blocking=True), deterministic)
+        if isinstance(out, (tuple, list)):
+            return tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in out)
+        return out.cpu() if isinstance(out, torch.Tensor) else out
+
+
+def on_device(model: Any, device: str) -> Any:
+    """`model` (loaded onto `device`), callable with CPU states; itself on the CPU."""
+    return model if torch.device(device).type == "cpu" else _OnDevice(model, device)
 
 
 def as_policy(model: Any) -> Any:

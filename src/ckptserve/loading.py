@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats import load_checkpoint
-from .inference import as_policy
+from .inference import as_policy, on_device
 from .options import RegistryOptions
 from .sources import Snapshot
 from .validation import Expectations, expectations_for, run_checks
@@ -66,7 +66,8 @@ def load_candidate(
     loaded = load_checkpoint(
         snapshot.file, device=device, loader=options.loader, allow_formats=options.allow_formats
     )
-    model = as_policy(loaded.model)  # forward(state) actors are called as forward(state, True)
+    # forward(state) actors are called as forward(state, True); on an accelerator, with CPU states.
+    model = on_device(as_policy(loaded.model), device)
     metadata = {**snapshot.metadata, **loaded.metadata}
     expect = expectations_for(
         metadata,

@@ -241,7 +241,7 @@ def publish(
             raise PublishError(
                 f"the model fails on a {list(example_input.shape)} input: {one_line(str(exc))}"
             ) from exc
-        meta.setdefault("action_dim", int(action.shape[-1]))
+        meta.setdefault("action_dim", int(action.shape[-1]) if action.dim() > 1 else 1)
         when = datetime.now(timezone.utc)
         meta.setdefault("created_at", when.isoformat())
         meta["format"] = format

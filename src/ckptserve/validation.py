@@ -229,6 +229,8 @@ def probe(model: Any, expect: Expectations) -> Expectations:
             raise ValidationError(
                 f"probe with a [{batch}, {obs_dim}] state failed: {reason}"
             ) from None
+        if action.dim() == 1 and action.shape[0] == batch:
+            action = action.unsqueeze(-1)  # one action per state, as the server answers it
         shape = tuple(action.shape)
         if action_dim is None and len(shape) == 2 and shape[0] == batch and shape[1] >= 1:
             action_dim = shape[1]  # nothing says otherwise: the first model sets it

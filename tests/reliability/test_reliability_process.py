@@ -121,3 +121,25 @@ def test_sighup_makes_the_server_look_at_its_sources_again_and_never_kills_it(
         assert server.proc.poll() is None, server.output()
         assert "replaced by a new worker" not in server.output()
         assert server.client.post("/rl/predict", json={"state": [0.1] * 4}).status_code == 200
+
+
+def test_a_pin_reaches_every_worker(tmp_path: Path) -> None:
+    """With --workers 2 a pin sent to one worker is recorded in the state directory the
+    supervisor gives its workers, and the other worker serves the pinned checkpoint too."""
+    models = tmp_path / "models"
+    older = publish(torch_script(seeded(1)), models)
+    publish(torch_script(seeded(2)), models)
+    env = {"CKPTSERVE_ADMIN_TOKEN": "pin-token"}
+    with ServerProcess([str(models), "--workers", "2"], env=env, log=tmp_path / "log") as server:
+        server.wait_ready(timeout=90)
+        r = server.client.post("/rl/pin", json={"checkpoint": older.name},
+                               headers={"authorization": "Bearer pin-token"})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+        def both_pinned() -> bool:
+            states = worker_states(server.url, 2, 5)
+            return len(states) == 2 and all(
+                live_checkpoint(s) == older.name for s in states.values()
+            )
+
+        wait_for(both_pinned, 60, "both workers to serve the pinned checkpoint")

@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -220,10 +221,16 @@ def run(settings: Settings) -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
-    own_dir = None
+    own_dir = own_state = None
     if not settings.prometheus_multiproc_dir:
         own_dir = tempfile.mkdtemp(prefix="ckptserve-metrics-")
         os.environ[MULTIPROC_ENV] = own_dir  # prometheus-client reads it in each worker
+    if settings.registry.state_dir is None:
+        # The workers share their pins through a state directory: without --state-dir, one of
+        # the server's own, gone with it (a pin then outlives no restart).
+        own_state = tempfile.mkdtemp(prefix="ckptserve-state-")
+        registry = replace(settings.registry, state_dir=own_state)
+        settings = settings.model_copy(update={"registry": registry})
     os.environ[SETTINGS_ENV] = settings.to_env()
     target = f"{app_from_env.__module__}:{app_from_env.__name__}"
     config = uvicorn.Config(target, factory=True, workers=settings.workers, **common)
@@ -232,5 +239,6 @@ def run(settings: Settings) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
+        for scratch in (own_dir, own_state):
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)

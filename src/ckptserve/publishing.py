@@ -206,8 +206,8 @@ def publish(
     checkpoint object first, the manifest last; the path returned is then the new object's name.
     """
     if isinstance(directory, str) and directory.startswith("s3://"):
-        # objectstore.py builds on this module, so it is found by name, not imported above.
-        store: Any = importlib.import_module("ckptserve.objectstore")
+        # _s3publish.py builds on this module, so it is found by name, not imported above.
+        store: Any = importlib.import_module("ckptserve._s3publish")
         url: str = store.publish_to_store(
             model, directory, name, keep, metadata, format=format, signing_key=signing_key,
             example_input=example_input,

@@ -17,8 +17,9 @@ import pytest
 from ckptserve import IntegrityError, ModelRegistry, PublishError, publish
 from ckptserve._copies import PrivateCopies
 from ckptserve._polling import PENDING
+from ckptserve._s3publish import publish_to_store
 from ckptserve.manifest import sign_manifest
-from ckptserve.objectstore import S3Location, S3Source, publish_to_store
+from ckptserve.objectstore import S3Location, S3Source
 from policies import seeded_actor
 
 #: Long enough that only the start-up HEAD happens by itself: the tests step the poll by hand.

@@ -10,7 +10,7 @@ The peer kit is not part of this repository. It is looked for in `--kit`, then `
 
 Rows, interleaved (each round starts one server after the other, the order rotated by one each
 round): Triton's Python backend with dynamic batching (OIP infer; the kit's `triton_pybackend`),
-optionally PyTriton, ckptserve with its defaults and with `--batch-max-size 32`, each on
+optionally PyTriton, ckptserve with its defaults (dynamic batching on, 32) and unbatched (`--batch-max-size 1`), each on
 `/rl/predict` and on OIP infer (`/v2/models/actor/infer`), at concurrency 1 and 64. The benchmark
 actor (`make_actor.py`, TorchScript) for every server, torch threads 1, server pinned to CPU 1, wrk
 to CPU 0. Cells are medians over the rounds; ratios are against Triton's median at the same
@@ -142,8 +142,8 @@ def specs(kit: Path, home: Path, actor: Path, work: Path, peers: list[str]) -> l
                         kit / "pytriton", triton=True, ask_version=meta,
                         version=f"nvidia-pytriton {pytriton_version}"))  # fmt: skip
     routes = {"/rl/predict": (rl, one), "OIP infer": (v2, oip)}
-    for name, flags in (("ckptserve defaults", []), ("ckptserve --batch-max-size 32",
-                                                      ["--batch-max-size", "32"])):  # fmt: skip
+    for name, flags in (("ckptserve defaults", []), ("ckptserve --batch-max-size 1",
+                                                      ["--batch-max-size", "1"])):  # fmt: skip
         out.append(Spec(name, ckptserve_cmd(str(actor), "--port", str(port), *flags), routes))
     return out
 

@@ -162,7 +162,7 @@ def render(results: dict[str, Any]) -> str:
             "| reloads ok / failed / rejected / unchanged | p99 | largest latency | chaos events |"
         )
         lines += [
-            f"### 1. Chaos soak, {measured(results, 'chaos')}", "",
+            f"### Chaos soak, {measured(results, 'chaos')}", "",
             "Plain file `actor_latest.pt`, 32 connections:", "",
             head, "|---|---|---|---|---|---|---|---|---|---|---|",
             *(_chaos_row(r) for r in plain), "",
@@ -183,7 +183,7 @@ def render(results: dict[str, Any]) -> str:
     if "memory" in results:
         m = results["memory"]
         lines += [
-            f"### 2. Memory, {measured(results, 'memory')}", "",
+            f"### Memory, {measured(results, 'memory')}", "",
             f"{m['reloads']:,} reloads of the benchmark actor (`benchmarks/make_actor.py`, "
             f"TorchScript 32-256-256-1) in one server: RSS {m['curve'][0] / 2**20:.0f} MiB after the "
             f"first reload, {m['curve'][-1] / 2**20:.0f} MiB after the last: growth "
@@ -193,7 +193,7 @@ def render(results: dict[str, Any]) -> str:
         ]  # fmt: skip
     if "stalls" in results:
         lines += [
-            "### 6. Event-loop stalls while a ~100 MB actor reloads every 2 s (--swap background, "
+            "### Event-loop stalls while a ~100 MB actor reloads every 2 s (--swap background, "
             f"4 connections), {measured(results, 'stalls')}", "",
             "| format | file | worst loop stall (histogram bucket) | largest request latency | "
             "slowest load | requests | non-2xx |",
@@ -208,7 +208,7 @@ def render(results: dict[str, Any]) -> str:
     if "faults" in results:
         c, k = results["faults"]["clients"], results["faults"]["kill"]
         lines += [
-            "### 4. Slow and large clients (one worker, 8 normal connections for 15 s), "
+            "### Slow and large clients (one worker, 8 normal connections for 15 s), "
             f"{measured(results, 'faults')}", "",
             f"{c['slow'].get('opened', 0)} connections sending their body one byte every 0.25 s "
             f"({c['slow'].get('still_open', 0)} still open at the end) and two 50 MiB bodies: "
@@ -218,7 +218,7 @@ def render(results: dict[str, Any]) -> str:
             f"{c['declared']['sent']:,} body bytes sent ({c['declared']['seconds'] * 1e3:.1f} ms); "
             f"chunked 50 MiB: {c['chunked']['status']} after {c['chunked']['sent']:,} bytes "
             f"({c['chunked']['seconds'] * 1e3:.1f} ms). Server RSS {_mb(c['rss_growth'])}.", "",
-            f"### 5. kill -9 of one of two workers under load ({k['concurrency']} connections), "
+            f"### kill -9 of one of two workers under load ({k['concurrency']} connections), "
             f"{measured(results, 'faults')}", "",
             f"{k['sent']:,} requests: {_statuses(k['statuses'])}, connection errors {k['errors'] or 'none'} "
             f"(requests in flight on the killed worker's connections; the client reconnects). "
@@ -228,7 +228,7 @@ def render(results: dict[str, Any]) -> str:
         ]  # fmt: skip
     if "herd" in results:
         lines += [
-            "### 7. Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections), "
+            "### Reload herd (--workers 2, ~100 MB safetensors actor, 3 publishes, 8 connections), "
             f"{measured(results, 'herd')}", "",
             "| --max-concurrent-loads | largest request latency | p99 | worst loop stall | "
             "seconds until both workers serve each publish | non-2xx |",

@@ -30,7 +30,6 @@ from .loading import LiveModel
 from .naming import model_name
 from .options import RegistryOptions
 from .rollout.judging import Judge
-from .rollout.marks import BadMarks
 from .rollout.resident import ResidentVersions
 from .scheduling import SWAP_POLICIES, SwapPolicy
 from .sources import Source
@@ -53,9 +52,8 @@ class ModelRegistry:
         name: the model's name in logs and status (default: the name it was published under).
         options: a RegistryOptions; keyword overrides (check_interval=..., swap=...) apply on top.
         judge: decides whether a loaded candidate may replace the live model (rollout.Judge:
-            bad marks, step order, shadow comparison, guard). Default: step order, and the marks
-            in `options.state_dir` when there is one.
-        keep_versions: how many good versions stay loaded (`resident`; the live one included).
+            bad marks, step order, shadow comparison, guard). Default: the one the options
+            describe (`Judge.from_options`: guard, shadow buffer, marks in `state_dir`).
 
     Example:
         registry = ModelRegistry("models/actor_latest.pt", swap="background")
@@ -70,7 +68,6 @@ class ModelRegistry:
         name: str | None = None,
         options: RegistryOptions | None = None,
         judge: Judge | None = None,
-        keep_versions: int = 2,
         **overrides: Any,
     ) -> None:
         self.options = options = replace(options or RegistryOptions(), **overrides)
@@ -89,13 +86,10 @@ class ModelRegistry:
         # watch's state once each, both immutable and replaced whole.
         self._lock = threading.Lock()
         if judge is None:
-            marks = None
-            if options.state_dir is not None:  # versions rolled back are not loaded again
-                model_dir = self.model_path if self.model_path.is_dir() else self.model_path.parent
-                marks = BadMarks(options.state_dir, self.name, model_dir=model_dir)
-            judge = Judge(device=device, marks=marks)
+            model_dir = self.model_path if self.model_path.is_dir() else self.model_path.parent
+            judge = Judge.from_options(options, name=self.name, model_dir=model_dir, device=device)
         self.judge = judge
-        self.resident: ResidentVersions[LiveModel] = ResidentVersions(keep_versions)
+        self.resident: ResidentVersions[LiveModel] = ResidentVersions(options.keep_versions)
         self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
                              self.judge, self.resident)  # fmt: skip
 

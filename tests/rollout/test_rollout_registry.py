@@ -217,3 +217,32 @@ def test_a_registry_with_a_state_dir_keeps_its_marks_there(tmp_path, make_regist
     bad = registry.current
     registry.roll_back(bad.version.sha256, "NaN actions on live traffic")
     assert BadMarks(state, registry.name).is_bad(bad.version.sha256)
+
+
+def test_the_registry_builds_its_judge_from_the_options(tmp_path, make_registry):
+    """--max-divergence, --max-sign-flips, --shadow-states, --sign-dead-band, --state-dir and
+    --keep-versions reach the judge and the resident versions (no keyword arguments needed)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(
+        models, max_divergence=0.5, max_sign_flips=0.2, shadow_states=8, sign_dead_band=0.1,
+        state_dir=str(state), keep_versions=3,
+    )  # fmt: skip
+    judge = registry.judge
+    assert (judge.guard.max_divergence, judge.guard.max_sign_flips) == (0.5, 0.2)
+    assert judge.buffer is not None and judge.buffer.size == 8 and judge.dead_band == 0.1
+    assert judge.marks is not None and judge.marks.directory == state
+    assert registry.resident.keep == 3
+    off = make_registry(models, shadow_states=0)
+    assert off.judge.buffer is None and off.judge.marks is None
+
+
+def test_an_empty_shadow_buffer_records_no_divergence(tmp_path, make_registry):
+    """Before any request was recorded there is nothing to compare on: the verdict carries no
+    figures (rather than figures over zero states)."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path)
+    registry.check()
+    put(tmp_path, flipped(0))
+    assert registry.check().result == "ok"
+    assert registry.judge.last is not None and registry.judge.last.divergence is None

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..options import parse_follow
+
 __all__ = ["FollowRule", "Published"]
 
 Mode = Literal["latest", "max", "min"]
@@ -48,16 +50,8 @@ class FollowRule:
         Raises:
             ValueError: anything else, saying what is accepted.
         """
-        if text == "latest":
-            return cls()
-        mode, _, key = text.partition(":")
-        if key and mode == "max":
-            return cls("max", key)
-        if key and mode == "min":
-            return cls("min", key)
-        raise ValueError(
-            f"--follow is 'latest', 'max:<metadata key>' or 'min:<metadata key>', not {text!r}"
-        )
+        mode, key = parse_follow(text)
+        return cls(mode, key)
 
     def __post_init__(self) -> None:
         if (self.mode == "latest") != (self.key is None) or self.mode not in (

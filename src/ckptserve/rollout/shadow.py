@@ -29,12 +29,13 @@ import torch
 
 from ..errors import ValidationError
 from ..inference import act
+from ..options import SIGN_DEAD_BAND
 
 __all__ = ["DEAD_BAND", "Divergence", "StateBuffer", "compare"]
 
 #: Actions within this distance of 0 never count as a sign flip (a value of 0.01 becoming
-#: -0.01 is noise, not a policy that turned from long to short).
-DEAD_BAND = 0.05
+#: -0.01 is noise, not a policy that turned from long to short): `--sign-dead-band`'s default.
+DEAD_BAND = SIGN_DEAD_BAND
 
 
 class StateBuffer:

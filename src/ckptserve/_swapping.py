@@ -27,7 +27,7 @@ from .rollout.resident import ResidentVersions
 from .sources import Source
 from .versions import LoadAttempt
 
-__all__ = ["Swapper"]
+__all__ = ["Rollout", "Swapper"]
 
 log = logging.getLogger("ckptserve.registry")
 
@@ -46,8 +46,8 @@ class Swapper:
         device: str,
         attempts: AttemptLog[Any],
         copies: PrivateCopies,
-        judge: Judge | None = None,
-        resident: ResidentVersions[LiveModel] | None = None,
+        judge: Judge,
+        resident: ResidentVersions[LiveModel],
     ) -> None:
         self._owner = owner  # passed to attempt listeners
         self.judge = judge  # rollout: judged before a swap (marks, order, shadow, guard)
@@ -153,7 +153,7 @@ class Swapper:
         flight meanwhile swaps its candidate in as it would have; nothing else is touched."""
         with self._rolling_back:
             live, resident = self.live, self.resident
-            if live is None or live.version.sha256 != sha256 or resident is None:
+            if live is None or live.version.sha256 != sha256:
                 return None
             previous = resident.previous(sha256)
             if previous is None:
@@ -166,13 +166,17 @@ class Swapper:
             extra={"model": self._attempts.model, "checkpoint": live.version.checkpoint,
                    "sha256": sha256, "result": "rolled_back", "reason": reason},
         )  # fmt: skip
-        marks = self.judge.marks if self.judge is not None else None
+        self.mark_bad(live, reason)
+        return previous
+
+    def mark_bad(self, bad: LiveModel, reason: str) -> None:
+        """Remember in the judge's marks (if kept) that `bad` misbehaved: it is not loaded again."""
+        marks = self.judge.marks
         if marks is not None:
             try:
-                marks.mark(sha256, checkpoint=live.version.checkpoint, reason=reason)
+                marks.mark(bad.version.sha256, checkpoint=bad.version.checkpoint, reason=reason)
             except OSError:
-                log.exception("could not mark %s bad in %s", live.version.tag, marks.directory)
-        return previous
+                log.exception("could not mark %s bad in %s", bad.version.tag, marks.directory)
 
     def look_again(self) -> None:
         """Make the next step look at the served source as if a retry or a verify were due."""
@@ -181,20 +185,17 @@ class Swapper:
     def _load(
         self, watch: Watch, token: Any, *, reload: bool, force: bool, chosen: bool
     ) -> LoadAttempt | None:
-        judge = self.judge
         result = try_load(
             watch, token, live=self.live, copies=self._copies, options=self._options,
             device=self._device, attempts=self._attempts, owner=self._owner, reload=reload,
-            force=force, closed=lambda: self.closed,
-            judge=judge.judge if judge is not None else None, chosen=chosen,
+            force=force, closed=lambda: self.closed, judge=self.judge.judge, chosen=chosen,
         )  # fmt: skip
         if not isinstance(result, Passed):
             return result
         candidate, snapshot = result.candidate, result.snapshot
         self._copies.keep_while(candidate.version.sha256, candidate.model)
         self.live = candidate
-        if self.resident is not None:
-            self.resident.add(candidate)
+        self.resident.add(candidate)
         self.load_count += 1
         self._follow.vouch(watch.source, snapshot)
         if watch is self._follow.watched:
@@ -230,3 +231,34 @@ class Swapper:
         watch = self._follow.watch(source)
         attempt = self.load(watch, watch.token(), reload=False, force=False)
         return attempt is not None and attempt.result == "ok"
+
+
+class Rollout:
+    """What the server reaches of a registry's rollout (docs/rollout.md): the buffer requests
+    record their states into, the resident versions a request may name, and what becomes of a
+    version that misbehaves on live traffic."""
+
+    def __init__(self, swap: Swapper) -> None:
+        self._swap = swap
+        self.buffer = swap.judge.buffer  # None: --shadow-states 0
+
+    def find(self, ref: str) -> LiveModel | None:
+        """The resident version `ref` names (a sha256, a 12+ hex prefix or a tag), or None.
+
+        Raises:
+            ValueError: `ref` is not a version reference (or its prefix names two versions).
+        """
+        return self._swap.resident.find(ref)
+
+    def tags(self) -> list[str]:
+        """The tags of the versions a request may name, newest first."""
+        return self._swap.resident.tags()
+
+    def misbehaved(self, live: LiveModel, reason: str) -> LiveModel | None:
+        """`live` gave a non-finite action on real states (they passed every input check): if it
+        is the live version, roll back to the previous resident one and mark it bad. Returns the
+        version that answers now, or None when nothing changed."""
+        swap = self._swap
+        if swap.live is live:
+            return swap.roll_back(live.version.sha256, reason)
+        return None

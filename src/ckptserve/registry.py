@@ -22,7 +22,7 @@ from typing import Any
 from ._attempts import AttemptLog
 from ._copies import PrivateCopies
 from ._following import Following
-from ._swapping import Swapper
+from ._swapping import Rollout, Swapper
 from ._worker import BackgroundWorker
 from .errors import ModelNotAvailable
 from .fallback import Fallback
@@ -92,6 +92,7 @@ class ModelRegistry:
         self.resident: ResidentVersions[LiveModel] = ResidentVersions(options.keep_versions)
         self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
                              self.judge, self.resident)  # fmt: skip
+        self.rollout = Rollout(self._swap)  # what the server reaches: buffer, versions, canary
 
     # ---- the hot path -------------------------------------------------------------------------
 

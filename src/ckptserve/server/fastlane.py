@@ -2,15 +2,16 @@
 FastAPI's routing, dependency injection or pydantic, and enforces the body limit for every route.
 
 It matches the exact paths of the route table's lane routes (`{prefix}/predict`,
-`{prefix}/{name}/predict`, `/v2/models/{name}/infer` for each served name) with one dict lookup
-and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
+`{prefix}/{name}/predict`, `/v2/models/{name}/infer` for each served name) with one dict lookup,
+the versioned ones (`/v2/models/{name}/versions/{version}/infer`) by prefix and suffix when that
+misses, and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
 implementation whichever way a request arrives. Everything else goes to the app it wraps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError, Reply, Style, error_reply
@@ -87,15 +88,22 @@ class FastLane:
         app: the app behind the lane; `app.state` is this app's state.
         runtime: the server's runtime.
         routes: `path -> (lane, model name or None)`, from `routing.lane_paths`.
+        templates: `(prefix, suffix, lane, model name)` of the routes with a version segment,
+            from `routing.lane_templates`.
     """
 
     def __init__(
-        self, app: FastAPI, runtime: Runtime, routes: dict[str, tuple[Lane, str | None]]
+        self,
+        app: FastAPI,
+        runtime: Runtime,
+        routes: dict[str, tuple[Lane, str | None]],
+        templates: Sequence[tuple[str, str, Lane, str]] = (),
     ) -> None:
         self.app = app
         self.runtime = runtime
         self.limit = runtime.settings.max_body_bytes
         self.routes = routes
+        self.templates = tuple(templates)
 
     @property
     def state(self) -> State:
@@ -107,11 +115,14 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
+        version: bytes | str | None = None
         route = self.routes.get(scope["path"]) if method == "POST" else None
+        if route is None and method == "POST" and self.templates:
+            route, version = self._versioned(scope["path"])
         if route is None and method in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        length = authorization = header_length = None
+        length = authorization = header_length = session = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value
@@ -119,6 +130,10 @@ class FastLane:
                 authorization = value
             elif key == b"inference-header-content-length":
                 header_length = value
+            elif key == b"x-model-version":
+                version = version or value  # the path's version wins
+            elif key == b"x-session-id":
+                session = value
         style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
         started = time.perf_counter()
         try:
@@ -143,8 +158,18 @@ class FastLane:
             scope["query_string"],
             authorization,
             header_length,
+            version,
+            session,
         )
         await send_reply(send, reply)
+
+    def _versioned(self, path: str) -> tuple[tuple[Lane, str | None] | None, str | None]:
+        for prefix, suffix, lane, name in self.templates:
+            if path.startswith(prefix) and path.endswith(suffix):
+                segment = path[len(prefix) : len(path) - len(suffix)]
+                if segment and "/" not in segment:
+                    return (lane, name), segment
+        return None, None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

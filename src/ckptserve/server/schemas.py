@@ -11,6 +11,7 @@ __all__ = [
     "ADMIN",
     "BINARY_TENSORS",
     "F32_MAX",
+    "VERSION_REF",
     "ErrorResponse",
     "InferResponse",
     "OipError",
@@ -37,6 +38,16 @@ def number_schema(low: float | None, high: float | None) -> dict[str, Any]:
 
 _number_list = {"type": "array", "items": number_schema(None, None), "minItems": 1}
 
+#: A version reference: a sha256, 12+ of its hex digits, or `<checkpoint>@<sha256[:12]>`. The
+#: served document lists the resident ones (openapi.py): any other is a 409.
+VERSION_REF: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^([^@]+@)?[0-9A-Fa-f]{12,64}$",
+    "description": "A resident version (409 naming the resident ones when it is not): its "
+    "sha256, 12 or more of its hex digits, or the `<checkpoint>@<sha256[:12]>` tag that "
+    "`X-Model-Version` carries.",
+}
+
 PREDICT_BODY: dict[str, Any] = {
     "oneOf": [
         {
@@ -44,14 +55,17 @@ PREDICT_BODY: dict[str, Any] = {
             "title": "One state",
             "required": ["state"],
             "additionalProperties": False,
-            "properties": {"state": _number_list},
+            "properties": {"state": _number_list, "version": VERSION_REF},
         },
         {
             "type": "object",
             "title": "A batch of states",
             "required": ["states"],
             "additionalProperties": False,
-            "properties": {"states": {"type": "array", "items": _number_list, "minItems": 1}},
+            "properties": {
+                "states": {"type": "array", "items": _number_list, "minItems": 1},
+                "version": VERSION_REF,
+            },
         },
     ]
 }
@@ -155,6 +169,11 @@ class PredictResponse(BaseModel):
     load_count: int
     checkpoint: str
     sha256: str
+    replica: str | None = None
+    request_id: str = Field(
+        description="Signed id of this answer (also `X-Request-Id`): report its outcome with "
+        "`POST {prefix}/feedback`"
+    )
 
 
 class OipTensor(BaseModel):
@@ -178,8 +197,10 @@ _MEANING = {
     401: "Missing or wrong admin token",
     403: "Admin actions are disabled (no CKPTSERVE_ADMIN_TOKEN)",
     404: "Unknown model or checkpoint",
+    409: "The version named is not resident (the message names the resident ones)",
     413: "Request body over the limit",
-    422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch",
+    422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch, "
+    "not a version reference",
     503: "No live model yet (see Retry-After)",
 }
 

@@ -21,6 +21,8 @@ import anyio.to_thread
 from ..errors import ModelNotAvailable
 from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
+from ..rollout.feedback import FeedbackStore, RequestIds
+from ..rollout.shadow import StateBuffer
 from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
@@ -33,6 +35,9 @@ from .settings import ModelSpec, Settings
 __all__ = ["ModelHandle", "Runtime"]
 
 log = logging.getLogger("ckptserve.server")
+
+#: Versions whose response fields a handle keeps (the live one, a canary, pinned ones).
+_METAS = 8
 
 
 @dataclass(slots=True)
@@ -55,7 +60,9 @@ class ModelHandle:
     directory: Path
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
+    buffer: StateBuffer | None = None  # the shadow states requests record (--shadow-states)
     _meta: _LiveMeta | None = field(default=None, repr=False)
+    _metas: dict[int, _LiveMeta] = field(default_factory=dict, repr=False)
     _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
@@ -83,11 +90,35 @@ class ModelHandle:
         meta = self._meta
         if meta is not None and meta.live is live:
             return meta
-        v = live.version
-        header = version_header(v.checkpoint, v.sha256)
-        meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256, v.mtime)
+        meta = self._metas.get(id(live))  # a canary and the live version answer in turn
+        if meta is None or meta.live is not live:
+            v = live.version
+            header = version_header(v.checkpoint, v.sha256)
+            meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256,
+                             v.mtime)  # fmt: skip
+            if len(self._metas) >= _METAS:
+                self._metas.clear()
+            self._metas[id(live)] = meta
         self._meta = meta
         return meta
+
+    def pick(self, ref: str) -> LiveModel:
+        """The resident version a request names (`"version"`, `X-Model-Version`, OIP's version
+        path): 422 for what is no version reference, 409 naming the resident ones when it is
+        not resident."""
+        rollout = self.registry.rollout
+        try:
+            found = rollout.find(ref)
+        except ValueError as exc:
+            reason = str(exc) if len(ref) <= 200 else "it is too long to be one"
+            raise ApiError(422, f"version: {reason}") from None
+        if found is None:
+            resident = ", ".join(rollout.tags()) or "none yet"
+            raise ApiError(
+                409, f"version {ref[:80]!r} is not resident (resident: {resident}): it was "
+                "evicted or rolled back, or never served here",
+            )  # fmt: skip
+        return found
 
     def versions(self) -> list[dict[str, Any]]:
         """Timestamped checkpoints in the model's directory, newest first, marking the live one."""
@@ -143,6 +174,12 @@ class Runtime:
         self.default = settings.default_model
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin_token = token.encode() or None
+        secret = settings.feedback_secret
+        # Without a secret of its own, each process signs with a random key (rollout/feedback.py).
+        self.ids = RequestIds(secret.get_secret_value() if secret else None)
+        self.feedback = FeedbackStore(self.ids)
+        token = settings.feedback_token.get_secret_value() if settings.feedback_token else ""
+        self._feedback_token = token.encode() or None
         self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
         self.live = LiveRecorder()  # the status page's per-second series and action samples
         self._watcher: asyncio.Task[None] | None = None
@@ -167,9 +204,8 @@ class Runtime:
         batcher = None
         if self.settings.batch_max_size > 1:
             batcher = Batcher(self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1000)
-        return ModelHandle(
-            spec.name, registry, watched, directory, checkpoint_prefix(watched), batcher
-        )
+        return ModelHandle(spec.name, registry, watched, directory, checkpoint_prefix(watched),
+                           batcher, registry.rollout.buffer)  # fmt: skip
 
     async def start(self) -> None:
         if self.metrics.multiprocess_dir:

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Query
+from fastapi import Header, Query
 from pydantic import ValidationError as PydanticValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +22,7 @@ from ...errors import CheckpointError
 from ...sources import confine
 from ..errors import ApiError
 from ..predict import handle_model_request
-from ..schemas import PinRequest
+from ..schemas import VERSION_REF, PinRequest
 from ..state import ModelHandle, Runtime
 from .common import runtime_of, to_response
 
@@ -40,25 +40,51 @@ __all__ = [
 
 
 _FORCE = Query(False, description="Reload before answering (needs the admin token)")
+_VERSION = Header(
+    None, alias="x-model-version", pattern=VERSION_REF["pattern"],
+    description="The resident version that answers, as the body's `version` (percent-encoded "
+    "as responses write it); 409 naming the resident ones when it is not resident",
+)  # fmt: skip
+_SESSION = Header(
+    None, alias="x-session-id", description="While a canary runs, the requests of one session "
+    "(an episode) are all answered by the same side",
+)  # fmt: skip
 
 
-async def predict(request: Request, force_reload: bool = _FORCE) -> Response:
+async def predict(
+    request: Request,
+    force_reload: bool = _FORCE,
+    x_model_version: str | None = _VERSION,
+    x_session_id: str | None = _SESSION,
+) -> Response:
     """Run the default policy on one state (`{"state": [...]}`) or a batch (`{"states": [[...]]}`).
 
-    Every response from a model carries `X-Model-Version: <checkpoint>@<sha256[:12]>`.
+    Every response from a model carries `X-Model-Version: <checkpoint>@<sha256[:12]>`; every
+    answer its `request_id` (body and `X-Request-Id`), to report its outcome with
+    `POST {prefix}/feedback`. `"version"` (or `X-Model-Version`) names the resident version
+    that answers, so an episode can stay on one version.
     """
     return await _predict(request, None)
 
 
-async def predict_named(request: Request, model: str, force_reload: bool = _FORCE) -> Response:
+async def predict_named(
+    request: Request,
+    model: str,
+    force_reload: bool = _FORCE,
+    x_model_version: str | None = _VERSION,
+    x_session_id: str | None = _SESSION,
+) -> Response:
     """Run the named model's policy; the same body and response as the default model's route."""
     return await _predict(request, model)
 
 
 async def _predict(request: Request, model: str | None) -> Response:
+    headers = request.headers
     reply = await handle_model_request(
-        runtime_of(request), "rl", model, await request.body(),
-        request.scope["query_string"], request.headers.get("authorization", "").encode() or None, None,
+        runtime_of(request), "rl", model, await request.body(), request.scope["query_string"],
+        headers.get("authorization", "").encode() or None, None,
+        headers.get("x-model-version", "").encode("latin-1") or None,
+        headers.get("x-session-id", "").encode("latin-1") or None,
     )  # fmt: skip
     return to_response(reply)
 

@@ -1,0 +1,202 @@
+"""Safe rollout on the request path (docs/rollout.md): signed request ids on every answer, a
+request that names a resident version, the shadow states requests leave behind, and a rollback
+the moment the live version gives non-finite actions on real states."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import torch
+from serverkit import OBS_DIM, InProcessServer, seeded, state, torch_script
+
+from ckptserve import publish
+from ckptserve.rollout import BadMarks
+
+MakeServer = Callable[..., InProcessServer]
+
+
+class NanAwayFromZero(torch.nn.Module):
+    """A policy whose action is NaN where the state's first value is above 0.5: the probe's zero
+    state passes, such real states do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = seeded(1)
+
+    def forward(
+        self, state: torch.Tensor, deterministic: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        action, log_prob = self.inner(state, deterministic)
+        nan = torch.full_like(action, float("nan"))
+        return torch.where(state[:, :1] > 0.5, nan, action), log_prob
+
+
+def infer_body(values: list[float]) -> dict[str, Any]:
+    return {"inputs": [{"name": "state", "shape": [1, len(values)], "datatype": "FP32",
+                        "data": values}]}  # fmt: skip
+
+
+def answer(server: InProcessServer, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+    r = server.client.post("/rl/predict", json=state() if body is None else body, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_every_answer_carries_a_request_id_this_server_signed(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """/rl/predict (body and X-Request-Id) and OIP infer (parameters and X-Request-Id): the id
+    names the version that answered and reads back under the server's secret; an error reply
+    carries none, and two answers never share one."""
+    server = make_server(model_dir)
+    ids = server.runtime.ids
+    r = server.client.post("/rl/predict", json=state())
+    body = r.json()
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert ids.read(body["request_id"]).version == body["sha256"][:12]
+    oip = server.client.post("/v2/models/actor/infer", json=infer_body([0.1] * OBS_DIM))
+    params = oip.json()["parameters"]
+    assert oip.headers["x-request-id"] == params["request_id"] != body["request_id"]
+    assert ids.read(params["request_id"]).version == params["sha256"][:12]
+    refused = server.client.post("/rl/predict", json={"state": [0.1]})
+    assert refused.status_code == 422 and "x-request-id" not in refused.headers
+    assert "request_id" not in refused.json()
+
+
+def test_a_named_version_answers_after_a_swap_then_409_once_it_is_evicted(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """--keep-versions 2: after one swap the first version still answers a request that names
+    it (by tag, by 12 hex digits, by its sha256; in the body, the X-Model-Version header or
+    OIP's version path); after the next swap it is evicted and the request gets 409 naming the
+    versions that are resident."""
+    server = make_server(model_dir)
+    first = answer(server)
+    publish(torch_script(seeded(1)), model_dir)
+    second = answer(server)
+    assert second["sha256"] != first["sha256"]
+    for ref in (first["version"], first["sha256"][:12], first["sha256"].upper()):
+        pinned = answer(server, {**state(), "version": ref})
+        assert (pinned["sha256"], pinned["action"]) == (first["sha256"], first["action"]), ref
+    header = answer(server, headers={"X-Model-Version": quote(first["version"], safe="@")})
+    assert header["sha256"] == first["sha256"]
+    path = f"/v2/models/actor/versions/{first['version']}/infer"
+    oip = server.client.post(path, json=infer_body(state()["state"]))
+    assert oip.status_code == 200, oip.text
+    assert oip.json()["model_version"] == first["version"]
+    assert answer(server)["sha256"] == second["sha256"]  # naming a version changed nothing
+
+    publish(torch_script(seeded(2)), model_dir)
+    third = answer(server)
+    gone = server.client.post("/rl/predict", json={**state(), "version": first["version"]})
+    assert gone.status_code == 409, gone.text
+    detail = gone.json()["detail"]
+    assert first["version"] in detail and third["version"] in detail and second["version"] in detail
+    oip_gone = server.client.post(path, json=infer_body(state()["state"]))
+    assert oip_gone.status_code == 409 and "error" in oip_gone.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [({"version": "latest"}, {}), ({"version": 7}, {}), ({"version": "abc123"}, {}),
+     ({}, {"X-Model-Version": "not-a-version"})],
+    ids=["word", "number", "short-prefix", "header"],
+)  # fmt: skip
+def test_a_malformed_version_reference_is_a_422(
+    model_dir: Path, make_server: MakeServer, body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    server = make_server(model_dir)
+    r = server.client.post("/rl/predict", json={**state(), **body}, headers=headers)
+    assert r.status_code == 422, r.text
+    assert "version" in r.json()["detail"]
+
+
+def test_requests_leave_their_states_in_the_shadow_buffer_and_bad_input_leaves_none(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """Each answered request records one of its states (a batch one row); a request refused by
+    the input checks records nothing; the buffer never holds more than --shadow-states."""
+    server = make_server(model_dir, shadow_states=4)
+    buffer = server.runtime.models["actor"].buffer
+    assert buffer is server.runtime.models["actor"].registry.judge.buffer
+    answer(server, {"state": [0.25] * OBS_DIM})
+    answer(server, {"states": [[0.5] * OBS_DIM, [0.75] * OBS_DIM]})
+    for bad in ({"state": [float("1e39")] * OBS_DIM}, {"state": [0.1]}, {"states": []}):
+        assert server.client.post("/rl/predict", json=bad).status_code == 422
+    oip = server.client.post("/v2/models/actor/infer", json=infer_body([0.125] * OBS_DIM))
+    assert oip.status_code == 200
+    kept = buffer.states()
+    assert len(kept) == 3 and kept[0] == [0.25] * OBS_DIM and kept[2] == [0.125] * OBS_DIM, kept
+    assert kept[1] in ([0.5] * OBS_DIM, [0.75] * OBS_DIM), kept  # the batch's rows take turns
+    for i in range(10):
+        answer(server, {"state": [i / 10] * OBS_DIM})
+    assert len(buffer.states()) == 4 and buffer.states()[-1] == [0.9] * OBS_DIM
+
+
+def test_non_finite_actions_from_the_live_version_roll_it_back_at_once(
+    tmp_path: Path, model_dir: Path, make_server: MakeServer
+) -> None:
+    """A version NaN only away from zero goes live (no shadow check to catch it). The first real
+    state it answers with NaN rolls it back: that request is answered by the previous version,
+    every later one too, and the bad version is marked in --state-dir. A client's own NaN input
+    is a 422 and never counts."""
+    state_dir = tmp_path / "state"
+    server = make_server(model_dir, shadow_states=0, state_dir=str(state_dir))
+    good = answer(server)
+    publish(torch.jit.script(NanAwayFromZero()), model_dir)
+    bad = answer(server, {"state": [0.1] * OBS_DIM})  # below 0.5: a finite action
+    assert bad["sha256"] != good["sha256"]
+    nan_input = server.client.post("/rl/predict", content=b'{"state": [NaN, 0, 0, 0]}')
+    assert nan_input.status_code == 422
+    assert server.runtime.models["actor"].registry.version.sha256 == bad["sha256"]
+
+    rescued = answer(server, {"state": [0.9] * OBS_DIM})
+    assert rescued["sha256"] == good["sha256"], rescued
+    registry = server.runtime.models["actor"].registry
+    assert registry.version.sha256 == good["sha256"]
+    mark = BadMarks(state_dir, "actor").get(bad["sha256"])
+    assert mark is not None and "non-finite actions on live traffic" in mark.reason, mark
+    assert answer(server)["sha256"] == good["sha256"]
+
+
+def test_a_client_that_named_the_misbehaving_version_gets_the_error(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """A request pinned to a version is never answered by another: the NaN is a 422 for it,
+    while the version is rolled back for everyone else."""
+    server = make_server(model_dir, shadow_states=0)
+    good = answer(server)
+    publish(torch.jit.script(NanAwayFromZero()), model_dir)
+    bad = answer(server)
+    r = server.client.post(
+        "/rl/predict", json={"state": [0.9] * OBS_DIM, "version": bad["version"]}
+    )
+    assert r.status_code == 422 and "not finite" in r.json()["detail"], r.text
+    assert r.headers["x-model-version"] == bad["version"]
+    assert answer(server)["sha256"] == good["sha256"]
+
+
+def test_tritonclient_model_version_asks_for_a_resident_version(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """tritonclient's `model_version=` uses OIP's version path; the fast lane answers it."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    import numpy as np
+
+    server = make_server(model_dir)
+    first = answer(server)
+    publish(torch_script(seeded(1)), model_dir)
+    answer(server)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        inp = httpclient.InferInput("state", [1, OBS_DIM], "FP32")
+        inp.set_data_from_numpy(np.asarray([state()["state"]], dtype=np.float32))
+        result = client.infer("actor", inputs=[inp], model_version=first["sha256"][:16])
+    finally:
+        client.close()
+    assert result.get_response()["model_version"] == first["version"]
+    assert result.as_numpy("action").tolist() == [pytest.approx(first["action"])]

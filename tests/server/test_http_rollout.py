@@ -200,3 +200,107 @@ def test_tritonclient_model_version_asks_for_a_resident_version(
         client.close()
     assert result.get_response()["model_version"] == first["version"]
     assert result.as_numpy("action").tolist() == [pytest.approx(first["action"])]
+
+
+def test_feedback_attributes_a_reward_to_the_version_that_answered_once(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """POST /rl/feedback with an answer's request id: the reward counts for the version that
+    answered (also after a swap); the same id again is 409; an id never issued (or altered) and
+    a reward that is not a finite number are 422; each refusal is counted by reason."""
+    server = make_server(model_dir)
+    first = answer(server)
+    publish(torch_script(seeded(1)), model_dir)
+    second = answer(server)
+    ok = server.client.post("/rl/feedback", json={"request_id": first["request_id"], "reward": 2})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["version"] == first["sha256"][:12] and ok.json()["reward"] == 2.0
+    again = server.client.post(
+        "/rl/feedback", json={"request_id": first["request_id"], "reward": 2}
+    )
+    assert again.status_code == 409, again.text
+    forged = second["request_id"][:-1] + ("0" if second["request_id"][-1] != "0" else "1")
+    refusals = [
+        ({"request_id": forged, "reward": 1.0}, 422),
+        ({"request_id": second["request_id"], "reward": True}, 422),
+        ({"request_id": second["request_id"], "reward": "1"}, 422),
+        ({"request_id": second["request_id"]}, 422),
+        ({"request_id": second["request_id"], "reward": 1, "note": "x"}, 422),
+        (["not", "an", "object"], 422),
+    ]
+    for body, status in refusals:
+        r = server.client.post("/rl/feedback", json=body)
+        assert r.status_code == status, (body, r.status_code, r.text)
+    assert (
+        server.client.post(
+            "/rl/feedback", content=b'{"request_id": "x", "reward": NaN}'
+        ).status_code
+        == 422
+    )
+    assert (
+        server.client.post(
+            "/rl/feedback", json={"request_id": second["request_id"], "reward": -1.5}
+        ).status_code
+        == 200
+    )
+    stats = server.runtime.feedback.stats()
+    assert {v: (s.count, s.mean) for v, s in stats.items()} == {
+        first["sha256"][:12]: (1, 2.0),
+        second["sha256"][:12]: (1, -1.5),
+    }
+    refused = server.runtime.feedback.refused
+    # Bodies that are no feedback at all (not an object, an unknown field, a NaN literal) are
+    # refused before an id is read: they are not counted.
+    assert refused == {"unknown_id": 1, "expired": 0, "duplicate": 1, "bad_reward": 3}, refused
+    metrics = server.client.get("/metrics").text
+    assert 'ckptserve_feedback_refused_total{reason="duplicate"} 1.0' in metrics
+    assert 'ckptserve_feedback_refused_total{reason="bad_reward"} 3.0' in metrics
+
+
+def test_feedback_needs_the_token_when_one_is_set(
+    model_dir: Path, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CKPTSERVE_FEEDBACK_TOKEN set: a reward without that bearer token is 401 and not counted."""
+    monkeypatch.setenv("CKPTSERVE_FEEDBACK_TOKEN", "r3ward")
+    server = make_server(model_dir)
+    rid = answer(server)["request_id"]
+    body = {"request_id": rid, "reward": 1.0}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic r3ward"}):
+        r = server.client.post("/rl/feedback", json=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
+    assert server.runtime.feedback.stats() == {}
+    r = server.client.post("/rl/feedback", json=body, headers={"Authorization": "Bearer r3ward"})
+    assert r.status_code == 200, r.text
+
+
+def test_ids_signed_with_a_shared_secret_are_read_by_another_server(
+    model_dir: Path, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers (workers, replicas) with one CKPTSERVE_FEEDBACK_SECRET read each other's
+    ids; a server with its own random secret refuses them."""
+    monkeypatch.setenv("CKPTSERVE_FEEDBACK_SECRET", "shared-s3cret")
+    one, two = make_server(model_dir), make_server(model_dir)
+    rid = answer(one)["request_id"]
+    assert two.client.post("/rl/feedback", json={"request_id": rid, "reward": 1}).status_code == 200
+    monkeypatch.delenv("CKPTSERVE_FEEDBACK_SECRET")
+    alone = make_server(model_dir)
+    r = alone.client.post(
+        "/rl/feedback", json={"request_id": answer(one)["request_id"], "reward": 1}
+    )
+    assert r.status_code == 422 and "not a request id this server issued" in r.json()["detail"]
+
+
+def test_feedback_for_an_answer_over_an_hour_old_is_410(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """An id older than the store's max_age (1 h) is refused as expired."""
+    import time
+
+    from ckptserve.rollout import FeedbackStore
+
+    server = make_server(model_dir)
+    rid = answer(server)["request_id"]
+    runtime = server.runtime
+    runtime.feedback = FeedbackStore(runtime.ids, clock=lambda: time.time() + 3601)
+    r = server.client.post("/rl/feedback", json={"request_id": rid, "reward": 1})
+    assert r.status_code == 410 and "too late" in r.json()["detail"], r.text

@@ -158,6 +158,10 @@ class Metrics:
             "How late the event loop ran the lag probe's timer: a stall delays every request.",
             buckets=LAG_BUCKETS, registry=reg,
         )  # fmt: skip
+        self.feedback_refusals = Counter(
+            "ckptserve_feedback_refused", "Rewards refused by POST /rl/feedback, by reason "
+            "(unknown_id, expired, duplicate, bad_reward).", ["reason"], registry=reg,
+        )  # fmt: skip
         self.loop_lag_max = Gauge(
             "ckptserve_event_loop_lag_max_seconds", "The worst event-loop lag this process has seen.",
             registry=reg, multiprocess_mode="livemax",
@@ -183,6 +187,10 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def feedback_refused(self, reason: str) -> None:
+        """Count one reward refused by POST /rl/feedback."""
+        self.feedback_refusals.labels(reason).inc()
 
     def on_load(self, registry: ModelRegistry, attempt: LoadAttempt) -> None:
         """A registry listener: count the attempt and move the info gauge to the live version."""

@@ -21,9 +21,11 @@ from .routes.common import JSONText
 from .schemas import (
     ADMIN,
     BINARY_TENSORS,
+    FEEDBACK_BODY,
     INFER_BODY,
     PIN_BODY,
     PREDICT_BODY,
+    FeedbackResponse,
     InferResponse,
     PredictResponse,
     error_responses,
@@ -92,6 +94,9 @@ def route_table(prefix: str) -> tuple[Route, ...]:
             Route("DELETE", f"{base}/pin", bind(rl.unpin), "Unpin" + suffix, "rl", admin),
         ]  # fmt: skip
     table.append(Route("GET", f"{prefix}/fleet", fleet.fleet, "Fleet", "rl"))
+    table.append(Route("POST", f"{prefix}/feedback", rl.feedback, "Feedback", "rl",
+                       {200: {"model": FeedbackResponse}, **error_responses(400, 401, 409, 410, 422)},
+                       body=FEEDBACK_BODY))  # fmt: skip
     oip_404 = error_responses(404, oip=True)
     table += [
         Route("GET", "/v2", oip.server_metadata, "Server metadata", "oip"),

@@ -11,8 +11,10 @@ __all__ = [
     "ADMIN",
     "BINARY_TENSORS",
     "F32_MAX",
+    "FEEDBACK_BODY",
     "VERSION_REF",
     "ErrorResponse",
+    "FeedbackResponse",
     "InferResponse",
     "OipError",
     "PinRequest",
@@ -123,6 +125,20 @@ BINARY_TENSORS: dict[str, Any] = {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
 }
 
+FEEDBACK_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["request_id", "reward"],
+    "properties": {
+        "request_id": {
+            "type": "string",
+            "description": "The `request_id` of an answer (its body, or `X-Request-Id`).",
+            "pattern": r"^[0-9a-f]{12}\.[0-9a-f]{1,12}\.[0-9a-f]{9,24}\.[0-9a-f]{2}\.[0-9a-f]{16}$",
+        },
+        "reward": {**number_schema(None, None), "description": "The outcome: any finite number."},
+    },
+}
+
 PIN_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -154,6 +170,15 @@ class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    """A reward attributed to the version that answered the request."""
+
+    request_id: str
+    version: str = Field(description="The first 12 hex digits of that version's sha256")
+    issued_at: float = Field(description="When the answer was given (epoch seconds)")
+    reward: float
 
 
 class PredictResponse(BaseModel):
@@ -194,13 +219,16 @@ class InferResponse(BaseModel):
 
 _MEANING = {
     400: "Malformed request (JSON, binary framing, a pin name outside the model's directory)",
-    401: "Missing or wrong admin token",
+    401: "Missing or wrong token (the admin token; for feedback, CKPTSERVE_FEEDBACK_TOKEN)",
     403: "Admin actions are disabled (no CKPTSERVE_ADMIN_TOKEN)",
     404: "Unknown model or checkpoint",
-    409: "The version named is not resident (the message names the resident ones)",
+    409: "The version named is not resident (the message names the resident ones); feedback: "
+    "that request was rewarded already",
+    410: "Feedback for a request answered too long ago (over an hour)",
     413: "Request body over the limit",
     422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch, "
-    "not a version reference",
+    "not a version reference; feedback: a request id never issued here, a reward that is not a "
+    "finite number",
     503: "No live model yet (see Retry-After)",
 }
 

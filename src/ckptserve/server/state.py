@@ -324,6 +324,18 @@ class Runtime:
                 401, "a valid admin token is required", [(b"www-authenticate", b"Bearer")]
             )
 
+    def require_feedback_token(self, authorization: bytes | None) -> None:
+        """Raise 401 when CKPTSERVE_FEEDBACK_TOKEN is set and the bearer token is not it."""
+        token = self._feedback_token
+        if token is None:
+            return
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ApiError(
+                401, "feedback needs 'Authorization: Bearer <CKPTSERVE_FEEDBACK_TOKEN>'",
+                [(b"www-authenticate", b"Bearer")],
+            )  # fmt: skip
+
     def not_ready(self) -> dict[str, str]:
         """Why each model without a live version is not live (empty when all are ready)."""
         reasons = {}

@@ -19,14 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...errors import CheckpointError
+from ...rollout.feedback import FeedbackRefused
 from ...sources import confine
 from ..errors import ApiError
-from ..predict import handle_model_request
+from ..predict import handle_model_request, parse_json
 from ..schemas import VERSION_REF, PinRequest
 from ..state import ModelHandle, Runtime
 from .common import runtime_of, to_response
 
 __all__ = [
+    "feedback",
     "for_default",
     "for_named",
     "pin",
@@ -164,6 +166,31 @@ async def unpin(request: Request, model: str | None = None) -> dict[str, Any]:
     runtime, handle = _admin(request, model)
     await anyio.to_thread.run_sync(handle.registry.unpin)
     return await status_of(runtime, handle)
+
+
+#: The status of each reason a reward is refused (rollout/feedback.py).
+_REFUSED = {"unknown_id": 422, "bad_reward": 422, "duplicate": 409, "expired": 410}
+
+
+async def feedback(request: Request) -> dict[str, Any]:
+    """Attribute a reward to the version that answered a request: `{"request_id": ..., "reward":
+    float}`, once per request id (`Authorization: Bearer <CKPTSERVE_FEEDBACK_TOKEN>` when set).
+    With `--canary-metric reward` a canary is judged on these rewards."""
+    runtime = runtime_of(request)
+    runtime.require_feedback_token(request.headers.get("authorization", "").encode() or None)
+    payload = parse_json(await request.body())
+    if type(payload) is not dict:
+        raise ApiError(422, 'feedback is a JSON object {"request_id": "...", "reward": <number>}')
+    extra = sorted(set(payload) - {"request_id", "reward"})
+    if extra:
+        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, extra))}"[:300])
+    try:
+        issued = runtime.feedback.add(payload.get("request_id"), payload.get("reward"))
+    except FeedbackRefused as exc:
+        runtime.metrics.feedback_refused(exc.reason)
+        raise ApiError(_REFUSED[exc.reason], str(exc)) from None
+    return {"request_id": issued.request_id, "version": issued.version,
+            "issued_at": issued.issued_at, "reward": float(payload["reward"])}  # fmt: skip
 
 
 Handler = Callable[[Request, "str | None"], Awaitable[Any]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from .errors import CheckpointError
 from .fallback import Fallback, FallbackSearch
 from .loading import LiveModel
 from .options import RegistryOptions
+from .rollout.canary import Canary, CanaryConfig, CanaryDecision
+from .rollout.feedback import FeedbackStore
 from .rollout.judging import Judge
-from .rollout.resident import ResidentVersions
+from .rollout.resident import ResidentVersions, matching
 from .sources import Source
 from .versions import LoadAttempt
 
@@ -46,12 +49,16 @@ class Swapper:
         device: str,
         attempts: AttemptLog[Any],
         copies: PrivateCopies,
-        judge: Judge,
-        resident: ResidentVersions[LiveModel],
+        judge: Judge | None = None,
     ) -> None:
         self._owner = owner  # passed to attempt listeners
-        self.judge = judge  # rollout: judged before a swap (marks, order, shadow, guard)
-        self.resident = resident  # rollout: the last good versions, kept loaded
+        if judge is None:  # marks, order, shadow and guard as the options say
+            model_dir = follow.earlier()[0]
+            judge = Judge.from_options(options, name=attempts.model, model_dir=model_dir,
+                                       device=device)  # fmt: skip
+        self.judge = judge  # rollout: judged before a swap
+        # rollout: the last good versions, kept loaded
+        self.resident: ResidentVersions[LiveModel] = ResidentVersions(options.keep_versions)
         self._follow = follow
         self._options = options
         self._device = device
@@ -68,7 +75,30 @@ class Swapper:
         self.fallback: Fallback | None = None  # what is served while the newest cannot be
         self.load_count = 0
         self.closed = False
-        self._rolling_back = threading.Lock()  # serialises roll_back (see there)
+        self._rolling_back = threading.Lock()  # serialises roll_back and promote (see there)
+        self.canary: Canary[LiveModel] | None = None  # --canary-fraction > 0
+        if options.canary_fraction > 0:
+            self.canary = Canary(CanaryConfig(options.canary_fraction, options.canary_seconds,
+                                              options.canary_metric))  # fmt: skip
+
+    def status(self, model_path: str) -> dict[str, Any]:
+        """What is served and why, for `registry.status()` (`model_path`: as it was given)."""
+        live, serving = self.live, self.serving
+        version = live.version if live is not None else None
+        history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
+        health = getattr(serving.source, "health", None)  # a polled source (s3://, --nfs)
+        return {
+            "loaded": version is not None,
+            "model_path": getattr(serving.source, "url", model_path),
+            "load_count": self.load_count, "last_mtime": version.mtime if version else 0.0,
+            "version": version.to_dict() if version else None,
+            "last_error": self._attempts.last_error, "file_missing": serving.missing,
+            "pinned": str(self.pinned) if self.pinned is not None else None,
+            "fallback": self.fallback.to_dict() if self.fallback is not None else None,
+            "source": serving.source.kind, "phase": serving.state.phase.value,
+            "source_health": health() if health is not None else None,
+            "history": [a.to_dict() for a in history],
+        }  # fmt: skip
 
     def step(self, *, reload: bool, force: bool) -> LoadAttempt | None:
         """Look at the served source and do what `next_action` says; the attempt made, if any."""
@@ -169,6 +199,20 @@ class Swapper:
         self.mark_bad(live, reason)
         return previous
 
+    def promote(self, canary: LiveModel) -> None:
+        """Make `canary` (its window ended cleanly) the live version and the newest resident."""
+        with self._rolling_back:
+            self.live = canary
+            self.resident.add(canary)
+
+    def ended(self, decision: CanaryDecision | None) -> None:
+        """Log what became of a canary (the host applies it: Rollout)."""
+        if decision is not None:
+            level = logging.INFO if decision.action == "promote" else logging.WARNING
+            log.log(level, "canary %s: %s: %s", decision.canary, decision.action, decision.reason,
+                    extra={"model": self._attempts.model, "result": f"canary_{decision.action}",
+                           "reason": decision.reason})  # fmt: skip
+
     def mark_bad(self, bad: LiveModel, reason: str) -> None:
         """Remember in the judge's marks (if kept) that `bad` misbehaved: it is not loaded again."""
         marks = self.judge.marks
@@ -194,8 +238,25 @@ class Swapper:
             return result
         candidate, snapshot = result.candidate, result.snapshot
         self._copies.keep_while(candidate.version.sha256, candidate.model)
-        self.live = candidate
-        self.resident.add(candidate)
+        canary, live = self.canary, self.live
+        if (
+            canary is not None
+            and live is not None
+            and not (force or chosen)
+            and (candidate.version.sha256 != live.version.sha256)
+        ):
+            self.ended(canary.start(candidate, live))  # instead of going live: a share first
+            log.info(
+                "canary %s answers %.0f%% of requests for %g s beside %s", candidate.version.tag,
+                canary.config.fraction * 100, canary.config.seconds, live.version.tag,
+                extra={"model": self._attempts.model, "checkpoint": candidate.version.checkpoint,
+                       "sha256": candidate.version.sha256, "result": "canary"},
+            )  # fmt: skip
+        else:
+            if canary is not None:
+                self.ended(canary.stop(f"{candidate.version.tag} went live without a canary"))
+            self.live = candidate
+            self.resident.add(candidate)
         self.load_count += 1
         self._follow.vouch(watch.source, snapshot)
         if watch is self._follow.watched:
@@ -235,30 +296,94 @@ class Swapper:
 
 class Rollout:
     """What the server reaches of a registry's rollout (docs/rollout.md): the buffer requests
-    record their states into, the resident versions a request may name, and what becomes of a
-    version that misbehaves on live traffic."""
+    record their states into, the canary that answers a share of them, the resident versions a
+    request may name, and what becomes of a version that misbehaves on live traffic.
+
+    `listeners` are called as `listener(event, tag)` for "rolled_back" (the live version, by a
+    rollback), "promote" and "roll_back" (a canary's end, judged)."""
 
     def __init__(self, swap: Swapper) -> None:
         self._swap = swap
         self.buffer = swap.judge.buffer  # None: --shadow-states 0
+        self.canary = swap.canary  # None: --canary-fraction 0
+        self.listeners: list[Callable[[str, str], None]] = []
 
     def find(self, ref: str) -> LiveModel | None:
-        """The resident version `ref` names (a sha256, a 12+ hex prefix or a tag), or None.
+        """The version `ref` names (a sha256, a 12+ hex prefix or a tag) among the resident ones
+        and the running canary, or None.
 
         Raises:
             ValueError: `ref` is not a version reference (or its prefix names two versions).
         """
-        return self._swap.resident.find(ref)
+        found = self._swap.resident.find(ref)
+        canary = self.canary.canary if self.canary is not None else None
+        if found is None and canary is not None and matching(ref, [canary]):
+            return canary
+        return found
 
     def tags(self) -> list[str]:
-        """The tags of the versions a request may name, newest first."""
-        return self._swap.resident.tags()
+        """The tags of the versions a request may name, newest first (a running canary first)."""
+        canary = self.canary.canary if self.canary is not None else None
+        return [*([canary.version.tag] if canary is not None else []), *self._swap.resident.tags()]
 
     def misbehaved(self, live: LiveModel, reason: str) -> LiveModel | None:
-        """`live` gave a non-finite action on real states (they passed every input check): if it
-        is the live version, roll back to the previous resident one and mark it bad. Returns the
-        version that answers now, or None when nothing changed."""
-        swap = self._swap
+        """`live` misbehaved on real states (they passed every input check): a running canary
+        is rolled back and marked bad; the live version (non-finite actions) is rolled back to
+        the previous resident one and marked bad. Returns the version that answers now, or None
+        when nothing changed."""
+        swap, canary = self._swap, self.canary
+        if canary is not None and canary.canary is live:
+            decision = canary.failed(live.version.sha256, reason)
+            if decision is not None:
+                self._judged(decision)
+                return swap.live
         if swap.live is live:
-            return swap.roll_back(live.version.sha256, reason)
+            return self.roll_back(live.version.sha256, reason)
         return None
+
+    def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
+        """`ModelRegistry.roll_back`: serve the previous resident version at once (without
+        waiting for a load in flight) instead of `sha256`, which misbehaves on live traffic, and
+        mark it bad (in `state_dir`: not loaded again, also after a restart). The version now
+        live, or None (`sha256` is not live, or no other version is resident)."""
+        previous = self._swap.roll_back(sha256, reason)
+        if previous is not None:
+            self._tell("rolled_back", sha256)
+        return previous
+
+    def poll(self, rewards: FeedbackStore | None = None) -> CanaryDecision | None:
+        """Judge the running canary if its window is over (the server's watch calls this about
+        once a second): promoted, it goes live; rolled back, it is marked bad."""
+        decision = self.canary.poll(rewards) if self.canary is not None else None
+        if decision is not None:
+            self._judged(decision)
+        return decision
+
+    def _judged(self, decision: CanaryDecision) -> None:
+        swap, subject = self._swap, decision.subject
+        if decision.action == "promote":
+            swap.promote(subject)
+        else:
+            swap.mark_bad(subject, f"canary rolled back: {decision.reason}")
+        swap.ended(decision)
+        self._tell(decision.action, decision.canary)
+
+    def _tell(self, event: str, what: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, what)
+            except Exception:
+                log.exception("rollout listener failed")
+
+    def status(self) -> dict[str, Any]:
+        """The rollout's part of `registry.status()`: resident versions, the judge's last
+        verdicts, the shadow buffer, the canary."""
+        swap, buffer = self._swap, self.buffer
+        live = swap.live
+        return {
+            "resident": swap.resident.to_dict(live.version.sha256 if live is not None else None),
+            "judged": [v.to_dict() for v in list(swap.judge.history)],
+            "shadow": {"size": buffer.size, "kept": len(buffer), "recorded": buffer.recorded}
+            if buffer is not None else None,
+            "canary": self.canary.to_dict() if self.canary is not None else None,
+        }  # fmt: skip

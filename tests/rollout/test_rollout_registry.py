@@ -246,3 +246,109 @@ def test_an_empty_shadow_buffer_records_no_divergence(tmp_path, make_registry):
     put(tmp_path, flipped(0))
     assert registry.check().result == "ok"
     assert registry.judge.last is not None and registry.judge.last.divergence is None
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "a condition"):
+    """Poll `check` until it returns something true, or fail after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_candidate_that_passed_the_judge_goes_to_the_canary_then_live(tmp_path, make_registry):
+    """--canary-fraction 0.5: the new version answers a share first (registry.current stays the
+    incumbent, the default handle); when its window ends cleanly, poll() promotes it."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, canary_fraction=0.5, canary_seconds=0.2)
+    registry.check()
+    first = registry.current
+    assert registry.rollout.poll() is None  # nothing runs
+    put(tmp_path, seeded_actor(1))
+    attempt = registry.check()
+    assert attempt is not None and attempt.result == "ok", attempt
+    canary = registry.rollout.canary
+    assert registry.current is first and canary.canary is not None and canary.incumbent is first
+    assert registry.rollout.find(canary.canary.version.tag) is canary.canary
+    assert registry.status()["canary"]["running"]["fraction"] == 0.5
+    decision = wait_until(registry.rollout.poll, what="the canary's window to end")
+    assert decision.action == "promote" and "clean for its 0.2 s window" in decision.reason
+    assert registry.current is decision.subject and registry.current is not first
+    assert registry.resident.versions()[-1] is registry.current
+    assert registry.status()["canary"]["decisions"][-1]["action"] == "promote"
+
+
+def test_a_canary_that_misbehaves_is_rolled_back_and_marked_bad(tmp_path, make_registry):
+    """misbehaved(canary) ends the canary at once; the incumbent stays live; the canary's
+    version is marked bad in --state-dir, so the same bytes are refused when seen again."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(models, canary_fraction=0.1, state_dir=str(state))
+    registry.check()
+    incumbent = registry.current
+    put(models, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    assert registry.rollout.misbehaved(canary, "NaN actions on live traffic") is incumbent
+    assert registry.rollout.canary.canary is None and registry.current is incumbent
+    assert BadMarks(state, registry.name).is_bad(canary.version.sha256)
+    attempt = registry.check(reload=True)
+    assert attempt is not None and attempt.result == "rejected" and "marked bad" in attempt.reason
+
+
+def test_a_forced_reload_goes_live_without_a_canary_and_ends_the_running_one(
+    tmp_path, make_registry
+):
+    """An admin's forced reload (or pin) is going live on purpose: no canary, and a canary that
+    runs is stopped (not marked bad)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(models, canary_fraction=0.5, state_dir=str(state))
+    registry.check()
+    put(models, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    assert canary is not None
+    put(models, seeded_actor(2))
+    assert registry.check(force=True).result == "ok"
+    assert registry.rollout.canary.canary is None
+    assert registry.current.version.sha256 != canary.version.sha256
+    assert not BadMarks(state, registry.name).is_bad(canary.version.sha256)
+    decision = registry.rollout.canary.history[-1]
+    assert decision.action == "roll_back" and "went live without a canary" in decision.reason
+
+
+@pytest.mark.parametrize(("canary_reward", "promoted"), [(0.0, False), (1.0, True)],
+                         ids=["worse", "equal"])  # fmt: skip
+def test_with_the_reward_metric_a_worse_canary_is_rolled_back_and_an_equal_one_promoted(
+    tmp_path, make_registry, canary_reward, promoted
+):
+    """--canary-metric reward: at the window's end both sides have 30 rewards; rewards of 0
+    against the incumbent's 1 roll it back (with the test's figures), equal ones promote it."""
+    from ckptserve.rollout import FeedbackStore, RequestIds
+
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, canary_fraction=0.5, canary_seconds=0.3,
+                             canary_metric="reward")  # fmt: skip
+    registry.check()
+    incumbent = registry.current
+    put(tmp_path, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    ids = RequestIds(b"k")
+    store = FeedbackStore(ids)
+    for i in range(30):
+        store.add(ids.issue(canary.version.sha256), canary_reward + (i % 3) * 0.01)
+        store.add(ids.issue(incumbent.version.sha256), 1.0 + (i % 3) * 0.01)
+    decision = wait_until(lambda: registry.rollout.poll(store), what="the canary's judgement")
+    assert (decision.action == "promote") is promoted, decision
+    assert decision.test is not None and decision.rewards["canary"]["count"] == 30
+    if promoted:
+        assert registry.current is canary
+    else:
+        assert registry.current is incumbent and "rewards worse" in decision.reason

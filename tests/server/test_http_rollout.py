@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 import torch
-from serverkit import OBS_DIM, InProcessServer, seeded, state, torch_script
+from serverkit import OBS_DIM, InProcessServer, seeded, state, torch_script, wait_for
 
 from ckptserve import publish
 from ckptserve.rollout import BadMarks
@@ -304,3 +304,82 @@ def test_feedback_for_an_answer_over_an_hour_old_is_410(
     runtime.feedback = FeedbackStore(runtime.ids, clock=lambda: time.time() + 3601)
     r = server.client.post("/rl/feedback", json={"request_id": rid, "reward": 1})
     assert r.status_code == 410 and "too late" in r.json()["detail"], r.text
+
+
+class RaisesAwayFromZero(torch.nn.Module):
+    """A policy that raises where the state's first value is above 0.5 (the probe passes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = seeded(1)
+
+    def forward(
+        self, state: torch.Tensor, deterministic: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool((state[:, 0] > 0.5).any()):
+            raise RuntimeError("this policy breaks on real states")
+        return self.inner(state, deterministic)
+
+
+def start_canary(server: InProcessServer, model_dir: Path, module: torch.nn.Module) -> Any:
+    """Publish `module` and make one request, so the sync swap loads it as the canary."""
+    publish(torch.jit.script(module), model_dir)
+    answer(server)
+    canary = server.runtime.models["actor"].canary
+    assert canary is not None and canary.canary is not None, "no canary started"
+    return canary.canary
+
+
+def test_a_canary_at_half_answers_about_half_sticky_per_session(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """--canary-fraction 0.5: of 200 requests without a session about half are answered by the
+    canary; each X-Session-Id gets one side for all of its requests, and both sides are used."""
+    server = make_server(model_dir, canary_fraction=0.5, canary_seconds=600)
+    incumbent = answer(server)["sha256"]
+    canary = start_canary(server, model_dir, seeded(1)).version.sha256
+    answered = [answer(server)["sha256"] for _ in range(200)]
+    assert set(answered) == {incumbent, canary}
+    assert 90 <= answered.count(canary) <= 110, answered.count(canary)
+    sides = {}
+    for session in (f"episode-{i}" for i in range(20)):
+        seen = {answer(server, headers={"X-Session-Id": session})["sha256"] for _ in range(5)}
+        assert len(seen) == 1, (session, seen)
+        sides[session] = seen.pop()
+    assert set(sides.values()) == {incumbent, canary}, sides
+
+
+def test_a_canary_is_promoted_when_its_window_ends_then_answers_every_request(
+    model_dir: Path, make_server: MakeServer
+) -> None:
+    """The server's watch judges the canary about once a second: a clean window promotes it,
+    and every request is then answered by it (the registry's current version)."""
+    server = make_server(model_dir, canary_fraction=0.5, canary_seconds=0.5)
+    answer(server)
+    canary = start_canary(server, model_dir, seeded(1))
+    registry = server.runtime.models["actor"].registry
+    wait_for(lambda: registry.current is canary, 20, "the canary's promotion")
+    assert {answer(server)["sha256"] for _ in range(20)} == {canary.version.sha256}
+    decision = server.client.get("/rl/status").json()["canary"]["decisions"][-1]
+    assert decision["action"] == "promote" and decision["canary"] == canary.version.tag
+
+
+@pytest.mark.parametrize("module", [NanAwayFromZero, RaisesAwayFromZero], ids=["nan", "raises"])
+def test_a_canary_that_misbehaves_on_live_traffic_is_rolled_back_at_once(
+    tmp_path: Path, model_dir: Path, make_server: MakeServer, module: type[torch.nn.Module]
+) -> None:
+    """A canary giving NaN, or raising where the live version does not, on states that passed
+    the checks: that request is answered by the live version, the canary ends at once and its
+    version is marked bad."""
+    state_dir = tmp_path / "state"
+    server = make_server(model_dir, canary_fraction=1.0, canary_seconds=600, shadow_states=0,
+                         state_dir=str(state_dir))  # fmt: skip
+    incumbent = answer(server)["sha256"]
+    canary = start_canary(server, model_dir, module())
+    assert answer(server, {"state": [0.1] * OBS_DIM})["sha256"] == canary.version.sha256
+    rescued = answer(server, {"state": [0.9] * OBS_DIM})
+    assert rescued["sha256"] == incumbent, rescued
+    assert server.runtime.models["actor"].canary.canary is None
+    assert BadMarks(state_dir, "actor").is_bad(canary.version.sha256)
+    decision = server.client.get("/rl/status").json()["canary"]["decisions"][-1]
+    assert decision["action"] == "roll_back" and "on live traffic" in decision["reason"]

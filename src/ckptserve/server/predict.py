@@ -50,6 +50,10 @@ class _NonFiniteAction(ApiError):
     """The model's action for states that passed every input check is not finite."""
 
 
+class _ModelFailed(ApiError):
+    """The model raised on states that passed every input check."""
+
+
 def _refuse_constant(name: str) -> float:
     raise _NonFinite(name)
 
@@ -156,7 +160,7 @@ def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
     try:
         action = act(live.model, x)
     except Exception as exc:
-        raise ApiError(
+        raise _ModelFailed(
             422, f"the model cannot run on this input: {type(exc).__name__}: {exc}"
         ) from None
     want = live.expect.action_dim
@@ -193,14 +197,24 @@ def _asked_version(body: str | None, header: bytes | str | None) -> str | None:
 
 async def _answer(handle: ModelHandle, live: LiveModel, x: torch.Tensor,
                   pinned: bool) -> tuple[LiveModel, list[list[float]]]:  # fmt: skip
-    """The actions of `live` for `x`; when they are not finite on states that passed every
-    check, the version is rolled back (registry.rollout) and, unless the client named it, the
-    version that answers now is asked instead."""
+    """The actions of `live` for `x` (states that passed every input check), and the version
+    that gave them. A version that misbehaves on them is rolled back at once (registry.rollout:
+    the live one for non-finite actions; a canary also for raising where the live version does
+    not) and, unless the client named it, the version that answers now is asked instead."""
     try:
         return live, await _forward_maybe_batched(handle, live, x)
     except _NonFiniteAction as exc:
-        failure = exc
-    reason = f"non-finite actions on live traffic ({x.shape[0]} states that passed the checks)"
+        failure: ApiError = exc
+        reason = f"non-finite actions on live traffic ({x.shape[0]} states that passed the checks)"
+    except _ModelFailed as exc:
+        canary = handle.canary
+        incumbent = handle.registry.current
+        if pinned or canary is None or canary.canary is not live or incumbent is None:
+            raise
+        values = await _forward_maybe_batched(handle, incumbent, x)  # the input is fine if so
+        reason = f"raised on live traffic where the live version does not: {exc.detail}"
+        await anyio.to_thread.run_sync(handle.registry.rollout.misbehaved, live, reason)
+        return incumbent, values
     now = await anyio.to_thread.run_sync(handle.registry.rollout.misbehaved, live, reason)
     if pinned or now is None or now is live:
         raise failure
@@ -239,6 +253,11 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
         if asked is not None or version is not None:
             live = handle.pick(_asked_version(asked, version) or "")
             meta, expect = handle.meta(live), live.expect
+        elif handle.canary is not None:
+            picked = handle.canary.pick(session.decode("latin-1") if session else None)
+            if picked is not None:
+                live = picked
+                meta, expect = handle.meta(live), live.expect
         state = payload.get("state")
         if state is not None:
             rows = [check_row(state, expect.obs_dim, "state")]
@@ -412,6 +431,11 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_lengt
         if version is not None:
             live = handle.pick(_asked_version(None, version) or "")
             meta = handle.meta(live)
+        elif handle.canary is not None:
+            picked = handle.canary.pick(session.decode("latin-1") if session else None)
+            if picked is not None:
+                live = picked
+                meta = handle.meta(live)
         expect = live.expect
         if x.shape[0] == 0:
             raise ApiError(422, 'input "state" is an empty batch')

@@ -21,6 +21,7 @@ import anyio.to_thread
 from ..errors import ModelNotAvailable
 from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
+from ..rollout.canary import Canary
 from ..rollout.feedback import FeedbackStore, RequestIds
 from ..rollout.shadow import StateBuffer
 from .batching import Batcher
@@ -61,6 +62,7 @@ class ModelHandle:
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
     buffer: StateBuffer | None = None  # the shadow states requests record (--shadow-states)
+    canary: Canary[LiveModel] | None = None  # answers a share of requests (--canary-fraction)
     _meta: _LiveMeta | None = field(default=None, repr=False)
     _metas: dict[int, _LiveMeta] = field(default_factory=dict, repr=False)
     _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
@@ -205,7 +207,7 @@ class Runtime:
         if self.settings.batch_max_size > 1:
             batcher = Batcher(self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1000)
         return ModelHandle(spec.name, registry, watched, directory, checkpoint_prefix(watched),
-                           batcher, registry.rollout.buffer)  # fmt: skip
+                           batcher, registry.rollout.buffer, registry.rollout.canary)  # fmt: skip
 
     async def start(self) -> None:
         if self.metrics.multiprocess_dir:
@@ -280,6 +282,11 @@ class Runtime:
                     pass
                 except Exception:
                     log.exception("watching %s failed", handle.name)
+                if handle.canary is not None and handle.canary.canary is not None:
+                    try:  # its window may be over (marking a version bad writes a file)
+                        await anyio.to_thread.run_sync(handle.registry.rollout.poll, self.feedback)
+                    except Exception:
+                        log.exception("judging the canary of %s failed", handle.name)
             await asyncio.sleep(self.settings.watch_interval)
 
     async def _lag_probe(self) -> None:

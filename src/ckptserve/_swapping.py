@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,20 @@ from .fallback import Fallback, FallbackSearch
 from .loading import LiveModel
 from .options import RegistryOptions
 from .rollout.canary import Canary, CanaryConfig, CanaryDecision
-from .rollout.feedback import FeedbackStore
+from .rollout.follow import FollowRule, published
 from .rollout.judging import Judge
-from .rollout.resident import ResidentVersions, matching
+from .rollout.resident import ResidentVersions
 from .sources import Source
 from .versions import LoadAttempt
 
-__all__ = ["Rollout", "Swapper"]
+__all__ = ["Swapper"]
 
 log = logging.getLogger("ckptserve.registry")
 
 #: Loads in one step after the first was superseded (a writer that never stops gets no more).
 _SUPERSEDED_TRIES = 2
+#: --follow max:/min: the best checkpoints tried in one step when the best fails to load.
+_BEST_TRIES = 3
 
 
 class Swapper:
@@ -76,6 +77,8 @@ class Swapper:
         self.load_count = 0
         self.closed = False
         self._rolling_back = threading.Lock()  # serialises roll_back and promote (see there)
+        self.rule = FollowRule.parse(options.follow)
+        self._passed_over: set[str] = set()  # --follow max/min: best ones that failed to load
         self.canary: Canary[LiveModel] | None = None  # --canary-fraction > 0
         if options.canary_fraction > 0:
             self.canary = Canary(CanaryConfig(options.canary_fraction, options.canary_seconds,
@@ -97,7 +100,7 @@ class Swapper:
             "fallback": self.fallback.to_dict() if self.fallback is not None else None,
             "source": serving.source.kind, "phase": serving.state.phase.value,
             "source_health": health() if health is not None else None,
-            "history": [a.to_dict() for a in history],
+            "follow": str(self.rule), "history": [a.to_dict() for a in history],
         }  # fmt: skip
 
     def step(self, *, reload: bool, force: bool) -> LoadAttempt | None:
@@ -126,12 +129,51 @@ class Swapper:
             if digest is None or digest == watch.state.sha256:
                 move(watch, Outcome.VERIFIED, token, watch.state.sha256, now)
                 return None
-        attempt = self.load(watch, token, reload=reload, force=force)
+        if self.rule.key is not None and watch is self._follow.watched:
+            attempt = self._follow_best(watch, token, now, reload=reload, force=force)
+        else:
+            attempt = self.load(watch, token, reload=reload, force=force)
         for _ in range(_SUPERSEDED_TRIES):  # a newer write replaced what was read: take it now
             if attempt is None or attempt.result != "superseded":
                 break
             attempt = self.load(watch, watch.token(), reload=reload, force=force)
         self._fall_back_if_nothing_live()
+        return attempt
+
+    def _follow_best(
+        self, watch: Watch, token: Any, now: float, *, reload: bool, force: bool
+    ) -> LoadAttempt | None:
+        """--follow max:/min:<key>: the watched path changed (a publish), so look at every
+        published checkpoint's record and serve the best one, unless it is served already.
+        While none has a number under the key, the watched (newest) one is served."""
+        directory, prefix = self._follow.earlier()
+        digest = watch.source.digest()
+        attempt = None
+        for _ in range(_BEST_TRIES):
+            try:
+                found = [p for p in published(directory, prefix)
+                         if p.checkpoint not in self._passed_over]  # fmt: skip
+            except OSError:
+                found = []
+            best = self.rule.best(found)
+            if best is None:
+                if attempt is not None:  # every candidate failed: keep what is served
+                    break
+                return self.load(watch, token, reload=reload, force=force)
+            live = self.live
+            if not reload and live is not None and best.sha256 == live.version.sha256:
+                move(watch, Outcome.LOADED, token, digest, now)
+                return None
+            chosen = self._follow.watch(self._follow.checkpoint_source(directory / best.checkpoint))
+            attempt = self.load(chosen, chosen.token(), reload=reload, force=force)
+            if attempt is not None and attempt.result in ("ok", "unchanged"):
+                self.fallback = None
+                move(watch, Outcome.LOADED, token, digest, now)
+                return attempt
+            if len(self._passed_over) >= 1000:
+                self._passed_over.clear()
+            self._passed_over.add(best.checkpoint)
+        move(watch, Outcome.FAILED, token, digest, now)
         return attempt
 
     def load(
@@ -292,98 +334,3 @@ class Swapper:
         watch = self._follow.watch(source)
         attempt = self.load(watch, watch.token(), reload=False, force=False)
         return attempt is not None and attempt.result == "ok"
-
-
-class Rollout:
-    """What the server reaches of a registry's rollout (docs/rollout.md): the buffer requests
-    record their states into, the canary that answers a share of them, the resident versions a
-    request may name, and what becomes of a version that misbehaves on live traffic.
-
-    `listeners` are called as `listener(event, tag)` for "rolled_back" (the live version, by a
-    rollback), "promote" and "roll_back" (a canary's end, judged)."""
-
-    def __init__(self, swap: Swapper) -> None:
-        self._swap = swap
-        self.buffer = swap.judge.buffer  # None: --shadow-states 0
-        self.canary = swap.canary  # None: --canary-fraction 0
-        self.listeners: list[Callable[[str, str], None]] = []
-
-    def find(self, ref: str) -> LiveModel | None:
-        """The version `ref` names (a sha256, a 12+ hex prefix or a tag) among the resident ones
-        and the running canary, or None.
-
-        Raises:
-            ValueError: `ref` is not a version reference (or its prefix names two versions).
-        """
-        found = self._swap.resident.find(ref)
-        canary = self.canary.canary if self.canary is not None else None
-        if found is None and canary is not None and matching(ref, [canary]):
-            return canary
-        return found
-
-    def tags(self) -> list[str]:
-        """The tags of the versions a request may name, newest first (a running canary first)."""
-        canary = self.canary.canary if self.canary is not None else None
-        return [*([canary.version.tag] if canary is not None else []), *self._swap.resident.tags()]
-
-    def misbehaved(self, live: LiveModel, reason: str) -> LiveModel | None:
-        """`live` misbehaved on real states (they passed every input check): a running canary
-        is rolled back and marked bad; the live version (non-finite actions) is rolled back to
-        the previous resident one and marked bad. Returns the version that answers now, or None
-        when nothing changed."""
-        swap, canary = self._swap, self.canary
-        if canary is not None and canary.canary is live:
-            decision = canary.failed(live.version.sha256, reason)
-            if decision is not None:
-                self._judged(decision)
-                return swap.live
-        if swap.live is live:
-            return self.roll_back(live.version.sha256, reason)
-        return None
-
-    def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
-        """`ModelRegistry.roll_back`: serve the previous resident version at once (without
-        waiting for a load in flight) instead of `sha256`, which misbehaves on live traffic, and
-        mark it bad (in `state_dir`: not loaded again, also after a restart). The version now
-        live, or None (`sha256` is not live, or no other version is resident)."""
-        previous = self._swap.roll_back(sha256, reason)
-        if previous is not None:
-            self._tell("rolled_back", sha256)
-        return previous
-
-    def poll(self, rewards: FeedbackStore | None = None) -> CanaryDecision | None:
-        """Judge the running canary if its window is over (the server's watch calls this about
-        once a second): promoted, it goes live; rolled back, it is marked bad."""
-        decision = self.canary.poll(rewards) if self.canary is not None else None
-        if decision is not None:
-            self._judged(decision)
-        return decision
-
-    def _judged(self, decision: CanaryDecision) -> None:
-        swap, subject = self._swap, decision.subject
-        if decision.action == "promote":
-            swap.promote(subject)
-        else:
-            swap.mark_bad(subject, f"canary rolled back: {decision.reason}")
-        swap.ended(decision)
-        self._tell(decision.action, decision.canary)
-
-    def _tell(self, event: str, what: str) -> None:
-        for listener in self.listeners:
-            try:
-                listener(event, what)
-            except Exception:
-                log.exception("rollout listener failed")
-
-    def status(self) -> dict[str, Any]:
-        """The rollout's part of `registry.status()`: resident versions, the judge's last
-        verdicts, the shadow buffer, the canary."""
-        swap, buffer = self._swap, self.buffer
-        live = swap.live
-        return {
-            "resident": swap.resident.to_dict(live.version.sha256 if live is not None else None),
-            "judged": [v.to_dict() for v in list(swap.judge.history)],
-            "shadow": {"size": buffer.size, "kept": len(buffer), "recorded": buffer.recorded}
-            if buffer is not None else None,
-            "canary": self.canary.to_dict() if self.canary is not None else None,
-        }  # fmt: skip

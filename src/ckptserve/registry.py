@@ -22,7 +22,8 @@ from typing import Any
 from ._attempts import AttemptLog
 from ._copies import PrivateCopies
 from ._following import Following
-from ._swapping import Rollout, Swapper
+from ._rollout import Rollout
+from ._swapping import Swapper
 from ._worker import BackgroundWorker
 from .errors import ModelNotAvailable
 from .fallback import Fallback
@@ -83,9 +84,9 @@ class ModelRegistry:
         # each watch. Readers on the hot path never take it: they read the live handle and a
         # watch's state once each, both immutable and replaced whole.
         self._lock = threading.Lock()
-        self._swap = Swapper(self, follow, options, device, self._attempts, self._copies, judge)
-        self.judge, self.resident = self._swap.judge, self._swap.resident
-        self.rollout = Rollout(self._swap)  # what the server reaches: buffer, versions, canary
+        swap = self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
+                                    judge)  # fmt: skip
+        self.judge, self.resident, self.rollout = swap.judge, swap.resident, Rollout(swap)
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -194,8 +195,7 @@ class ModelRegistry:
             log.exception("background load failed", extra={"model": self.name})
 
     def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
-        """Serve the previous resident version at once instead of `sha256` (live, misbehaving)
-        and mark it bad (see Rollout.roll_back); the version now live, or None."""
+        """Go back to the previous resident version at once, marking `sha256` bad (Rollout)."""
         return self.rollout.roll_back(sha256, reason)
 
     def pin(self, path: str | os.PathLike[str], *, force: bool = False) -> LiveModel:
@@ -268,8 +268,8 @@ class ModelRegistry:
 
     def status(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
-        return {"name": self.name, **self._swap.status(str(self.model_path)),
-                "swap": self.policy.name, "loading": self.loading, **self.rollout.status()}  # fmt: skip
+        head = {"name": self.name, "swap": self.policy.name, "loading": self.loading}
+        return {**head, **self._swap.status(str(self.model_path)), **self.rollout.status()}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no background load is in flight; True if idle within `timeout`."""

@@ -119,14 +119,16 @@ class Judge:
         """The judge the options describe: `--max-divergence`/`--max-sign-flips` (the guard),
         `--shadow-states` (the buffer; 0: none), `--sign-dead-band`, and the marks of model
         `name` in `--state-dir` (none without one; `model_dir` is where the model's checkpoints
-        are, which the state dir must not be inside)."""
+        are, which the state dir must not be inside). With `--follow max:`/`min:` the value
+        orders the versions, not the step: the step order is not checked."""
         marks = None
         if options.state_dir is not None:
             marks = BadMarks(options.state_dir, name, model_dir=model_dir)
         return cls(
             guard=Guard(options.max_divergence, options.max_sign_flips),
             buffer=StateBuffer(options.shadow_states) if options.shadow_states else None,
-            marks=marks, dead_band=options.sign_dead_band, device=device,
+            marks=marks, ordered=options.follow == "latest", dead_band=options.sign_dead_band,
+            device=device,
         )  # fmt: skip
 
     @property

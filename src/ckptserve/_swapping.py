@@ -274,7 +274,7 @@ class Swapper:
         result = try_load(
             watch, token, live=self.live, copies=self._copies, options=self._options,
             device=self._device, attempts=self._attempts, owner=self._owner, reload=reload,
-            force=force, closed=lambda: self.closed, judge=self.judge.judge, chosen=chosen,
+            force=force, closed=lambda: self.closed, judge=self.judge, chosen=chosen,
         )  # fmt: skip
         if not isinstance(result, Passed):
             return result
@@ -305,7 +305,7 @@ class Swapper:
             self.fallback = None
         move(watch, Outcome.LOADED, snapshot.token, snapshot.sha256, result.now)
         attempt = self._attempts.loaded(self._owner, snapshot, started=result.started,
-                                        forced=reload, unchanged=False)  # fmt: skip
+                                        forced=reload, unchanged=False, shadow=result.shadow)  # fmt: skip
         self._copies.prune(keep=candidate.version.sha256)
         return attempt
 

@@ -352,3 +352,29 @@ def test_with_the_reward_metric_a_worse_canary_is_rolled_back_and_an_equal_one_p
         assert registry.current is canary
     else:
         assert registry.current is incumbent and "rewards worse" in decision.reason
+
+
+def test_each_judged_attempt_carries_its_shadow_figures_in_history_and_the_load_line(
+    tmp_path, make_registry, caplog
+):
+    """The shadow comparison's figures are in the load attempt (status history, the status
+    page's timeline) and its log line, for a candidate refused and one accepted alike."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, judge=Judge(guard=Guard(max_sign_flips=0.2),
+                                                   buffer=real_states()))  # fmt: skip
+    registry.check()
+    assert registry.history[-1].divergence is None  # nothing live to compare with
+    put(tmp_path, flipped(0))
+    with caplog.at_level("INFO", logger="ckptserve.registry"):
+        rejected = registry.check()
+    assert rejected.result == "rejected" and rejected.divergence["sign_flips"] > 0.2, rejected
+    assert registry.status()["history"][-1]["divergence"] == rejected.divergence
+    line = next(r for r in caplog.records if r.getMessage().startswith("load rejected"))
+    assert "; shadow over 64 buffered states: mean |Δaction|" in line.getMessage(), line
+    assert line.divergence == rejected.divergence
+    nudged = seeded_actor(0)
+    with torch.no_grad():
+        nudged.mu.bias.add_(0.001)  # the same policy, nearly: passes the guard
+    put(tmp_path, nudged)
+    accepted = registry.check()
+    assert accepted.result == "ok" and accepted.divergence["states"] == 64, accepted

@@ -142,8 +142,8 @@ def test_non_finite_actions_from_the_live_version_roll_it_back_at_once(
 ) -> None:
     """A version NaN only away from zero goes live (no shadow check to catch it). The first real
     state it answers with NaN rolls it back: that request is answered by the previous version,
-    every later one too, and the bad version is marked in --state-dir. A client's own NaN input
-    is a 422 and never counts."""
+    every later one too, the bad version is marked in --state-dir and the rollback counted. A
+    client's own NaN input is a 422 and never counts."""
     state_dir = tmp_path / "state"
     server = make_server(model_dir, shadow_states=0, state_dir=str(state_dir))
     good = answer(server)
@@ -161,6 +161,8 @@ def test_non_finite_actions_from_the_live_version_roll_it_back_at_once(
     mark = BadMarks(state_dir, "actor").get(bad["sha256"])
     assert mark is not None and "non-finite actions on live traffic" in mark.reason, mark
     assert answer(server)["sha256"] == good["sha256"]
+    text = server.client.get("/metrics").text
+    assert metric(text, "ckptserve_rollbacks_total", model="actor") == 1.0
 
 
 def test_a_client_that_named_the_misbehaving_version_gets_the_error(
@@ -383,3 +385,50 @@ def test_a_canary_that_misbehaves_on_live_traffic_is_rolled_back_at_once(
     assert BadMarks(state_dir, "actor").is_bad(canary.version.sha256)
     decision = server.client.get("/rl/status").json()["canary"]["decisions"][-1]
     assert decision["action"] == "roll_back" and "on live traffic" in decision["reason"]
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus exposition, None when it is absent."""
+    import re
+
+    shown = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # as exposed: sorted
+    found = re.search(rf"^{re.escape(name)}{re.escape('{' + shown + '}') if labels else ''} (\S+)$",
+                      text, re.MULTILINE)  # fmt: skip
+    return float(found.group(1)) if found else None
+
+
+def test_metrics_and_status_show_the_rollout(
+    tmp_path: Path, model_dir: Path, make_server: MakeServer
+) -> None:
+    """ckptserve_versions_behind, the live step, resident count and bytes, the last shadow
+    figures, rollbacks, canary decisions and rewards per version are metrics; /rl/status shows
+    versions behind, the resident versions, the shadow buffer, the canary and the rewards."""
+    publish(torch_script(seeded(1)), model_dir, metadata={"step": 10})
+    server = make_server(model_dir, canary_fraction=1.0, canary_seconds=600,
+                         state_dir=str(tmp_path / "state"))  # fmt: skip
+    rid = answer(server)["request_id"]
+    server.client.post("/rl/feedback", json={"request_id": rid, "reward": 3.0})
+    canary = start_canary(server, model_dir, NanAwayFromZero())
+    rescued = answer(server, {"state": [0.9] * OBS_DIM})  # NaN: the canary is rolled back
+    assert rescued["sha256"] != canary.version.sha256
+    status = server.client.get("/rl/status").json()
+    assert status["versions_behind"] == 1 and status["follow"] == "latest"  # the canary's
+    assert status["resident"]["versions"][0]["live"] and status["shadow"]["size"] == 256
+    assert status["canary"]["decisions"][-1]["action"] == "roll_back"
+    assert status["rewards"] == {rescued["sha256"][:12]: {"count": 1, "mean": 3.0}}
+    assert status["history"][-1]["divergence"] is not None
+    text = server.client.get("/metrics").text
+    assert metric(text, "ckptserve_live_step", model="actor") == 10.0
+    assert metric(text, "ckptserve_versions_behind", model="actor") == 1.0
+    assert metric(text, "ckptserve_resident_versions", model="actor") == 1.0
+    assert (metric(text, "ckptserve_resident_bytes", model="actor") or 0) > 0
+    assert (
+        metric(text, "ckptserve_shadow_divergence", model="actor", figure="sign_flips") is not None
+    )
+    assert (
+        metric(text, "ckptserve_canary_decisions_total", model="actor", action="roll_back") == 1.0
+    )
+    assert (
+        metric(text, "ckptserve_reward_count", model="actor", version=rescued["sha256"][:12]) == 1
+    )
+    assert metric(text, "ckptserve_reward_mean", model="actor", version=rescued["sha256"][:12]) == 3

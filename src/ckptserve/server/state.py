@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,12 +23,14 @@ from ..errors import ModelNotAvailable
 from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
 from ..rollout.canary import Canary
-from ..rollout.feedback import FeedbackStore, RequestIds
+from ..rollout.feedback import FeedbackStore, RequestIds, RewardStats
+from ..rollout.follow import published
+from ..rollout.ordering import versions_behind
 from ..rollout.shadow import StateBuffer
 from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
-from .metrics import Metrics, prune_dead_workers
+from .metrics import Metrics, RolloutFigures, prune_dead_workers
 from .names import printable, version_header
 from .paths import prepare_model_path
 from .pins import PinBook
@@ -142,6 +145,28 @@ class ModelHandle:
             })  # fmt: skip
         return out
 
+    def rewards(self, stats: Mapping[str, RewardStats]) -> dict[str, dict[str, Any]]:
+        """Of `stats` (FeedbackStore.stats(): per 12 hex of a sha256), those of this model's
+        resident versions and running canary."""
+        versions = list(self.registry.resident.versions())
+        canary = self.canary.canary if self.canary is not None else None
+        if canary is not None:
+            versions.append(canary)
+        mine = {v.version.sha256[:12] for v in versions}
+        return {v: s.to_dict() for v, s in stats.items() if v in mine}
+
+    def versions_behind(self) -> int | None:
+        """How many published checkpoints come after the live one (ordering.versions_behind,
+        from the checkpoints' records); None while nothing is live or nothing can be listed."""
+        live = self.registry.current
+        if live is None:
+            return None
+        try:
+            found = published(self.directory, self.prefix)
+        except OSError:
+            return None
+        return versions_behind(live.version.metadata, [p.metadata for p in found])
+
     def newest_mtime(self) -> float | None:
         """The newest checkpoint on disk (timestamped files, or the watched path when it is a
         checkpoint: a manifest is not one, and rewriting it publishes nothing newer), by mtime."""
@@ -182,7 +207,8 @@ class Runtime:
         self.feedback = FeedbackStore(self.ids)
         token = settings.feedback_token.get_secret_value() if settings.feedback_token else ""
         self._feedback_token = token.encode() or None
-        self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
+        self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir(),
+                               rollout=self._rollout_figures)  # fmt: skip
         self.live = LiveRecorder()  # the status page's per-second series and action samples
         self._watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -201,6 +227,7 @@ class Runtime:
         prepare_model_path(spec.path)
         registry = ModelRegistry(spec.path, self.settings.device, name=spec.name, options=options)
         registry.add_listener(self.metrics.on_load)
+        registry.rollout.listeners.append(partial(self.metrics.on_rollout, spec.name))
         watched = Path(registry.source.path)
         directory = Path(spec.path) if Path(spec.path).is_dir() else watched.parent
         batcher = None
@@ -360,6 +387,22 @@ class Runtime:
         if not self.models:
             reasons["*"] = "starting"
         return reasons
+
+    def _rollout_figures(self) -> list[RolloutFigures]:
+        stats = self.feedback.stats()
+        out = []
+        for name, handle in list(self.models.items()):
+            registry, live = handle.registry, handle.registry.current
+            step = live.version.metadata.get("step") if live is not None else None
+            verdict = registry.judge.last
+            divergence = verdict.divergence if verdict is not None else None
+            rewards = {v: (r["count"], r["mean"]) for v, r in handle.rewards(stats).items()}
+            out.append(RolloutFigures(
+                name, handle.versions_behind(), step if type(step) is int else None,
+                len(registry.resident), registry.resident.total_bytes,
+                divergence.to_dict() if divergence is not None else None, rewards,
+            ))  # fmt: skip
+        return out
 
     def _staleness(self) -> list[tuple[str, float | None, float | None]]:
         now = time.time()

@@ -100,8 +100,9 @@ def _status(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
     status = handle.registry.status()
     age, lag = handle.staleness()
     status.update(
-        default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag, pid=os.getpid()
-    )
+        default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag, pid=os.getpid(),
+        versions_behind=handle.versions_behind(), rewards=handle.rewards(runtime.feedback.stats()),
+    )  # fmt: skip
     return status
 
 

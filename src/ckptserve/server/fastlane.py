@@ -33,6 +33,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The request headers the lane reads, each to its slot.
+_READ = {b"content-length": 0, b"authorization": 1, b"inference-header-content-length": 2,
+         b"x-model-version": 3, b"x-session-id": 4}  # fmt: skip
 
 
 class ClientGone(Exception):
@@ -122,18 +125,14 @@ class FastLane:
         if route is None and method in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        length = authorization = header_length = session = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
-            elif key == b"authorization":
-                authorization = value
-            elif key == b"inference-header-content-length":
-                header_length = value
-            elif key == b"x-model-version":
-                version = version or value  # the path's version wins
-            elif key == b"x-session-id":
-                session = value
+        found: list[bytes | None] = [None, None, None, None, None]  # one slot per _READ entry
+        read = _READ.get
+        for key, value in scope["headers"]:  # one dict lookup a header, the cheapest scan
+            slot = read(key)
+            if slot is not None:
+                found[slot] = value
+        length, authorization, header_length, header_version, session = found
+        version = version or header_version  # the path's version wins
         style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
         started = time.perf_counter()
         try:

@@ -27,6 +27,7 @@ from ..rollout.feedback import FeedbackStore, RequestIds, RewardStats
 from ..rollout.follow import published
 from ..rollout.ordering import versions_behind
 from ..rollout.shadow import StateBuffer
+from ..versions import ModelVersion
 from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
@@ -46,7 +47,7 @@ _METAS = 8
 
 @dataclass(slots=True)
 class _LiveMeta:
-    live: LiveModel
+    version: ModelVersion  # not the LiveModel: a cached entry must not keep a model alive
     header: bytes  # the X-Model-Version value: the tag, made safe for a header
     tag: str  # <checkpoint>@<sha256[:12]> for JSON bodies (names.printable)
     checkpoint: str
@@ -92,18 +93,20 @@ class ModelHandle:
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""
-        meta = self._meta
-        if meta is not None and meta.live is live:
+        meta, version = self._meta, live.version
+        if meta is not None and meta.version is version:
             return meta
-        meta = self._metas.get(id(live))  # a canary and the live version answer in turn
-        if meta is None or meta.live is not live:
-            v = live.version
+        # A canary and the live version answer in turn. The key is the version's id: the entry
+        # holds that ModelVersion, so the id cannot be reused while the entry exists.
+        meta = self._metas.get(id(version))
+        if meta is None or meta.version is not version:
+            v = version
             header = version_header(v.checkpoint, v.sha256)
-            meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256,
+            meta = _LiveMeta(v, header, printable(v.tag), printable(v.checkpoint), v.sha256,
                              v.mtime)  # fmt: skip
             if len(self._metas) >= _METAS:
                 self._metas.clear()
-            self._metas[id(live)] = meta
+            self._metas[id(version)] = meta
         self._meta = meta
         return meta
 

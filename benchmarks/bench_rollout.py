@@ -5,12 +5,16 @@
 HTTP req/s on this machine swings more than the 1 % being looked for, so the app is driven
 in-process (as bench_batch_default.py does: `create_app`, the benchmark actor, TorchScript, one
 ASGI call per request, torch threads 1) and its CPU time per `/rl/predict` request (c=1, one
-state of 32 values) is set against the CPU time of the calls a request would add, measured in
-the same blocks (alternating, medians over the blocks):
+state of 32 values; the request path as it is, rollout included) is set against the CPU time of
+what the rollout adds to it, each piece called as the request path calls it, on the server's own
+objects, in the same blocks (alternating, medians over the blocks):
 
-    StateBuffer.record(rows)       the shadow states (--shadow-states 256)
-    RequestIds.issue(sha256)       the signed request id every response carries
-    Canary.route() / route(sid)    which version answers (no canary; a canary with a session)
+    handle.buffer.record(rows)     the shadow states (--shadow-states 256, the default)
+    runtime.ids.issue(sha256)      the signed request id every answer carries, and its header
+    header scan                    the fast lane reading two more headers (X-Model-Version,
+                                   X-Session-Id) over a request's usual ones: its scan now
+                                   against the one before (each on fresh header objects)
+    Canary.pick(sid)               which version answers, only with --canary-fraction > 0
 
 It also prints the resident memory of one version of the benchmark actor (`model_bytes`).
 """
@@ -42,8 +46,44 @@ def _cpu_per_call(f: Callable[[], object], n: int) -> float:
     return (time.thread_time_ns() - c0) / n
 
 
+_HEADERS = [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*"), (b"accept-encoding", b"gzip"),
+            (b"connection", b"keep-alive"), (b"user-agent", b"python-httpx/0.28"),
+            (b"content-length", b"200"), (b"content-type", b"application/json")]  # fmt: skip
+
+
+def _scan_before(headers: list[tuple[bytes, bytes]]) -> object:
+    length = authorization = header_length = None
+    for key, value in headers:
+        if key == b"content-length":
+            length = value
+        elif key == b"authorization":
+            authorization = value
+        elif key == b"inference-header-content-length":
+            header_length = value
+    return length, authorization, header_length
+
+
+_READ = {b"content-length": 0, b"authorization": 1, b"inference-header-content-length": 2,
+         b"x-model-version": 3, b"x-session-id": 4}  # fmt: skip
+
+
+def _scan_now(headers: list[tuple[bytes, bytes]]) -> object:
+    found: list[bytes | None] = [None, None, None, None, None]  # one slot per _READ entry
+    read = _READ.get
+    for key, value in headers:
+        slot = read(key)
+        if slot is not None:
+            found[slot] = value
+    return found
+
+
+def _fresh(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers as new objects, as each request's are (a bytes object caches its hash)."""
+    return [(bytes(bytearray(k)), v) for k, v in headers]
+
+
 async def measure(blocks: int, requests: int) -> None:
-    from ckptserve.rollout import Canary, CanaryConfig, RequestIds, StateBuffer, model_bytes
+    from ckptserve.rollout import Canary, CanaryConfig, model_bytes
     from ckptserve.server.app import create_app
     from ckptserve.server.settings import ModelSpec, Settings
 
@@ -54,23 +94,27 @@ async def measure(blocks: int, requests: int) -> None:
         body = json.dumps({"state": [0.1] * OBS}).encode()
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(app.app.router.lifespan_context(app.app))
-            registry = app.state.runtime.models["actor"].registry
+            runtime = app.state.runtime
+            handle = runtime.models["actor"]
+            registry = handle.registry
             deadline = time.monotonic() + 60
             while registry.current is None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the model did not load within 60 s")
                 await asyncio.sleep(0.01)
             live = registry.current
-            buffer, ids = StateBuffer(256), RequestIds(os.urandom(32))
-            idle, running = Canary(CanaryConfig(fraction=0.1)), Canary(CanaryConfig(fraction=0.1))
+            buffer, ids = handle.buffer, runtime.ids
+            assert buffer is not None and buffer.size == 256, "the default --shadow-states"
+            running = Canary(CanaryConfig(fraction=0.1))
             running.start(live, live)
             rows = [[0.1] * OBS]
             sha = live.version.sha256
             calls: dict[str, Callable[[], object]] = {
-                "StateBuffer.record": lambda: buffer.record(rows),
-                "RequestIds.issue": lambda: ids.issue(sha),
-                "Canary.route() (none running)": idle.route,
-                "Canary.route(session) (running)": lambda: running.route("episode-17"),
+                "handle.buffer.record(rows)": lambda: buffer.record(rows),
+                "runtime.ids.issue + header": lambda: ids.issue(sha).encode(),
+                "header scan (before)": lambda: _scan_before(_fresh(_HEADERS)),
+                "header scan (now)": lambda: _scan_now(_fresh(_HEADERS)),
+                "Canary.pick(session) (--canary-fraction > 0)": lambda: running.pick("ep-17"),
             }
             loop = asyncio.get_running_loop()
             for _ in range(requests):  # warm-up
@@ -86,16 +130,20 @@ async def measure(blocks: int, requests: int) -> None:
                     per_call[name].append(_cpu_per_call(f, 20_000))
             resident = model_bytes(live.model)
     request = statistics.median(per_request)
+    ns = {name: statistics.median(values) for name, values in per_call.items()}
+    scan = ns.pop("header scan (now)") - ns.pop("header scan (before)")
+    ns = {**dict(list(ns.items())[:2]), "header scan: the two added headers": scan,
+          **dict(list(ns.items())[2:])}  # fmt: skip
     print(f"Machine: {machine()}; {blocks} blocks of {requests} requests\n")
     print(f"/rl/predict in-process, CPU per request (c=1): {request / 1e3:.1f} µs\n")
     print("| call | CPU per call | share of a request |\n|---|---|---|")
     every = 0.0
-    for name, values in per_call.items():
-        ns = statistics.median(values)
-        if name != "Canary.route(session) (running)":
-            every += ns
-        print(f"| {name} | {ns:.0f} ns | {ns / request:.2%} |")
-    print(f"| every request (record + issue + route) | {every:.0f} ns | {every / request:.2%} |")
+    for name, value in ns.items():
+        if "canary" not in name:
+            every += value
+        print(f"| {name} | {value:.0f} ns | {value / request:.2%} |")
+    print(f"| every request (record + id + scan) | {every:.0f} ns | {every / request:.2%} |")
+    print("\n(the id's field in the response body adds what orjson takes for one ~60-byte string)")
     print(f"\nOne resident version of the benchmark actor: {resident} bytes")
 
 

@@ -39,10 +39,13 @@ def test_every_serve_flag_sets_exactly_one_field() -> None:
     assert set(RegistrySettings.model_fields) == set(SETTABLE)
 
 
-@pytest.mark.parametrize("secret", ["--admin-token", "--signing-key", "--signing-keys"])
+@pytest.mark.parametrize(
+    "secret",
+    ["--admin-token", "--signing-key", "--signing-keys", "--feedback-secret", "--feedback-token"],
+)
 def test_secrets_are_never_flags(secret: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Command lines are visible in `ps`: the admin token and the signing keys come only from
-    the environment."""
+    """Command lines are visible in `ps`: the admin token, the signing keys and the feedback
+    secret and token come only from the environment."""
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "models/", secret, "x"])
     assert exit_info.value.code == 2
@@ -125,9 +128,13 @@ def test_worker_settings_round_trip_without_secrets(monkeypatch: pytest.MonkeyPa
     from its environment."""
     monkeypatch.setenv("CKPTSERVE_SIGNING_KEY", "s3cret")
     monkeypatch.setenv("CKPTSERVE_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("CKPTSERVE_FEEDBACK_SECRET", "f33dback")
+    monkeypatch.setenv("CKPTSERVE_FEEDBACK_TOKEN", "r3ward")
     settings = Settings(swap="background", obs_low=[-1.0, -2.0], allow_formats=("export",), port=1)
+    assert settings.feedback_secret is not None and settings.feedback_token is not None
     raw = settings.to_env()
-    assert "s3cret" not in raw and "t0ken" not in raw and "signing" not in raw
+    for secret in ("s3cret", "t0ken", "signing", "f33dback", "r3ward", "feedback"):
+        assert secret not in raw, (secret, raw)
     worker = Settings(**json.loads(raw))
     assert worker.registry == settings.registry and worker.port == 1
     assert worker.registry_options().signing_key == "s3cret"
@@ -181,3 +188,40 @@ def test_preflight_checks_paths_without_building_a_registry(
     monkeypatch.setenv("CKPTSERVE_SIGNING_KEY", "k")
     with pytest.raises(StartupError, match="a signature is required"):
         _preflight(build_settings([str(tmp_path / "actor_latest.pt")], {"require_signature": True}))
+
+
+def test_the_rollout_options_are_declared_with_their_defaults_and_bounds() -> None:
+    """keep_versions, shadow_states, the guard's limits, the canary and the follow rule are
+    registry options like the others: defaults as docs/rollout.md says, bounds refused."""
+    options = RegistryOptions()
+    assert (options.keep_versions, options.shadow_states, options.sign_dead_band) == (2, 256, 0.05)
+    assert options.max_divergence is None and options.max_sign_flips is None
+    assert (options.canary_fraction, options.canary_seconds) == (0.0, 60.0)
+    assert (options.canary_metric, options.follow) == ("none", "latest")
+    for bad in ({"keep_versions": 0}, {"shadow_states": -1}, {"max_sign_flips": 1.5},
+                {"canary_fraction": -0.1}, {"canary_seconds": 0}, {"sign_dead_band": float("inf")},
+                {"max_divergence": float("nan")}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RegistryOptions(**bad)
+
+
+@pytest.mark.parametrize("rule", ["latest", "max:eval_return", "min:loss"])
+def test_a_follow_rule_is_accepted_as_written(rule: str) -> None:
+    assert RegistryOptions(follow=rule).follow == rule
+    assert build_settings(["models/"], {"follow": rule}).registry.follow == rule
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [("follow", "best", "--follow is 'latest', 'max:<metadata key>'"),
+     ("follow", "max:", "--follow is"), ("canary_metric", "latency", "'none' or 'reward'")],
+)  # fmt: skip
+def test_a_bad_follow_rule_or_canary_metric_is_refused_where_it_is_written(
+    field: str, value: str, says: str
+) -> None:
+    """RegistryOptions refuses it when built, and `serve` says which flag is wrong."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        RegistryOptions(**{field: value})
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(StartupError, match=f"invalid {flag}"):
+        build_settings(["models/"], {field: value})

@@ -134,7 +134,7 @@ def test_metadata_round_trips_through_every_format(fmt, tmp_path):
         "action_dim": 1,
         "format": fmt,
         "created_at": loaded.metadata["created_at"],
-        "run_id": loaded.metadata["run_id"],
+        "run_id": loaded.metadata["run_id"],  # a new run: the directory had no manifest
     }
     assert datetime.fromisoformat(loaded.metadata["created_at"]).tzinfo is not None
     manifest = json.loads((tmp_path / "actor_latest.json").read_text())

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ._codec import one_line
 from .errors import CheckpointError, ValidationError
+from .rollout.shadow import Divergence
 from .sources import Snapshot
 from .versions import LoadAttempt, LoadResult
 
@@ -38,14 +39,16 @@ class AttemptLog(Generic[Owner]):
         self.listeners: list[Callable[[Owner, LoadAttempt], None]] = []
 
     def loaded(
-        self, owner: Owner, snapshot: Snapshot, *, started: float, forced: bool, unchanged: bool
-    ) -> LoadAttempt:
-        """Record a swap ("ok", which clears the last error) or the same bytes again ("unchanged")."""
+        self, owner: Owner, snapshot: Snapshot, *, started: float, forced: bool, unchanged: bool,
+        shadow: Divergence | None = None,
+    ) -> LoadAttempt:  # fmt: skip
+        """Record a swap ("ok", which clears the last error) or the same bytes again ("unchanged");
+        `shadow`: the judge's comparison with the live model, if it ran."""
         if not unchanged:
             self.last_error, self.last_exc = None, None
         result: LoadResult = "unchanged" if unchanged else "ok"
         name, sha256 = _shown(snapshot)
-        return self._record(owner, result, name, sha256, None, started, forced)
+        return self._record(owner, result, name, sha256, None, started, forced, shadow)
 
     def superseded(
         self, owner: Owner, snapshot: Snapshot, *, started: float, forced: bool
@@ -66,6 +69,7 @@ class AttemptLog(Generic[Owner]):
         *,
         started: float,
         forced: bool,
+        shadow: Divergence | None = None,
     ) -> LoadAttempt:
         """Record a checkpoint that failed to load ("failed") or was refused ("rejected")."""
         result: LoadResult = "rejected" if isinstance(error, ValidationError) else "failed"
@@ -82,7 +86,7 @@ class AttemptLog(Generic[Owner]):
             "key": snapshot.key.to_dict() if snapshot is not None and shown_key else None,
             "at": time.time(),
         }
-        return self._record(owner, result, checkpoint, sha256, reason, started, forced)
+        return self._record(owner, result, checkpoint, sha256, reason, started, forced, shadow)
 
     def _record(
         self,
@@ -93,21 +97,26 @@ class AttemptLog(Generic[Owner]):
         reason: str | None,
         started: float,
         forced: bool,
+        shadow: Divergence | None = None,
     ) -> LoadAttempt:
         duration = time.perf_counter() - started
-        attempt = LoadAttempt(result, checkpoint, sha256, reason, duration, time.time(), forced)
+        figures = shadow.to_dict() if shadow is not None else None
+        attempt = LoadAttempt(result, checkpoint, sha256, reason, duration, time.time(), forced,
+                              figures)  # fmt: skip
         self.history.append(attempt)
         self.count += 1
         level = logging.WARNING if result in ("failed", "rejected") else logging.INFO
         log.log(
             level,
-            "load %s: %s %s",
+            "load %s: %s %s%s",
             result,
             checkpoint,
             reason or f"sha256={(sha256 or '')[:12]} in {duration * 1000:.1f} ms",
+            f"; shadow {shadow.summary()}" if shadow is not None else "",
             extra={
                 "model": self.model, "checkpoint": checkpoint, "sha256": sha256,
                 "result": result, "duration": round(duration, 6), "reason": reason,
+                "divergence": figures,
             },
         )  # fmt: skip
         for listener in self.listeners:

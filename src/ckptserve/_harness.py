@@ -15,6 +15,8 @@ from ._watching import Outcome, Watch, advance
 from .errors import CheckpointError
 from .loading import LiveModel, load_candidate
 from .options import RegistryOptions
+from .rollout.judging import Judge
+from .rollout.shadow import Divergence
 from .sources import Snapshot
 from .versions import LoadAttempt
 
@@ -29,6 +31,7 @@ class Passed:
     snapshot: Snapshot
     started: float
     now: float
+    shadow: Divergence | None = None  # the judge's comparison with the live model
 
 
 def move(watch: Watch, outcome: Outcome, token: Hashable | None, sha256: str | None,
@@ -51,12 +54,12 @@ def try_load(
     reload: bool,
     force: bool,
     closed: Callable[[], bool],
-    judge: Callable[..., object] | None = None,
+    judge: Judge | None = None,
     chosen: bool = False,
 ) -> Passed | LoadAttempt | None:
     """Fetch, load and validate what `watch` names now (read under `token`).
 
-    `judge(candidate, live, force=...)` (rollout.Judge.judge) then decides whether the candidate
+    `judge.judge(candidate, live, force=...)` (rollout.Judge) then decides whether the candidate
     may replace the live model: it raises ValidationError to refuse it (recorded as rejected).
     `chosen` (a forced reload or a pin: an admin picked this version) takes it past the judge's
     marks, order and guard; `force` alone also unlocks the live model's sizes.
@@ -68,6 +71,7 @@ def try_load(
     started = time.perf_counter()
     now = time.monotonic()
     snapshot: Snapshot | None = None
+    before = judge.last if judge is not None else None
     try:
         if token is None:
             raise FileNotFoundError(str(source.path))
@@ -81,7 +85,7 @@ def try_load(
             served=None if force or live is None else live.expect,
         )  # fmt: skip
         if judge is not None:
-            judge(candidate, live, force=force or chosen)
+            judge.judge(candidate, live, force=force or chosen)
     except Exception as exc:
         if isinstance(exc, FileNotFoundError) and source.token() is None:
             move(watch, Outcome.MISSING, None, None, now)
@@ -95,7 +99,7 @@ def try_load(
         # new token and tries again at once instead of waiting out retry_after.
         move(watch, Outcome.FAILED, token, snapshot.sha256 if snapshot else None, now)
         return attempts.failed(owner, error, snapshot, source.path, started=started,
-                               forced=reload)  # fmt: skip
+                               forced=reload, shadow=_shadow(judge, before))  # fmt: skip
     # The stat key read again after the load: if the file moved while we read it (a newer
     # publish, a slow writer or a replace racing us), what we loaded may be a mix; discard it
     # and look at the newer one next.
@@ -105,4 +109,10 @@ def try_load(
             return None
         move(watch, Outcome.SUPERSEDED, snapshot.token, None, now)
         return attempts.superseded(owner, snapshot, started=started, forced=reload)
-    return Passed(candidate, snapshot, started, now)
+    return Passed(candidate, snapshot, started, now, _shadow(judge, before))
+
+
+def _shadow(judge: Judge | None, before: object) -> Divergence | None:
+    """The figures of the verdict this attempt got (None: it did not reach the judge)."""
+    verdict = judge.last if judge is not None else None
+    return verdict.divergence if verdict is not None and verdict is not before else None

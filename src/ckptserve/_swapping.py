@@ -22,6 +22,8 @@ from .errors import CheckpointError
 from .fallback import Fallback, FallbackSearch
 from .loading import LiveModel
 from .options import RegistryOptions
+from .rollout.canary import Canary, CanaryConfig, CanaryDecision
+from .rollout.follow import FollowRule, published
 from .rollout.judging import Judge
 from .rollout.resident import ResidentVersions
 from .sources import Source
@@ -33,6 +35,8 @@ log = logging.getLogger("ckptserve.registry")
 
 #: Loads in one step after the first was superseded (a writer that never stops gets no more).
 _SUPERSEDED_TRIES = 2
+#: --follow max:/min: the best checkpoints tried in one step when the best fails to load.
+_BEST_TRIES = 3
 
 
 class Swapper:
@@ -47,11 +51,15 @@ class Swapper:
         attempts: AttemptLog[Any],
         copies: PrivateCopies,
         judge: Judge | None = None,
-        resident: ResidentVersions[LiveModel] | None = None,
     ) -> None:
         self._owner = owner  # passed to attempt listeners
-        self.judge = judge  # rollout: judged before a swap (marks, order, shadow, guard)
-        self.resident = resident  # rollout: the last good versions, kept loaded
+        if judge is None:  # marks, order, shadow and guard as the options say
+            model_dir = follow.earlier()[0]
+            judge = Judge.from_options(options, name=attempts.model, model_dir=model_dir,
+                                       device=device)  # fmt: skip
+        self.judge = judge  # rollout: judged before a swap
+        # rollout: the last good versions, kept loaded
+        self.resident: ResidentVersions[LiveModel] = ResidentVersions(options.keep_versions)
         self._follow = follow
         self._options = options
         self._device = device
@@ -68,7 +76,32 @@ class Swapper:
         self.fallback: Fallback | None = None  # what is served while the newest cannot be
         self.load_count = 0
         self.closed = False
-        self._rolling_back = threading.Lock()  # serialises roll_back (see there)
+        self._rolling_back = threading.Lock()  # serialises roll_back and promote (see there)
+        self.rule = FollowRule.parse(options.follow)
+        self._passed_over: set[str] = set()  # --follow max/min: best ones that failed to load
+        self.canary: Canary[LiveModel] | None = None  # --canary-fraction > 0
+        if options.canary_fraction > 0:
+            self.canary = Canary(CanaryConfig(options.canary_fraction, options.canary_seconds,
+                                              options.canary_metric))  # fmt: skip
+
+    def status(self, model_path: str) -> dict[str, Any]:
+        """What is served and why, for `registry.status()` (`model_path`: as it was given)."""
+        live, serving = self.live, self.serving
+        version = live.version if live is not None else None
+        history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
+        health = getattr(serving.source, "health", None)  # a polled source (s3://, --nfs)
+        return {
+            "loaded": version is not None,
+            "model_path": getattr(serving.source, "url", model_path),
+            "load_count": self.load_count, "last_mtime": version.mtime if version else 0.0,
+            "version": version.to_dict() if version else None,
+            "last_error": self._attempts.last_error, "file_missing": serving.missing,
+            "pinned": str(self.pinned) if self.pinned is not None else None,
+            "fallback": self.fallback.to_dict() if self.fallback is not None else None,
+            "source": serving.source.kind, "phase": serving.state.phase.value,
+            "source_health": health() if health is not None else None,
+            "follow": str(self.rule), "history": [a.to_dict() for a in history],
+        }  # fmt: skip
 
     def step(self, *, reload: bool, force: bool) -> LoadAttempt | None:
         """Look at the served source and do what `next_action` says; the attempt made, if any."""
@@ -96,12 +129,51 @@ class Swapper:
             if digest is None or digest == watch.state.sha256:
                 move(watch, Outcome.VERIFIED, token, watch.state.sha256, now)
                 return None
-        attempt = self.load(watch, token, reload=reload, force=force)
+        if self.rule.key is not None and watch is self._follow.watched:
+            attempt = self._follow_best(watch, token, now, reload=reload, force=force)
+        else:
+            attempt = self.load(watch, token, reload=reload, force=force)
         for _ in range(_SUPERSEDED_TRIES):  # a newer write replaced what was read: take it now
             if attempt is None or attempt.result != "superseded":
                 break
             attempt = self.load(watch, watch.token(), reload=reload, force=force)
         self._fall_back_if_nothing_live()
+        return attempt
+
+    def _follow_best(
+        self, watch: Watch, token: Any, now: float, *, reload: bool, force: bool
+    ) -> LoadAttempt | None:
+        """--follow max:/min:<key>: the watched path changed (a publish), so look at every
+        published checkpoint's record and serve the best one, unless it is served already.
+        While none has a number under the key, the watched (newest) one is served."""
+        directory, prefix = self._follow.earlier()
+        digest = watch.source.digest()
+        attempt = None
+        for _ in range(_BEST_TRIES):
+            try:
+                found = [p for p in published(directory, prefix)
+                         if p.checkpoint not in self._passed_over]  # fmt: skip
+            except OSError:
+                found = []
+            best = self.rule.best(found)
+            if best is None:
+                if attempt is not None:  # every candidate failed: keep what is served
+                    break
+                return self.load(watch, token, reload=reload, force=force)
+            live = self.live
+            if not reload and live is not None and best.sha256 == live.version.sha256:
+                move(watch, Outcome.LOADED, token, digest, now)
+                return None
+            chosen = self._follow.watch(self._follow.checkpoint_source(directory / best.checkpoint))
+            attempt = self.load(chosen, chosen.token(), reload=reload, force=force)
+            if attempt is not None and attempt.result in ("ok", "unchanged"):
+                self.fallback = None
+                move(watch, Outcome.LOADED, token, digest, now)
+                return attempt
+            if len(self._passed_over) >= 1000:
+                self._passed_over.clear()
+            self._passed_over.add(best.checkpoint)
+        move(watch, Outcome.FAILED, token, digest, now)
         return attempt
 
     def load(
@@ -153,7 +225,7 @@ class Swapper:
         flight meanwhile swaps its candidate in as it would have; nothing else is touched."""
         with self._rolling_back:
             live, resident = self.live, self.resident
-            if live is None or live.version.sha256 != sha256 or resident is None:
+            if live is None or live.version.sha256 != sha256:
                 return None
             previous = resident.previous(sha256)
             if previous is None:
@@ -166,13 +238,31 @@ class Swapper:
             extra={"model": self._attempts.model, "checkpoint": live.version.checkpoint,
                    "sha256": sha256, "result": "rolled_back", "reason": reason},
         )  # fmt: skip
-        marks = self.judge.marks if self.judge is not None else None
+        self.mark_bad(live, reason)
+        return previous
+
+    def promote(self, canary: LiveModel) -> None:
+        """Make `canary` (its window ended cleanly) the live version and the newest resident."""
+        with self._rolling_back:
+            self.live = canary
+            self.resident.add(canary)
+
+    def ended(self, decision: CanaryDecision | None) -> None:
+        """Log what became of a canary (the host applies it: Rollout)."""
+        if decision is not None:
+            level = logging.INFO if decision.action == "promote" else logging.WARNING
+            log.log(level, "canary %s: %s: %s", decision.canary, decision.action, decision.reason,
+                    extra={"model": self._attempts.model, "result": f"canary_{decision.action}",
+                           "reason": decision.reason})  # fmt: skip
+
+    def mark_bad(self, bad: LiveModel, reason: str) -> None:
+        """Remember in the judge's marks (if kept) that `bad` misbehaved: it is not loaded again."""
+        marks = self.judge.marks
         if marks is not None:
             try:
-                marks.mark(sha256, checkpoint=live.version.checkpoint, reason=reason)
+                marks.mark(bad.version.sha256, checkpoint=bad.version.checkpoint, reason=reason)
             except OSError:
-                log.exception("could not mark %s bad in %s", live.version.tag, marks.directory)
-        return previous
+                log.exception("could not mark %s bad in %s", bad.version.tag, marks.directory)
 
     def look_again(self) -> None:
         """Make the next step look at the served source as if a retry or a verify were due."""
@@ -181,19 +271,33 @@ class Swapper:
     def _load(
         self, watch: Watch, token: Any, *, reload: bool, force: bool, chosen: bool
     ) -> LoadAttempt | None:
-        judge = self.judge
         result = try_load(
             watch, token, live=self.live, copies=self._copies, options=self._options,
             device=self._device, attempts=self._attempts, owner=self._owner, reload=reload,
-            force=force, closed=lambda: self.closed,
-            judge=judge.judge if judge is not None else None, chosen=chosen,
+            force=force, closed=lambda: self.closed, judge=self.judge, chosen=chosen,
         )  # fmt: skip
         if not isinstance(result, Passed):
             return result
         candidate, snapshot = result.candidate, result.snapshot
         self._copies.keep_while(candidate.version.sha256, candidate.model)
-        self.live = candidate
-        if self.resident is not None:
+        canary, live = self.canary, self.live
+        if (
+            canary is not None
+            and live is not None
+            and not (force or chosen)
+            and (candidate.version.sha256 != live.version.sha256)
+        ):
+            self.ended(canary.start(candidate, live))  # instead of going live: a share first
+            log.info(
+                "canary %s answers %.0f%% of requests for %g s beside %s", candidate.version.tag,
+                canary.config.fraction * 100, canary.config.seconds, live.version.tag,
+                extra={"model": self._attempts.model, "checkpoint": candidate.version.checkpoint,
+                       "sha256": candidate.version.sha256, "result": "canary"},
+            )  # fmt: skip
+        else:
+            if canary is not None:
+                self.ended(canary.stop(f"{candidate.version.tag} went live without a canary"))
+            self.live = candidate
             self.resident.add(candidate)
         self.load_count += 1
         self._follow.vouch(watch.source, snapshot)
@@ -201,7 +305,7 @@ class Swapper:
             self.fallback = None
         move(watch, Outcome.LOADED, snapshot.token, snapshot.sha256, result.now)
         attempt = self._attempts.loaded(self._owner, snapshot, started=result.started,
-                                        forced=reload, unchanged=False)  # fmt: skip
+                                        forced=reload, unchanged=False, shadow=result.shadow)  # fmt: skip
         self._copies.prune(keep=candidate.version.sha256)
         return attempt
 

@@ -270,11 +270,18 @@ def inspect(file: Path, factory: str | None, obs_dim: int | None, as_json: bool)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--directory", type=click.Path(file_okay=False), help="Where checkpoints go.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
-def demo(host: str, port: int, directory: str | None, duration: float | None) -> None:
+@click.option(
+    "--broken-step", type=click.IntRange(min=1), help="Also publish a broken checkpoint (every "
+    "action negated) at this step, and serve with the guard that refuses it.",
+)  # fmt: skip
+def demo(
+    host: str, port: int, directory: str | None, duration: float | None, broken_step: int | None
+) -> None:
     """Train a small SAC agent and serve it while it learns (the whole loop on one machine)."""
     from .demo.runner import run_demo
 
-    sys.exit(run_demo(host=host, port=port, directory=directory, duration=duration))
+    sys.exit(run_demo(host=host, port=port, directory=directory, duration=duration,
+                      broken_step=broken_step))  # fmt: skip
 
 
 @cli.command()

@@ -12,6 +12,7 @@ this module imports neither torch nor pydantic.
 # ruff: noqa: RUF009 (`_option` is `dataclasses.field` with a declaration; defaults are immutable)
 
 import dataclasses
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,22 @@ from typing import Any, Literal, Protocol, get_args, get_origin
 
 from .naming import FORMAT_NAMES
 
-__all__ = ["OPTIONS", "BoundSpec", "Loader", "Option", "RegistryOptions", "SwapMode"]
+__all__ = [
+    "OPTIONS",
+    "SIGN_DEAD_BAND",
+    "BoundSpec",
+    "CanaryMetric",
+    "Loader",
+    "Option",
+    "RegistryOptions",
+    "SwapMode",
+    "parse_follow",
+]
 
 SwapMode = Literal["sync", "background"]
+CanaryMetric = Literal["none", "reward"]
+#: Actions within this distance of 0 never count as a sign flip (`--sign-dead-band`).
+SIGN_DEAD_BAND = 0.05
 Number = float | int
 #: A bound: one number for every dimension, one number per dimension, or None (unbounded).
 BoundSpec = Number | Sequence[Number] | None
@@ -94,6 +108,39 @@ def _loader_or_auto(value: object) -> None:
             f"loader must be 'auto' or a Loader, not {value!r}: for a factory use "
             f"loader=state_dict_loader({value!r})"
         )
+
+
+def parse_follow(text: str) -> tuple[Literal["latest", "max", "min"], str | None]:
+    """`--follow`: "latest" -> ("latest", None), "max:<key>" -> ("max", key), "min:<key>" ->
+    ("min", key). The one parser of the rule (rollout.FollowRule.parse builds on it).
+
+    Raises:
+        ValueError: anything else, saying what is accepted.
+    """
+    if text == "latest":
+        return "latest", None
+    mode, _, key = text.partition(":")
+    if key and mode == "max":
+        return "max", key
+    if key and mode == "min":
+        return "min", key
+    raise ValueError(
+        f"--follow is 'latest', 'max:<metadata key>' or 'min:<metadata key>', not {text!r}"
+    )
+
+
+def _follow_rule(value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"follow is a rule written as text, not {value!r}")
+    parse_follow(value)
+
+
+def _finite(name: str) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, not {value!r}")
+
+    return check
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +246,46 @@ class RegistryOptions:
     nfs: bool = _option(
         False, "The model directory is on a shared file system (NFS): its attributes are polled "
         "by a thread of its own every --check-interval (1 s when 0), past the attribute cache.",
+    )  # fmt: skip
+    # ---- safe rollout (docs/rollout.md) ----
+    keep_versions: int = _option(
+        2, "How many good versions stay loaded (the live one included): a request may name any "
+        "of them, and a rollback goes back to one without a load.", ge=1,
+    )  # fmt: skip
+    shadow_states: int = _option(
+        256, "How many recent request states are kept to run a candidate on beside the live "
+        "model before a swap (0: no shadow comparison).", ge=0,
+    )  # fmt: skip
+    sign_dead_band: float = _option(
+        SIGN_DEAD_BAND, "Actions within this distance of 0 never count as a sign flip.", ge=0,
+        check=_finite("sign_dead_band"),
+    )  # fmt: skip
+    max_divergence: float | None = _option(
+        None, "Refuse a candidate whose mean absolute action difference from the live model over "
+        "the buffered states is above this.", ge=0, check=_finite("max_divergence"),
+        default_text="off",
+    )  # fmt: skip
+    max_sign_flips: float | None = _option(
+        None, "Refuse a candidate whose actions change sign (outside the dead band) on more than "
+        "this share (0-1) of the buffered states.", ge=0, le=1, default_text="off",
+    )  # fmt: skip
+    canary_fraction: float = _option(
+        0.0, "A candidate that passed the checks first answers this share of requests (sticky "
+        "per X-Session-Id) before it goes live (0: no canary, it goes live at once).", ge=0, le=1,
+    )  # fmt: skip
+    canary_seconds: float = _option(
+        60.0,
+        "How long a canary answers its share before it is promoted.",
+        gt=0,
+        check=_finite("canary_seconds"),
+    )
+    canary_metric: CanaryMetric = _option(
+        "none", "none: a canary is promoted when its window ends without failures; reward: also "
+        "only when its rewards (POST /rl/feedback) are not worse than the live version's.",
+    )  # fmt: skip
+    follow: str = _option(
+        "latest", "Which published checkpoint is served: latest, max:<metadata key> (e.g. "
+        "max:eval_return) or min:<metadata key> (e.g. min:loss).", check=_follow_rule,
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ from .naming import (
     record_for,
     suffix_for,
 )
+from .rollout.follow import FollowRule, published
 from .rollout.ordering import run_id_for
 from .statedir import STATE_DIR_ENV, pinned_in
 
@@ -150,10 +151,19 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
-def _retain(directory: Path, name: str, keep: int, live: Path, state_dir: str | None) -> None:
+#: The variable `publish()` reads the servers' follow rule from when given none (the one
+#: `ckptserve serve --follow` reads too).
+FOLLOW_ENV = "CKPTSERVE_FOLLOW"
+
+
+def _retain(directory: Path, name: str, keep: int, live: Path, state_dir: str | None,
+            rule: FollowRule) -> None:  # fmt: skip
     """Remove the timestamped checkpoints beyond the `keep` newest, each with its record, but
-    never the live one nor one a server has pinned (its pins are in its state directory)."""
+    never the live one, one a server has pinned (its pins are in its state directory), nor the
+    best one under the servers' follow rule (`--follow max:<key>`)."""
     spared = {live.name} | (pinned_in(state_dir, directory) if state_dir else set())
+    if rule.key is not None:
+        spared |= rule.protected(published(directory, name))
     for old in list_checkpoints(directory, name)[keep:]:
         if old.name not in spared:
             _unlink(record_for(old))
@@ -173,6 +183,7 @@ def publish(
     state_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
     new_run: bool = False,
+    follow: str | None = None,
 ) -> Path:
     """Publish a checkpoint atomically and return the path of the new timestamped file.
 
@@ -198,6 +209,9 @@ def publish(
         run_id, new_run: the run the checkpoint belongs to (metadata `run_id`): by default the
             one the directory's manifest names, so a trainer restarted from scratch is the same
             run and its lower steps are refused as regressions; `new_run=True` starts a new one.
+        follow: the servers' `--follow` rule ("max:eval_return"), so retention never removes
+            the checkpoint they serve as the best; defaults to `$CKPTSERVE_FOLLOW` (the
+            variable the server reads too), else "latest".
 
     Example:
         publish(actor, "models/", metadata={"step": step, "eval_return": ret})
@@ -215,6 +229,7 @@ def publish(
         return Path(url.rpartition("/")[2])
     if keep < 1:
         raise ValueError("keep must be at least 1")
+    rule = FollowRule.parse(follow or os.environ.get(FOLLOW_ENV) or "latest")
     keyring = _keyring(signing_key)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -293,5 +308,6 @@ def publish(
     _fsync_dir(directory)
     if state_dir is None:
         state_dir = os.environ.get(STATE_DIR_ENV) or None
-    _retain(directory, name, keep, checkpoint, None if state_dir is None else os.fspath(state_dir))
+    _retain(directory, name, keep, checkpoint, None if state_dir is None else os.fspath(state_dir),
+            rule)  # fmt: skip
     return checkpoint

@@ -22,6 +22,7 @@ from typing import Any
 from ._attempts import AttemptLog
 from ._copies import PrivateCopies
 from ._following import Following
+from ._rollout import Rollout
 from ._swapping import Swapper
 from ._worker import BackgroundWorker
 from .errors import ModelNotAvailable
@@ -30,8 +31,6 @@ from .loading import LiveModel
 from .naming import model_name
 from .options import RegistryOptions
 from .rollout.judging import Judge
-from .rollout.marks import BadMarks
-from .rollout.resident import ResidentVersions
 from .scheduling import SWAP_POLICIES, SwapPolicy
 from .sources import Source
 from .versions import LoadAttempt, ModelVersion
@@ -52,10 +51,8 @@ class ModelRegistry:
         device: where models are loaded ("cpu", "cuda:0", ...).
         name: the model's name in logs and status (default: the name it was published under).
         options: a RegistryOptions; keyword overrides (check_interval=..., swap=...) apply on top.
-        judge: decides whether a loaded candidate may replace the live model (rollout.Judge:
-            bad marks, step order, shadow comparison, guard). Default: step order, and the marks
-            in `options.state_dir` when there is one.
-        keep_versions: how many good versions stay loaded (`resident`; the live one included).
+        judge: decides whether a loaded candidate may replace the live model (rollout.Judge);
+            default: the one the options describe (`Judge.from_options`).
 
     Example:
         registry = ModelRegistry("models/actor_latest.pt", swap="background")
@@ -70,7 +67,6 @@ class ModelRegistry:
         name: str | None = None,
         options: RegistryOptions | None = None,
         judge: Judge | None = None,
-        keep_versions: int = 2,
         **overrides: Any,
     ) -> None:
         self.options = options = replace(options or RegistryOptions(), **overrides)
@@ -88,16 +84,9 @@ class ModelRegistry:
         # each watch. Readers on the hot path never take it: they read the live handle and a
         # watch's state once each, both immutable and replaced whole.
         self._lock = threading.Lock()
-        if judge is None:
-            marks = None
-            if options.state_dir is not None:  # versions rolled back are not loaded again
-                model_dir = self.model_path if self.model_path.is_dir() else self.model_path.parent
-                marks = BadMarks(options.state_dir, self.name, model_dir=model_dir)
-            judge = Judge(device=device, marks=marks)
-        self.judge = judge
-        self.resident: ResidentVersions[LiveModel] = ResidentVersions(keep_versions)
-        self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
-                             self.judge, self.resident)  # fmt: skip
+        swap = self._swap = Swapper(self, follow, options, device, self._attempts, self._copies,
+                                    judge)  # fmt: skip
+        self.judge, self.resident, self.rollout = swap.judge, swap.resident, Rollout(swap)
 
     # ---- the hot path -------------------------------------------------------------------------
 
@@ -206,12 +195,8 @@ class ModelRegistry:
             log.exception("background load failed", extra={"model": self.name})
 
     def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
-        """Go back to the previous resident version at once, because the live one (`sha256`)
-        misbehaves on live traffic (e.g. non-finite actions on real states), and mark it bad in
-        the judge's marks, so it is not loaded again (across restarts). Returns the version now
-        live, or None when `sha256` is no longer live or no other version is resident. Does not
-        wait for a load in flight."""
-        return self._swap.roll_back(sha256, reason)
+        """Go back to the previous resident version at once, marking `sha256` bad (Rollout)."""
+        return self.rollout.roll_back(sha256, reason)
 
     def pin(self, path: str | os.PathLike[str], *, force: bool = False) -> LiveModel:
         """Serve the checkpoint at `path` (e.g. an older timestamped one) until `unpin()`,
@@ -283,24 +268,8 @@ class ModelRegistry:
 
     def status(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: the original fields plus version, errors and history."""
-        swap, version = self._swap, self.version
-        history = list(self._attempts.history)  # one C-level copy: a load may append meanwhile
-        health = getattr(swap.serving.source, "health", None)  # a polled source (s3://, --nfs)
-        return {
-            "name": self.name, "loaded": version is not None,
-            "model_path": getattr(swap.serving.source, "url", str(self.model_path)),
-            "load_count": swap.load_count, "last_mtime": version.mtime if version else 0.0,
-            "version": version.to_dict() if version else None,
-            "last_error": self._attempts.last_error, "file_missing": swap.serving.missing,
-            "pinned": str(swap.pinned) if swap.pinned is not None else None,
-            "fallback": swap.fallback.to_dict() if swap.fallback is not None else None,
-            "source": swap.serving.source.kind, "phase": swap.serving.state.phase.value,
-            "source_health": health() if health is not None else None,
-            "swap": self.policy.name, "loading": self.loading,
-            "history": [a.to_dict() for a in history],
-            "resident": self.resident.to_dict(version.sha256 if version else None),
-            "judged": [v.to_dict() for v in list(self.judge.history)],
-        }  # fmt: skip
+        head = {"name": self.name, "swap": self.policy.name, "loading": self.loading}
+        return {**head, **self._swap.status(str(self.model_path)), **self.rollout.status()}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no background load is in flight; True if idle within `timeout`."""

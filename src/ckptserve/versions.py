@@ -90,6 +90,9 @@ class LoadAttempt:
     duration: float
     at: float
     forced: bool = False
+    #: The shadow comparison's figures, when the judge compared it with the live model
+    #: (rollout.Divergence.to_dict()).
+    divergence: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -217,3 +217,164 @@ def test_a_registry_with_a_state_dir_keeps_its_marks_there(tmp_path, make_regist
     bad = registry.current
     registry.roll_back(bad.version.sha256, "NaN actions on live traffic")
     assert BadMarks(state, registry.name).is_bad(bad.version.sha256)
+
+
+def test_the_registry_builds_its_judge_from_the_options(tmp_path, make_registry):
+    """--max-divergence, --max-sign-flips, --shadow-states, --sign-dead-band, --state-dir and
+    --keep-versions reach the judge and the resident versions (no keyword arguments needed)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(
+        models, max_divergence=0.5, max_sign_flips=0.2, shadow_states=8, sign_dead_band=0.1,
+        state_dir=str(state), keep_versions=3,
+    )  # fmt: skip
+    judge = registry.judge
+    assert (judge.guard.max_divergence, judge.guard.max_sign_flips) == (0.5, 0.2)
+    assert judge.buffer is not None and judge.buffer.size == 8 and judge.dead_band == 0.1
+    assert judge.marks is not None and judge.marks.directory == state
+    assert registry.resident.keep == 3
+    off = make_registry(models, shadow_states=0)
+    assert off.judge.buffer is None and off.judge.marks is None
+
+
+def test_an_empty_shadow_buffer_records_no_divergence(tmp_path, make_registry):
+    """Before any request was recorded there is nothing to compare on: the verdict carries no
+    figures (rather than figures over zero states)."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path)
+    registry.check()
+    put(tmp_path, flipped(0))
+    assert registry.check().result == "ok"
+    assert registry.judge.last is not None and registry.judge.last.divergence is None
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "a condition"):
+    """Poll `check` until it returns something true, or fail after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_candidate_that_passed_the_judge_goes_to_the_canary_then_live(tmp_path, make_registry):
+    """--canary-fraction 0.5: the new version answers a share first (registry.current stays the
+    incumbent, the default handle); when its window ends cleanly, poll() promotes it."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, canary_fraction=0.5, canary_seconds=0.2)
+    registry.check()
+    first = registry.current
+    assert registry.rollout.poll() is None  # nothing runs
+    put(tmp_path, seeded_actor(1))
+    attempt = registry.check()
+    assert attempt is not None and attempt.result == "ok", attempt
+    canary = registry.rollout.canary
+    assert registry.current is first and canary.canary is not None and canary.incumbent is first
+    assert registry.rollout.find(canary.canary.version.tag) is canary.canary
+    assert registry.status()["canary"]["running"]["fraction"] == 0.5
+    decision = wait_until(registry.rollout.poll, what="the canary's window to end")
+    assert decision.action == "promote" and "clean for its 0.2 s window" in decision.reason
+    assert registry.current is decision.subject and registry.current is not first
+    assert registry.resident.versions()[-1] is registry.current
+    assert registry.status()["canary"]["decisions"][-1]["action"] == "promote"
+
+
+def test_a_canary_that_misbehaves_is_rolled_back_and_marked_bad(tmp_path, make_registry):
+    """misbehaved(canary) ends the canary at once; the incumbent stays live; the canary's
+    version is marked bad in --state-dir, so the same bytes are refused when seen again."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(models, canary_fraction=0.1, state_dir=str(state))
+    registry.check()
+    incumbent = registry.current
+    put(models, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    assert registry.rollout.misbehaved(canary, "NaN actions on live traffic") is incumbent
+    assert registry.rollout.canary.canary is None and registry.current is incumbent
+    assert BadMarks(state, registry.name).is_bad(canary.version.sha256)
+    attempt = registry.check(reload=True)
+    assert attempt is not None and attempt.result == "rejected" and "marked bad" in attempt.reason
+
+
+def test_a_forced_reload_goes_live_without_a_canary_and_ends_the_running_one(
+    tmp_path, make_registry
+):
+    """An admin's forced reload (or pin) is going live on purpose: no canary, and a canary that
+    runs is stopped (not marked bad)."""
+    models, state = tmp_path / "models", tmp_path / "state"
+    put(models, seeded_actor(0))
+    registry = make_registry(models, canary_fraction=0.5, state_dir=str(state))
+    registry.check()
+    put(models, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    assert canary is not None
+    put(models, seeded_actor(2))
+    assert registry.check(force=True).result == "ok"
+    assert registry.rollout.canary.canary is None
+    assert registry.current.version.sha256 != canary.version.sha256
+    assert not BadMarks(state, registry.name).is_bad(canary.version.sha256)
+    decision = registry.rollout.canary.history[-1]
+    assert decision.action == "roll_back" and "went live without a canary" in decision.reason
+
+
+@pytest.mark.parametrize(("canary_reward", "promoted"), [(0.0, False), (1.0, True)],
+                         ids=["worse", "equal"])  # fmt: skip
+def test_with_the_reward_metric_a_worse_canary_is_rolled_back_and_an_equal_one_promoted(
+    tmp_path, make_registry, canary_reward, promoted
+):
+    """--canary-metric reward: at the window's end both sides have 30 rewards; rewards of 0
+    against the incumbent's 1 roll it back (with the test's figures), equal ones promote it."""
+    from ckptserve.rollout import FeedbackStore, RequestIds
+
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, canary_fraction=0.5, canary_seconds=0.3,
+                             canary_metric="reward")  # fmt: skip
+    registry.check()
+    incumbent = registry.current
+    put(tmp_path, seeded_actor(1))
+    registry.check()
+    canary = registry.rollout.canary.canary
+    ids = RequestIds(b"k")
+    store = FeedbackStore(ids)
+    for i in range(30):
+        store.add(ids.issue(canary.version.sha256), canary_reward + (i % 3) * 0.01)
+        store.add(ids.issue(incumbent.version.sha256), 1.0 + (i % 3) * 0.01)
+    decision = wait_until(lambda: registry.rollout.poll(store), what="the canary's judgement")
+    assert (decision.action == "promote") is promoted, decision
+    assert decision.test is not None and decision.rewards["canary"]["count"] == 30
+    if promoted:
+        assert registry.current is canary
+    else:
+        assert registry.current is incumbent and "rewards worse" in decision.reason
+
+
+def test_each_judged_attempt_carries_its_shadow_figures_in_history_and_the_load_line(
+    tmp_path, make_registry, caplog
+):
+    """The shadow comparison's figures are in the load attempt (status history, the status
+    page's timeline) and its log line, for a candidate refused and one accepted alike."""
+    put(tmp_path, seeded_actor(0))
+    registry = make_registry(tmp_path, judge=Judge(guard=Guard(max_sign_flips=0.2),
+                                                   buffer=real_states()))  # fmt: skip
+    registry.check()
+    assert registry.history[-1].divergence is None  # nothing live to compare with
+    put(tmp_path, flipped(0))
+    with caplog.at_level("INFO", logger="ckptserve.registry"):
+        rejected = registry.check()
+    assert rejected.result == "rejected" and rejected.divergence["sign_flips"] > 0.2, rejected
+    assert registry.status()["history"][-1]["divergence"] == rejected.divergence
+    line = next(r for r in caplog.records if r.getMessage().startswith("load rejected"))
+    assert "; shadow over 64 buffered states: mean |Δaction|" in line.getMessage(), line
+    assert line.divergence == rejected.divergence
+    nudged = seeded_actor(0)
+    with torch.no_grad():
+        nudged.mu.bias.add_(0.001)  # the same policy, nearly: passes the guard
+    put(tmp_path, nudged)
+    accepted = registry.check()
+    assert accepted.result == "ok" and accepted.divergence["states"] == 64, accepted

@@ -24,14 +24,17 @@ def server(shared_server: tuple[ServerProcess, Path]) -> ServerProcess:
 
 def test_predict_returns_action_and_version_fields(server: ServerProcess) -> None:
     """The original response fields (`model_version` is the mtime) plus checkpoint, sha256,
-    `version` (the tag that X-Model-Version and OIP's `model_version` carry) and replica, and the
-    X-Model-Version and X-Replica headers."""
+    `version` (the tag that X-Model-Version and OIP's `model_version` carry), replica and
+    request_id, and the X-Model-Version, X-Replica and X-Request-Id headers."""
     r = server.client.post("/rl/predict", json=state())
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {
-        "action", "model_version", "version", "load_count", "checkpoint", "sha256", "replica"
+        "action", "model_version", "version", "load_count", "checkpoint", "sha256", "replica",
+        "request_id",
     }  # fmt: skip
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert body["request_id"].startswith(body["sha256"][:12] + ".")
     assert r.headers["x-replica"] == body["replica"] == f"{socket.gethostname()}:{server.proc.pid}"
     assert len(body["action"]) == 1 and isinstance(body["action"][0], float)
     assert isinstance(body["model_version"], float) and body["load_count"] >= 1

@@ -281,7 +281,10 @@ def test_demo_calls_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ckptserve.demo.runner", fake)
     code = run_main(["demo", "--port", "8123", "--directory", "/tmp/d", "--duration", "2"])
     assert code == 0
-    assert calls == [{"host": "127.0.0.1", "port": 8123, "directory": "/tmp/d", "duration": 2.0}]
+    assert calls == [{"host": "127.0.0.1", "port": 8123, "directory": "/tmp/d", "duration": 2.0,
+                      "broken_step": None}]  # fmt: skip
+    run_main(["demo", "--broken-step", "3000"])
+    assert calls[-1]["broken_step"] == 3000
 
 
 def test_options_come_from_the_environment(

@@ -15,7 +15,7 @@ from serverkit import OBS_DIM, InProcessServer, seeded, state, torch_script
 from ckptserve import publish
 from ckptserve.server import ModelSpec, Settings, create_app
 from ckptserve.server.fastlane import FastLane
-from ckptserve.server.routing import lane_paths, route_table
+from ckptserve.server.routing import lane_paths, lane_templates, route_table
 
 MakeServer = Callable[..., InProcessServer]
 
@@ -32,6 +32,17 @@ def test_lane_paths_are_the_lane_routes_once_per_served_model() -> None:
         "/v2/models/actor/infer": ("oip", "actor"),
         "/v2/models/critic/infer": ("oip", "critic"),
     }
+
+
+def test_versioned_lane_routes_are_matched_by_prefix_and_suffix_per_served_model() -> None:
+    """OIP's version path is the one lane route with a segment of its own: one template per
+    served model, never an exact path."""
+    table = route_table("/api")
+    assert lane_templates(table, ["actor", "critic"]) == [
+        ("/v2/models/actor/versions/", "/infer", "oip", "actor"),
+        ("/v2/models/critic/versions/", "/infer", "oip", "critic"),
+    ]
+    assert not any("versions" in path for path in lane_paths(table, ["actor"]))
 
 
 def test_fastapi_and_openapi_serve_exactly_the_table(tmp_path: Path) -> None:
@@ -77,6 +88,9 @@ def test_model_routes_never_enter_fastapi(
     for path, (lane, _) in lane_paths(route_table("/rl"), ["actor", "m1"]).items():
         r = server.client.post(path, json=INFER if lane == "oip" else state())
         assert r.status_code == 200 and r.headers["x-model-version"], (path, r.text)
+    sha = server.runtime.models["m1"].registry.version.sha256
+    r = server.client.post(f"/v2/models/m1/versions/{sha}/infer", json=INFER)
+    assert r.status_code == 200 and r.json()["parameters"]["sha256"] == sha, r.text
     assert entered == []
     assert server.client.get("/healthz").status_code == 200
     assert server.client.post("/rl/nobody/predict", json=state()).status_code == 404

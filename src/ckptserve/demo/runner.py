@@ -6,6 +6,11 @@ directory with background swaps. The runner talks to the server only over HTTP, 
 it polls `GET /rl/status`, prints one line per hot swap, and asks `POST /rl/predict` what the newly
 served policy does in two fixed probe states. Ctrl-C, SIGTERM or `duration` stop both children
 (SIGTERM to the group, SIGKILL after a deadline) and nothing is left running.
+
+`broken_step` (`ckptserve demo --broken-step N`): the trainer also publishes a deliberately
+broken checkpoint at step N (its actions negated), the server runs with the guard
+(`GUARD_FLAGS`: the probe states the runner asks about are its shadow states), and the runner
+prints the refusal, which the status page shows with its figures.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from typing import Any, TextIO
 
 from .env import PairsTradingEnv
 
-__all__ = ["PROBE_Z", "probe_states", "run_demo"]
+__all__ = ["GUARD_FLAGS", "PROBE_Z", "probe_states", "run_demo"]
 
 PROBE_Z = (2.0, -2.0)
 """The probe states: every z-score in the window at +2 (short is right), then at -2 (long)."""
+
+GUARD_FLAGS = ("--max-sign-flips", "0.5")
+"""The server's guard with `--broken-step`: a policy whose actions change sign on more than half
+of the probe states is refused (learning from the random start flips at most one of the two)."""
 
 _POLL_SECONDS = 0.5
 _STOP_DEADLINE = 5.0
@@ -208,6 +217,7 @@ class _Watcher:
         self.write = write
         self.states = probe_states()
         self.seen: list[str] = []
+        self.refused: set[tuple[str, float]] = set()  # (sha256, at) of refusals printed
 
     def header(self) -> None:
         z = "  ".join(f"action(z={p:+.0f})" for p in PROBE_Z)
@@ -223,6 +233,7 @@ class _Watcher:
             status = _http_json(f"{self.base}/rl/status")
         except (OSError, ValueError):  # not up yet, no checkpoint yet (503), or mid-restart
             return
+        self._refusals(status)
         version = status.get("version") or {}
         sha = version.get("sha256")
         if not sha or (self.seen and self.seen[-1] == sha):
@@ -246,6 +257,22 @@ class _Watcher:
             f"{float(ret) if ret is not None else float('nan'):>+11.2f}  {actions}"
         )
 
+    def _refusals(self, status: dict[str, Any]) -> None:
+        """One line per candidate the judge refused on live states (the guard's figures)."""
+        for attempt in status.get("history") or []:
+            d = attempt.get("divergence")
+            key = (str(attempt.get("sha256")), float(attempt.get("at") or 0.0))
+            if attempt.get("result") != "rejected" or not d or key in self.refused:
+                continue
+            first = not any(sha == key[0] for sha, _ in self.refused)
+            self.refused.add(key)
+            if first:  # a refused checkpoint is tried again now and then: print it once
+                self.write(
+                    f"   refused  {key[0][:12]}  sign flips {float(d.get('sign_flips') or 0):.0%} "
+                    f"of {d.get('states')} live states, mean |Δaction| "
+                    f"{float(d.get('mean_abs') or 0):.2f}: {attempt.get('checkpoint')} stays out"
+                )
+
 
 def _first(action: Any) -> float:
     while isinstance(action, list):
@@ -263,6 +290,7 @@ def run_demo(
     publish_every: int = 1_000,
     seed: int = 0,
     stream: TextIO | None = None,
+    broken_step: int | None = None,
 ) -> int:
     """Train SAC and serve it while it learns; print the URL, a curl line and every hot swap.
 
@@ -272,6 +300,8 @@ def run_demo(
         duration: stop after this many seconds (default: run until Ctrl-C).
         steps, publish_every, seed: passed to the trainer.
         stream: where to print (default: stdout).
+        broken_step: have the trainer publish a broken checkpoint (actions negated) at this
+            step, and the server refuse it (`GUARD_FLAGS`).
 
     Returns:
         0 when stopped by Ctrl-C, SIGTERM or `duration`; 1 when a child failed or the port is taken.
@@ -299,6 +329,7 @@ def run_demo(
         [
             sys.executable, "-m", "ckptserve.demo.trainer", "--dir", str(models),
             "--steps", str(steps), "--publish-every", str(publish_every), "--seed", str(seed),
+            *(("--broken-step", str(broken_step)) if broken_step is not None else ()),
         ],
         run_dir / "trainer.log",
     )  # fmt: skip
@@ -307,6 +338,7 @@ def run_demo(
         [
             sys.executable, "-m", "ckptserve", "serve", str(models), "--host", host,
             "--port", str(port), "--swap", "background",
+            *(GUARD_FLAGS if broken_step is not None else ()),
         ],
         run_dir / "server.log",
     )  # fmt: skip
@@ -328,6 +360,9 @@ def run_demo(
                 f"  probe states     every z-score at {PROBE_Z[0]:+.0f} (short pays), then at "
                 f"{PROBE_Z[1]:+.0f} (long pays); position 0"
             )
+            if broken_step is not None:
+                write(f"  broken step      {broken_step:,}: a checkpoint with every action negated "
+                      f"is published; the guard ({' '.join(GUARD_FLAGS)}) refuses it")  # fmt: skip
             write("The first checkpoint lands in a few seconds; Ctrl-C to stop.\n")
             watcher.header()
             code = _watch(children, watcher, duration, write)

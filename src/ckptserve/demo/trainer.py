@@ -5,11 +5,17 @@
 The untrained policy is published first (step 0), then one checkpoint every `--publish-every`
 environment steps, each with metadata `{step, eval_return, action_low, action_high}`; one line is
 printed per publish.
+
+`--broken-step N` publishes, right after the checkpoint of the first publish step at or after N,
+a deliberately broken one: the same policy with its output negated (every action changes sign,
+`"broken": true` in its metadata), as one bad training step would. A server with
+`--max-sign-flips` refuses it; training goes on from the good weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import os
 import signal
@@ -25,9 +31,9 @@ import torch
 
 from ..publishing import publish
 from .env import PairsTradingEnv
-from .sac import SAC, ReplayBuffer, SACConfig
+from .sac import SAC, Actor, ReplayBuffer, SACConfig
 
-__all__ = ["EVAL_SEED", "Published", "evaluate", "main", "train"]
+__all__ = ["EVAL_SEED", "Published", "broken_copy", "evaluate", "main", "train"]
 
 EVAL_SEED = 10_000
 """Evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...: the same set for every checkpoint."""
@@ -42,6 +48,16 @@ class Published:
     path: Path
     sha256: str
     seconds: float
+    broken: bool = False
+
+
+def broken_copy(actor: Actor) -> Actor:
+    """`actor` with its output negated: tanh(-u) = -tanh(u), so every action changes sign."""
+    bad = copy.deepcopy(actor)
+    with torch.no_grad():
+        for param in bad.mean.parameters():
+            param.neg_()
+    return bad
 
 
 def evaluate(actor: torch.nn.Module, episodes: int = 5) -> float:
@@ -74,6 +90,7 @@ def train(
     keep: int = 10,
     config: SACConfig | None = None,
     on_publish: Callable[[Published], None] | None = None,
+    broken_step: int | None = None,
 ) -> list[Published]:
     """Train SAC for `steps` env steps, publishing at step 0 and every `publish_every` steps.
 
@@ -87,12 +104,17 @@ def train(
         keep: timestamped checkpoints to keep (passed to `publish`).
         config: SAC hyper-parameters.
         on_publish: called after each checkpoint is written.
+        broken_step: after the checkpoint of the first publish step at or after this one (>= 1),
+            also publish a broken copy of it (`broken_copy`; metadata `"broken": true`).
 
     Example:
         train("models/", steps=5000, publish_every=1000, on_publish=print)
     """
     if publish_every < 1:
         raise ValueError("publish_every must be at least 1")
+    if broken_step is not None and broken_step < 1:
+        raise ValueError("broken_step must be at least 1: a broken first checkpoint has nothing "
+                         "live to be compared with")  # fmt: skip
     torch.manual_seed(seed)
     env = PairsTradingEnv()
     obs_dim = env.obs_dim
@@ -102,10 +124,10 @@ def train(
     published: list[Published] = []
     started = time.perf_counter()
 
-    def checkpoint(step: int) -> None:
-        eval_return = evaluate(agent.actor, eval_episodes)
+    def checkpoint(step: int, actor: torch.nn.Module, broken: bool = False) -> None:
+        eval_return = evaluate(actor, eval_episodes)
         path = publish(
-            agent.actor,
+            actor,
             directory,
             keep=keep,
             new_run=step == 0,  # a fresh training run: its steps start again at 0
@@ -114,15 +136,21 @@ def train(
                 "eval_return": round(eval_return, 4),
                 "action_low": -1.0,
                 "action_high": 1.0,
+                **({"broken": True} if broken else {}),
             },
         )
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        record = Published(step, eval_return, path, sha, time.perf_counter() - started)
+        record = Published(step, eval_return, path, sha, time.perf_counter() - started, broken)
         published.append(record)
         if on_publish is not None:
             on_publish(record)
 
-    checkpoint(0)
+    def checkpoints(step: int) -> None:
+        checkpoint(step, agent.actor)
+        if broken_step is not None and step >= broken_step and not any(p.broken for p in published):
+            checkpoint(step, broken_copy(agent.actor), broken=True)
+
+    checkpoints(0)
     obs, _ = env.reset(seed=seed)
     episode = 0
     for step in range(1, steps + 1):
@@ -139,14 +167,15 @@ def train(
         if step > warmup:
             agent.update(buffer.sample(agent.config.batch_size))
         if step % publish_every == 0:
-            checkpoint(step)
+            checkpoints(step)
     return published
 
 
 def _print_line(record: Published) -> None:
     print(
         f"step {record.step:>7,}  eval_return {record.eval_return:+8.2f}  "
-        f"sha256 {record.sha256[:12]}  {record.path.name}  t={record.seconds:6.1f}s",
+        f"sha256 {record.sha256[:12]}  {record.path.name}  t={record.seconds:6.1f}s"
+        + ("  BROKEN on purpose: every action negated" if record.broken else ""),
         flush=True,
     )
 
@@ -169,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--keep", type=int, default=10, help="timestamped checkpoints to keep")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--broken-step", type=int, default=None,
+                        help="also publish a broken copy (actions negated) at this step")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, _stop)
@@ -182,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_episodes=args.eval_episodes,
             keep=args.keep,
             on_publish=_print_line,
+            broken_step=args.broken_step,
         )
     except KeyboardInterrupt:
         return 130

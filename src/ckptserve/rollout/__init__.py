@@ -19,7 +19,7 @@ module-level state; torch is used where actions are computed or tensors measured
 
 from .canary import Canary, CanaryConfig, CanaryDecision
 from .feedback import FeedbackRefused, FeedbackStore, Issued, RequestIds, RewardStats
-from .follow import FollowRule, Published
+from .follow import FollowRule, Published, published
 from .guard import Guard
 from .judging import Judge, Verdict
 from .marks import BadMarks, Mark
@@ -54,6 +54,7 @@ __all__ = [
     "compare",
     "mann_whitney_less",
     "model_bytes",
+    "published",
     "run_id_for",
     "versions_behind",
 ]

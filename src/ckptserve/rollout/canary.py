@@ -111,6 +111,8 @@ class CanaryDecision:
     at: float
     rewards: dict[str, dict[str, float | None]] | None = None  # side -> {"count", "mean"}
     test: UTest | None = None
+    #: The canary's handle (what the host makes live on "promote"); not shown in status.
+    subject: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,17 +168,28 @@ class Canary(Generic[V]):
         run = self._run
         if run is None:
             return None
+        return run.canary if self._side(run, session) else run.incumbent
+
+    def pick(self, session: str | None = None) -> V | None:
+        """The canary when this request goes to it; None when it does not, or no canary runs
+        (the host's live version answers: the incumbent, unless it was rolled back meanwhile)."""
+        run = self._run
+        if run is None:
+            return None
+        return run.canary if self._side(run, session) else None
+
+    def _side(self, run: _Run[V], session: str | None) -> bool:
         if session is None:
-            return run.canary if (self._next() * _PHI) % 1.0 < run.fraction else run.incumbent
+            return (self._next() * _PHI) % 1.0 < run.fraction
         side = run.sides.get(session)
         if side is None:
             h = run.hashing.copy()
-            h.update(session.encode())
+            h.update(session.encode("utf-8", "surrogateescape"))
             side = int.from_bytes(h.digest(), "big") / _SPAN < run.fraction
             if len(run.sides) >= _SESSIONS:
                 run.sides.clear()  # the hash decides again, the same way
             run.sides[session] = side
-        return run.canary if side else run.incumbent
+        return side
 
     @property
     def canary(self) -> V | None:
@@ -215,6 +228,12 @@ class Canary(Generic[V]):
                 return None
             return self._end("roll_back", f"on live traffic: {reason}", self._clock())
 
+    def stop(self, reason: str) -> CanaryDecision | None:
+        """End the running canary without judging it (e.g. an admin's forced reload went live):
+        a roll-back decision that says nothing against the version."""
+        with self._lock:
+            return self._end("roll_back", reason, self._clock())
+
     def poll(self, rewards: RewardSource | None = None) -> CanaryDecision | None:
         """Judge the canary if its window is over; None while it runs (or waits for rewards)."""
         now = self._clock()
@@ -230,8 +249,9 @@ class Canary(Generic[V]):
                 return self._end("promote", clean, now)
             if rewards is None:
                 raise ValueError("--canary-metric reward needs the feedback store")
-            mine = rewards.rewards(run.canary.version.sha256, since=run.started, until=now)
-            theirs = rewards.rewards(run.incumbent.version.sha256, since=run.started, until=now)
+            since = run.started - 0.001  # an id's issue time is in whole milliseconds
+            mine = rewards.rewards(run.canary.version.sha256, since=since, until=now)
+            theirs = rewards.rewards(run.incumbent.version.sha256, since=since, until=now)
             figures = {"canary": _stats(mine), "incumbent": _stats(theirs)}
             need = config.min_rewards
             if len(mine) < need or len(theirs) < need:
@@ -270,7 +290,7 @@ class Canary(Generic[V]):
             return None
         self._run = None
         decision = CanaryDecision(action, run.canary.version.tag, run.incumbent.version.tag,
-                                  reason, now, rewards, test)  # fmt: skip
+                                  reason, now, rewards, test, run.canary)  # fmt: skip
         self.history.append(decision)
         return decision
 

@@ -7,26 +7,60 @@
 A checkpoint without a finite number under the key (missing, a string, a bool, NaN) is no
 candidate. Between equal values the newer checkpoint wins. The server moves when a better one is
 published (`better`), and retention must never prune the current best (`protected`).
+
+`published(directory, name)` reads what was published: each timestamped checkpoint with the
+metadata and sha256 of its record (`naming.record_for`); a checkpoint whose record is missing
+or unreadable carries none (so it is no candidate).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["FollowRule", "Published"]
+from ..errors import CheckpointError
+from ..manifest import MAX_MANIFEST_BYTES, parse_manifest
+from ..naming import list_checkpoints, record_for
+from ..options import parse_follow
+
+__all__ = ["FollowRule", "Published", "published"]
 
 Mode = Literal["latest", "max", "min"]
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """One published checkpoint: its file name and its metadata."""
+    """One published checkpoint: its file name, its metadata and (from its record) sha256."""
 
     checkpoint: str
     metadata: Mapping[str, Any]
+    sha256: str | None = field(default=None, compare=False)
+
+
+def published(directory: str | os.PathLike[str], name: str) -> list[Published]:
+    """The timestamped checkpoints of `name` in `directory`, newest first, each with what its
+    record says (nothing when the record is missing, oversized or garbled). Reads no checkpoint.
+
+    Raises:
+        OSError: the directory cannot be listed.
+    """
+    out = []
+    for path in list_checkpoints(directory, name):
+        metadata: Mapping[str, Any] = {}
+        sha256 = None
+        try:
+            with open(record_for(path), "rb") as f:
+                record = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1))
+            if isinstance(record.get("metadata"), dict):
+                metadata = record["metadata"]
+            sha256 = str(record["sha256"])
+        except (OSError, CheckpointError):
+            pass
+        out.append(Published(path.name, metadata, sha256))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +82,8 @@ class FollowRule:
         Raises:
             ValueError: anything else, saying what is accepted.
         """
-        if text == "latest":
-            return cls()
-        mode, _, key = text.partition(":")
-        if key and mode == "max":
-            return cls("max", key)
-        if key and mode == "min":
-            return cls("min", key)
-        raise ValueError(
-            f"--follow is 'latest', 'max:<metadata key>' or 'min:<metadata key>', not {text!r}"
-        )
+        mode, key = parse_follow(text)
+        return cls(mode, key)
 
     def __post_init__(self) -> None:
         if (self.mode == "latest") != (self.key is None) or self.mode not in (

@@ -19,9 +19,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ValidationError
+from ..options import RegistryOptions
 from ..versions import ModelVersion
 from .guard import Guard
 from .marks import BadMarks
@@ -110,6 +112,25 @@ class Judge:
         self.device = device
         self.history: deque[Verdict] = deque(maxlen=history)
 
+    @classmethod
+    def from_options(
+        cls, options: RegistryOptions, *, name: str, model_dir: Path | None, device: str = "cpu"
+    ) -> Judge:
+        """The judge the options describe: `--max-divergence`/`--max-sign-flips` (the guard),
+        `--shadow-states` (the buffer; 0: none), `--sign-dead-band`, and the marks of model
+        `name` in `--state-dir` (none without one; `model_dir` is where the model's checkpoints
+        are, which the state dir must not be inside). With `--follow max:`/`min:` the value
+        orders the versions, not the step: the step order is not checked."""
+        marks = None
+        if options.state_dir is not None:
+            marks = BadMarks(options.state_dir, name, model_dir=model_dir)
+        return cls(
+            guard=Guard(options.max_divergence, options.max_sign_flips),
+            buffer=StateBuffer(options.shadow_states) if options.shadow_states else None,
+            marks=marks, ordered=options.follow == "latest", dead_band=options.sign_dead_band,
+            device=device,
+        )  # fmt: skip
+
     @property
     def last(self) -> Verdict | None:
         history = self.history
@@ -164,6 +185,8 @@ class Judge:
             return None, None
         obs_dim = candidate.expect.obs_dim
         states = buffer.states(obs_dim)
+        if not states:  # nothing asked yet (or not of this size): nothing to compare on
+            return None, None
         try:
             d = compare(
                 candidate.model, live.model, states, dead_band=self.dead_band, device=self.device

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -25,7 +25,7 @@ import torch
 
 from ..versions import ModelVersion
 
-__all__ = ["Resident", "ResidentVersions", "model_bytes", "parse_version_ref"]
+__all__ = ["Resident", "ResidentVersions", "matching", "model_bytes", "parse_version_ref"]
 
 #: The fewest hex digits of a sha256 that name a version (the tag's 12).
 MIN_PREFIX = 12
@@ -76,6 +76,20 @@ def parse_version_ref(ref: str) -> tuple[str | None, str]:
             f"<checkpoint>@<sha256[:{MIN_PREFIX}]> (the X-Model-Version tag), not {ref!r}"
         )
     return checkpoint, digits
+
+
+def matching(ref: str, versions: Iterable[V]) -> list[V]:
+    """The versions among `versions` that `ref` names (see `parse_version_ref`).
+
+    Raises:
+        ValueError: `ref` is not a version reference.
+    """
+    checkpoint, digits = parse_version_ref(ref)
+    return [
+        v for v in versions
+        if v.version.sha256.startswith(digits)
+        and (checkpoint is None or v.version.checkpoint == checkpoint)
+    ]  # fmt: skip
 
 
 def _tensors(model: Any) -> Iterator[torch.Tensor]:
@@ -159,12 +173,7 @@ class ResidentVersions(Generic[V]):
         Raises:
             ValueError: `ref` is not a version reference, or its prefix names two versions.
         """
-        checkpoint, digits = parse_version_ref(ref)
-        found = [
-            e.live for e in self._entries
-            if e.live.version.sha256.startswith(digits)
-            and (checkpoint is None or e.live.version.checkpoint == checkpoint)
-        ]  # fmt: skip
+        found = matching(ref, (e.live for e in self._entries))
         if len(found) > 1:
             raise ValueError(f"{ref!r} names {len(found)} resident versions: give more digits")
         return found[0] if found else None

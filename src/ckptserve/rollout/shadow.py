@@ -29,12 +29,15 @@ import torch
 
 from ..errors import ValidationError
 from ..inference import act
+from ..options import SIGN_DEAD_BAND
 
 __all__ = ["DEAD_BAND", "Divergence", "StateBuffer", "compare"]
 
 #: Actions within this distance of 0 never count as a sign flip (a value of 0.01 becoming
-#: -0.01 is noise, not a policy that turned from long to short).
-DEAD_BAND = 0.05
+#: -0.01 is noise, not a policy that turned from long to short): `--sign-dead-band`'s default.
+DEAD_BAND = SIGN_DEAD_BAND
+
+_TENSOR = torch.Tensor  # looked up once: `record` runs on every request
 
 
 class StateBuffer:
@@ -72,7 +75,7 @@ class StateBuffer:
         n = self._count
         self._count = n + 1
         row: Any = rows[n % count]
-        if type(row) is torch.Tensor:
+        if type(row) is _TENSOR:
             row = row.tolist()  # a view would keep its whole batch alive
         # Two threads may read the same n: one state is then lost, the size never exceeded.
         self._slots[n % size] = row

@@ -27,7 +27,7 @@ from .errors import ApiError, Style, error_reply
 from .fastlane import FastLane
 from .openapi import install as install_openapi
 from .routes.common import to_response
-from .routing import Route, lane_paths, route_table
+from .routing import Route, lane_paths, lane_templates, route_table
 from .schemas import json_body
 from .settings import Settings
 from .state import Runtime
@@ -110,7 +110,8 @@ def create_app(settings: Settings) -> FastLane:
     for exc_type in (ApiError, CkptServeError, FileNotFoundError, RequestValidationError):
         app.add_exception_handler(exc_type, _error)
     install_openapi(app, runtime, table)
-    return FastLane(app, runtime, lane_paths(table, (spec.name for spec in settings.models)))
+    names = [spec.name for spec in settings.models]
+    return FastLane(app, runtime, lane_paths(table, names), lane_templates(table, names))
 
 
 def _register(app: FastAPI, route: Route) -> None:

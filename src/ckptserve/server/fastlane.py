@@ -2,15 +2,16 @@
 FastAPI's routing, dependency injection or pydantic, and enforces the body limit for every route.
 
 It matches the exact paths of the route table's lane routes (`{prefix}/predict`,
-`{prefix}/{name}/predict`, `/v2/models/{name}/infer` for each served name) with one dict lookup
-and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
+`{prefix}/{name}/predict`, `/v2/models/{name}/infer` for each served name) with one dict lookup,
+the versioned ones (`/v2/models/{name}/versions/{version}/infer`) by prefix and suffix when that
+misses, and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
 implementation whichever way a request arrives. Everything else goes to the app it wraps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError, Reply, Style, error_reply
@@ -32,6 +33,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The request headers the lane reads, each to its slot.
+_READ = {b"content-length": 0, b"authorization": 1, b"inference-header-content-length": 2,
+         b"x-model-version": 3, b"x-session-id": 4}  # fmt: skip
 
 
 class ClientGone(Exception):
@@ -87,15 +91,22 @@ class FastLane:
         app: the app behind the lane; `app.state` is this app's state.
         runtime: the server's runtime.
         routes: `path -> (lane, model name or None)`, from `routing.lane_paths`.
+        templates: `(prefix, suffix, lane, model name)` of the routes with a version segment,
+            from `routing.lane_templates`.
     """
 
     def __init__(
-        self, app: FastAPI, runtime: Runtime, routes: dict[str, tuple[Lane, str | None]]
+        self,
+        app: FastAPI,
+        runtime: Runtime,
+        routes: dict[str, tuple[Lane, str | None]],
+        templates: Sequence[tuple[str, str, Lane, str]] = (),
     ) -> None:
         self.app = app
         self.runtime = runtime
         self.limit = runtime.settings.max_body_bytes
         self.routes = routes
+        self.templates = tuple(templates)
 
     @property
     def state(self) -> State:
@@ -107,18 +118,21 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
+        version: bytes | str | None = None
         route = self.routes.get(scope["path"]) if method == "POST" else None
+        if route is None and method == "POST" and self.templates:
+            route, version = self._versioned(scope["path"])
         if route is None and method in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        length = authorization = header_length = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
-            elif key == b"authorization":
-                authorization = value
-            elif key == b"inference-header-content-length":
-                header_length = value
+        found: list[bytes | None] = [None, None, None, None, None]  # one slot per _READ entry
+        read = _READ.get
+        for key, value in scope["headers"]:  # one dict lookup a header, the cheapest scan
+            slot = read(key)
+            if slot is not None:
+                found[slot] = value
+        length, authorization, header_length, header_version, session = found
+        version = version or header_version  # the path's version wins
         style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
         started = time.perf_counter()
         try:
@@ -143,8 +157,18 @@ class FastLane:
             scope["query_string"],
             authorization,
             header_length,
+            version,
+            session,
         )
         await send_reply(send, reply)
+
+    def _versioned(self, path: str) -> tuple[tuple[Lane, str | None] | None, str | None]:
+        for prefix, suffix, lane, name in self.templates:
+            if path.startswith(prefix) and path.endswith(suffix):
+                segment = path[len(prefix) : len(path) - len(suffix)]
+                if segment and "/" not in segment:
+                    return (lane, name), segment
+        return None, None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -15,7 +15,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -27,7 +28,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .names import printable
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ..registry import ModelRegistry
     from ..versions import LoadAttempt
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "prune_dead_workers", "worker_versions"]
+__all__ = ["MULTIPROC_ENV", "Metrics", "RolloutFigures", "prune_dead_workers", "worker_versions"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -45,6 +46,79 @@ LAG_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05
 
 #: Per model: (name, age, lag, serving a fallback).
 Staleness = Callable[[], Iterable[tuple[str, float | None, float | None, bool]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutFigures:
+    """One model's rollout figures at scrape time (docs/rollout.md).
+
+    divergence: the last judged candidate's shadow figures (mean_abs, max_abs, sign_flips,
+        non_finite), None before one was compared.
+    rewards: count and mean of the rewards per version (12 hex) this process received.
+    """
+
+    model: str
+    versions_behind: int | None
+    live_step: int | None
+    resident_versions: int
+    resident_bytes: int
+    divergence: Mapping[str, Any] | None
+    rewards: Mapping[str, tuple[int, float]]
+
+
+_FIGURES = ("mean_abs", "max_abs", "sign_flips", "non_finite")
+
+
+class _RolloutCollector(Collector):
+    """Versions behind, live step, resident versions, shadow figures and rewards, at scrape time."""
+
+    def __init__(self, figures: Callable[[], Iterable[RolloutFigures]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        def gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=labels)
+
+        behind = gauge("ckptserve_versions_behind",
+                       "Published checkpoints newer than the live one (a higher step of its run, "
+                       "or published later).", ["model"])  # fmt: skip
+        step = gauge("ckptserve_live_step", "The live checkpoint's training step.", ["model"])
+        count = gauge(
+            "ckptserve_resident_versions",
+            "Versions kept loaded (--keep-versions), the live one included.",
+            ["model"],
+        )
+        size = gauge(
+            "ckptserve_resident_bytes",
+            "Bytes the tensors of the resident versions hold.",
+            ["model"],
+        )
+        shadow = gauge("ckptserve_shadow_divergence",
+                       "The last judged candidate against the live model on the buffered states: "
+                       "mean_abs, max_abs (action difference), sign_flips, non_finite (shares).",
+                       ["model", "figure"])  # fmt: skip
+        rewards = gauge(
+            "ckptserve_reward_count",
+            "Rewards received (POST /rl/feedback) per version this process answered "
+            "with, for the 16 versions rewarded last.",
+            ["model", "version"],
+        )
+        means = gauge("ckptserve_reward_mean", "The mean of those rewards.", ["model", "version"])
+        for f in self._figures():
+            if f.versions_behind is not None:
+                behind.add_metric([f.model], f.versions_behind)
+            if f.live_step is not None:
+                step.add_metric([f.model], f.live_step)
+            count.add_metric([f.model], f.resident_versions)
+            size.add_metric([f.model], f.resident_bytes)
+            for figure in _FIGURES:
+                value = (f.divergence or {}).get(figure)
+                if value is not None:
+                    shadow.add_metric([f.model, figure], value)
+            for version, (n, mean) in f.rewards.items():
+                rewards.add_metric([f.model, version], n)
+                means.add_metric([f.model, version], mean)
+        yield from (behind, step, count, size, shadow, rewards, means)
 
 
 class _StalenessCollector(Collector):
@@ -130,7 +204,13 @@ class _InfoCollector(Collector):
 class Metrics:
     """The server's metrics, owned by one app (no module-level registry state)."""
 
-    def __init__(self, staleness: Staleness, *, multiprocess_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        staleness: Staleness,
+        *,
+        multiprocess_dir: str | None = None,
+        rollout: Callable[[], Iterable[RolloutFigures]] | None = None,
+    ) -> None:
         self.multiprocess_dir = multiprocess_dir
         own = CollectorRegistry()
         reg = None if multiprocess_dir else own
@@ -155,6 +235,18 @@ class Metrics:
             "How late the event loop ran the lag probe's timer: a stall delays every request.",
             buckets=LAG_BUCKETS, registry=reg,
         )  # fmt: skip
+        self.rollbacks = Counter(
+            "ckptserve_rollbacks", "Live versions rolled back (non-finite actions on live "
+            "traffic, or registry.roll_back).", ["model"], registry=reg,
+        )  # fmt: skip
+        self.canary_decisions = Counter(
+            "ckptserve_canary_decisions", "Canaries judged: promote or roll_back.",
+            ["model", "action"], registry=reg,
+        )  # fmt: skip
+        self.feedback_refusals = Counter(
+            "ckptserve_feedback_refused", "Rewards refused by POST /rl/feedback, by reason "
+            "(unknown_id, expired, duplicate, bad_reward).", ["reason"], registry=reg,
+        )  # fmt: skip
         self.loop_lag_max = Gauge(
             "ckptserve_event_loop_lag_max_seconds", "The worst event-loop lag this process has seen.",
             registry=reg, multiprocess_mode="livemax",
@@ -165,6 +257,8 @@ class Metrics:
         else:
             exposed = own
         exposed.register(_StalenessCollector(staleness))
+        if rollout is not None:
+            exposed.register(_RolloutCollector(rollout))
         self.info = _InfoCollector(multiprocess_dir)
         exposed.register(self.info)
         self._exposed = exposed
@@ -180,6 +274,18 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def on_rollout(self, model: str, event: str, what: str) -> None:
+        """A rollout listener (`partial(metrics.on_rollout, model)`): count rollbacks and canary
+        decisions."""
+        if event == "rolled_back":
+            self.rollbacks.labels(model).inc()
+        elif event in ("promote", "roll_back"):
+            self.canary_decisions.labels(model, event).inc()
+
+    def feedback_refused(self, reason: str) -> None:
+        """Count one reward refused by POST /rl/feedback."""
+        self.feedback_refusals.labels(reason).inc()
 
     def on_load(self, registry: ModelRegistry, attempt: LoadAttempt) -> None:
         """A registry listener: count the attempt and move the info gauge to the live version."""

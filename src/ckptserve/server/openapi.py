@@ -1,5 +1,6 @@
 """The OpenAPI document, made exact where it can be: the default model's observation size and
-bounds go into the `predict` body schema once a model is live, and a 405 lists every method the
+bounds go into the `predict` body schema once a model is live, the resident versions into every
+version a request may name (`"version"`, `X-Model-Version`, OIP's version path), and a 405 lists every method the
 path supports in `Allow`, as documented (POST and DELETE `/pin` are two routes on one path). The
 model routes and each path's methods come from the route table."""
 
@@ -34,6 +35,31 @@ def _state_schema(runtime: Runtime, name: str | None) -> dict[str, Any] | None:
     return {"type": "array", "prefixItems": items, "items": False, "minItems": n, "maxItems": n}
 
 
+def _resident(runtime: Runtime, name: str | None) -> list[str]:
+    """What names a resident version of model `name`: each one's tag and sha256."""
+    handle = runtime.models.get(name or "")
+    if handle is None:
+        return []
+    versions = handle.registry.resident.versions()
+    return [ref for v in reversed(versions) for ref in (v.version.tag, v.version.sha256)]
+
+
+def _with_versions(schema: dict[str, Any], paths: list[str], refs: list[str]) -> None:
+    """Every version reference on `paths` (body field, header, path segment) lists `refs`."""
+    for where in paths:
+        operation = schema["paths"][where]["post"]
+        for param in operation.get("parameters", ()):
+            if param.get("name") in ("version", "x-model-version"):
+                param["schema"] = {**param.get("schema", {}), "enum": refs}
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        for variant in body.get("oneOf", ()):
+            if "version" in variant.get("properties", {}):
+                variant["properties"]["version"] = {
+                    **variant["properties"]["version"],
+                    "enum": refs,
+                }
+
+
 def _names(runtime: Runtime) -> list[str]:
     return [spec.name for spec in runtime.settings.models]
 
@@ -57,15 +83,24 @@ def install(app: FastAPI, runtime: Runtime, table: Sequence[Route]) -> None:
     path = next(p for p in predicts if "{" not in p)  # the default model's
     named = next(p for p in predicts if "{" in p)
     infer = next(route.path for route in table if route.lane == "oip")
+    versioned = [route.path for route in table if route.lane is not None and "{" in route.path]
 
     def openapi() -> dict[str, Any]:
         nonlocal base
         if base is None:
             base = _with_model_names(generate(), _names(runtime))
-        shapes = [_state_schema(runtime, name) for name in _names(runtime)]
-        if shapes[0] is None:
+        names = _names(runtime)
+        if not names:
+            return base
+        shapes = [_state_schema(runtime, name) for name in names]
+        refs = _resident(runtime, names[0])
+        if shapes[0] is None and not refs:
             return base
         schema = copy.deepcopy(base)
+        if refs:  # a named model's versions are exact when it is the only model
+            _with_versions(schema, [path, *(versioned if len(names) == 1 else ())], refs)
+        if shapes[0] is None:
+            return schema
         paths = [path]
         if all(shape == shapes[0] for shape in shapes):  # then the named route is exact too
             paths.append(named)

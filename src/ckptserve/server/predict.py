@@ -13,7 +13,7 @@ import math
 import reprlib
 import time
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import anyio.to_thread
 import numpy as np
@@ -30,7 +30,10 @@ from .names import VERSION_HEADER
 from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
 
-__all__ = ["handle_model_request", "infer", "parse_json", "predict"]
+__all__ = ["REQUEST_ID_HEADER", "handle_model_request", "infer", "parse_json", "predict"]
+
+#: Every answer carries its signed request id (rollout/feedback.py) in this header and its body.
+REQUEST_ID_HEADER = b"x-request-id"
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
@@ -41,6 +44,14 @@ _FALSE = {"false", "0", "no", "off"}
 
 class _NonFinite(ValueError):
     pass
+
+
+class _NonFiniteAction(ApiError):
+    """The model's action for states that passed every input check is not finite."""
+
+
+class _ModelFailed(ApiError):
+    """The model raised on states that passed every input check."""
 
 
 def _refuse_constant(name: str) -> float:
@@ -149,7 +160,7 @@ def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
     try:
         action = act(live.model, x)
     except Exception as exc:
-        raise ApiError(
+        raise _ModelFailed(
             422, f"the model cannot run on this input: {type(exc).__name__}: {exc}"
         ) from None
     want = live.expect.action_dim
@@ -168,13 +179,53 @@ def _rows(action: torch.Tensor) -> list[list[float]]:
     for row in values:
         for a in row:
             if not -math.inf < a < math.inf:
-                raise ApiError(422, "the model's action for this state is not finite")
+                raise _NonFiniteAction(422, "the model's action for this state is not finite")
     return values
 
 
+def _asked_version(body: str | None, header: bytes | str | None) -> str | None:
+    """The version a request names: `"version"` in its body, else the `X-Model-Version` header
+    (percent-decoded, as responses encode it) or OIP's version path."""
+    if isinstance(header, bytes):
+        header = unquote(header.decode("latin-1"), errors="surrogateescape")
+    if body is None:
+        return header
+    if header is not None and header != body:
+        raise ApiError(422, '"version" and the X-Model-Version header name different versions')
+    return body
+
+
+async def _answer(handle: ModelHandle, live: LiveModel, x: torch.Tensor,
+                  pinned: bool) -> tuple[LiveModel, list[list[float]]]:  # fmt: skip
+    """The actions of `live` for `x` (states that passed every input check), and the version
+    that gave them. A version that misbehaves on them is rolled back at once (registry.rollout:
+    the live one for non-finite actions; a canary also for raising where the live version does
+    not) and, unless the client named it, the version that answers now is asked instead."""
+    try:
+        return live, await _forward_maybe_batched(handle, live, x)
+    except _NonFiniteAction as exc:
+        failure: ApiError = exc
+        reason = f"non-finite actions on live traffic ({x.shape[0]} states that passed the checks)"
+    except _ModelFailed as exc:
+        canary = handle.canary
+        incumbent = handle.registry.current
+        if pinned or canary is None or canary.canary is not live or incumbent is None:
+            raise
+        values = await _forward_maybe_batched(handle, incumbent, x)  # the input is fine if so
+        reason = f"raised on live traffic where the live version does not: {exc.detail}"
+        await anyio.to_thread.run_sync(handle.registry.rollout.misbehaved, live, reason)
+        return incumbent, values
+    now = await anyio.to_thread.run_sync(handle.registry.rollout.misbehaved, live, reason)
+    if pinned or now is None or now is live:
+        raise failure
+    return now, await _forward_maybe_batched(handle, now, x)
+
+
 async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: bytes,
-                  authorization: bytes | None) -> Reply:  # fmt: skip
-    """`POST {prefix}/predict`: `{"state": [...]}` or `{"states": [[...], ...]}`."""
+                  authorization: bytes | None, version: bytes | str | None = None,
+                  session: bytes | None = None) -> Reply:  # fmt: skip
+    """`POST {prefix}/predict`: `{"state": [...]}` or `{"states": [[...], ...]}`, optionally with
+    `"version"` (or the `X-Model-Version` header) naming the resident version that answers."""
     force = _force_reload(query) if query else False
     if force:
         runtime.require_admin(authorization)
@@ -188,10 +239,25 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
                 422,
                 f'the body must be a JSON object with "state" or "states", not {_json_type(payload)}',
             )
+        asked = None
         if len(payload) != 1:
-            extra = sorted(set(payload) - {"state", "states"})
-            raise ApiError(422, f"unknown field(s) {', '.join(map(repr, extra))}" if extra
-                           else 'send either "state" or "states", not both')  # fmt: skip
+            if "version" in payload:
+                payload = dict(payload)
+                asked = payload.pop("version")
+                if type(asked) is not str:
+                    raise ApiError(422, f'"version" must be a string, not {_json_type(asked)}')
+            if len(payload) != 1:
+                extra = sorted(set(payload) - {"state", "states"})
+                raise ApiError(422, f"unknown field(s) {', '.join(map(repr, extra))}" if extra
+                               else 'send either "state" or "states", not both')  # fmt: skip
+        if asked is not None or version is not None:
+            live = handle.pick(_asked_version(asked, version) or "")
+            meta, expect = handle.meta(live), live.expect
+        elif handle.canary is not None:
+            picked = handle.canary.pick(session.decode("latin-1") if session else None)
+            if picked is not None:
+                live = picked
+                meta, expect = handle.meta(live), live.expect
         state = payload.get("state")
         if state is not None:
             rows = [check_row(state, expect.obs_dim, "state")]
@@ -221,9 +287,15 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
             x = torch.from_numpy(np.array(rows, dtype=np.float32))
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise ApiError(422, f"the state is not a list of numbers: {exc}") from None
-        values = await _forward_maybe_batched(handle, live, x)
+        buffer = handle.buffer
+        if buffer is not None:  # real states only: they passed every check above
+            buffer.record(rows)
+        answered, values = await _answer(handle, live, x, asked is not None or version is not None)
+        if answered is not live:
+            meta = handle.meta(answered)
     except ApiError as exc:
         return error_reply(exc, "detail", [(VERSION_HEADER, meta.header), replica_header()])
+    request_id = runtime.ids.issue(meta.sha256)
     out: dict[str, Any] = {"actions": values} if batched else {"action": values[0]}
     out["model_version"] = meta.mtime
     out["version"] = meta.tag
@@ -231,8 +303,10 @@ async def predict(runtime: Runtime, handle: ModelHandle, body: bytes, query: byt
     out["checkpoint"] = meta.checkpoint
     out["sha256"] = meta.sha256
     out["replica"] = replica_name()
+    out["request_id"] = request_id
     data = orjson.dumps(out)
-    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header), replica_header()])
+    return Reply(200, data, [*json_headers(data), (VERSION_HEADER, meta.header), replica_header(),
+                             (REQUEST_ID_HEADER, request_id.encode())])  # fmt: skip
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -330,9 +404,10 @@ def _binary_output(request: dict[str, Any]) -> bool:
     return bool(_parameters(request, "").get("binary_data_output"))
 
 
-async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
-                header_length: bytes | None) -> Reply:  # fmt: skip
-    """`POST /v2/models/{name}/infer`, JSON or with the binary tensor extension."""
+async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_length: bytes | None,
+                version: bytes | str | None = None, session: bytes | None = None) -> Reply:  # fmt: skip
+    """`POST /v2/models/{name}/infer` (or `.../versions/{version}/infer`, answered by that
+    resident version), JSON or with the binary tensor extension."""
     view = memoryview(body)
     if header_length is not None:
         try:
@@ -353,6 +428,14 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
     live = await handle.live()
     meta = handle.meta(live)
     try:
+        if version is not None:
+            live = handle.pick(_asked_version(None, version) or "")
+            meta = handle.meta(live)
+        elif handle.canary is not None:
+            picked = handle.canary.pick(session.decode("latin-1") if session else None)
+            if picked is not None:
+                live = picked
+                meta = handle.meta(live)
         expect = live.expect
         if x.shape[0] == 0:
             raise ApiError(422, 'input "state" is an empty batch')
@@ -366,9 +449,15 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
             )
         if expect.obs_bounds is not None:
             _check_bounds(expect.obs_bounds, x.tolist(), 'input "state"')
-        values = await _forward_maybe_batched(handle, live, x)
+        buffer = handle.buffer
+        if buffer is not None:  # real states only: they passed every check above
+            buffer.record(x)
+        answered, values = await _answer(handle, live, x, version is not None)
+        if answered is not live:
+            meta = handle.meta(answered)
     except ApiError as exc:
         return error_reply(exc, "oip", [(VERSION_HEADER, meta.header), replica_header()])
+    request_id = runtime.ids.issue(meta.sha256)
     shape = [len(values), len(values[0])]
     output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
     tail = b""
@@ -382,7 +471,8 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
         "model_version": meta.tag,
         "outputs": [output],
         "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
-                       "load_count": handle.registry.load_count, "replica": replica_name()},
+                       "load_count": handle.registry.load_count, "replica": replica_name(),
+                       "request_id": request_id},
     }  # fmt: skip
     if "id" in request:
         response["id"] = request["id"]
@@ -390,7 +480,7 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes,
     data = head + tail
     headers = [(b"content-type", b"application/octet-stream" if tail else b"application/json"),
                (b"content-length", str(len(data)).encode()), (VERSION_HEADER, meta.header),
-               replica_header()]  # fmt: skip
+               replica_header(), (REQUEST_ID_HEADER, request_id.encode())]  # fmt: skip
     if tail:
         headers.append((b"inference-header-content-length", str(len(head)).encode()))
     return Reply(200, data, headers)
@@ -404,9 +494,13 @@ async def handle_model_request(
     query: bytes,
     authorization: bytes | None,
     header_length: bytes | None,
+    version: bytes | str | None = None,
+    session: bytes | None = None,
 ) -> Reply:
     """Answer one predict (`kind="rl"`) or infer (`kind="oip"`) request and record its metrics.
-    Every error becomes a JSON reply here; nothing escapes as a 500 page."""
+    `version`: the `X-Model-Version` request header, or OIP's version path segment; `session`:
+    the `X-Session-Id` header. Every error becomes a JSON reply here; nothing escapes as a 500
+    page."""
     started = time.perf_counter()
     style: Style = "oip" if kind == "oip" else "detail"
     label = "unknown"
@@ -414,9 +508,9 @@ async def handle_model_request(
         handle = runtime.model(name)
         label = handle.name
         if kind == "oip":
-            reply = await infer(runtime, handle, body, header_length)
+            reply = await infer(runtime, handle, body, header_length, version, session)
         else:
-            reply = await predict(runtime, handle, body, query, authorization)
+            reply = await predict(runtime, handle, body, query, authorization, version, session)
     except Exception as exc:
         reply = error_reply(exc, style)
     runtime.metrics.observe(label, reply.status, time.perf_counter() - started)

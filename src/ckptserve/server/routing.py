@@ -2,7 +2,7 @@
 
 `create_app` registers each entry with FastAPI, which documents it in `/openapi.json`; the fast
 lane answers the entries that name a `lane` itself (POST on one exact path per served model, one
-dict lookup); `openapi.py` finds the model routes and each path's methods here; the lifespan warms
+dict lookup; a path with a `{version}` segment, by its prefix and suffix per served model); `openapi.py` finds the model routes and each path's methods here; the lifespan warms
 up the entries marked `warm`. The route modules hold only the endpoints.
 """
 
@@ -21,22 +21,25 @@ from .routes.common import JSONText
 from .schemas import (
     ADMIN,
     BINARY_TENSORS,
+    FEEDBACK_BODY,
     INFER_BODY,
     PIN_BODY,
     PREDICT_BODY,
     RELOAD_BODY,
+    FeedbackResponse,
     InferResponse,
     PredictResponse,
     error_responses,
     not_ready_response,
 )
 
-__all__ = ["Lane", "Route", "lane_paths", "path_pattern", "route_table"]
+__all__ = ["Lane", "Route", "lane_paths", "lane_templates", "path_pattern", "route_table"]
 
 #: The fast lane's two kinds of model request: the original API (`rl`) and OIP v2 `infer`.
 Lane = Literal["rl", "oip"]
 
 _PARAM = re.compile(r"\{[^}]+\}")
+_VERSION = "{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,8 @@ class Route:
 
     Args:
         method: the HTTP method.
-        path: the path, with at most one parameter: `{model}` or `{name}` names a model.
+        path: the path, with at most one parameter naming a model (`{model}` or `{name}`),
+            and at most one `{version}` (a version reference) after it.
         endpoint: the FastAPI endpoint.
         summary: the operation's summary; `tag` groups it in the docs.
         responses: the documented statuses besides FastAPI's own.
@@ -80,7 +84,7 @@ def route_table(prefix: str) -> tuple[Route, ...]:
         table += [
             Route("POST", f"{base}/predict", rl.predict_named if named else rl.predict,
                   "Predict" + suffix, "rl", {200: {"model": PredictResponse},
-                  **error_responses(400, 401, 403, 404, 413, 422, 503)},
+                  **error_responses(400, 401, 403, 404, 409, 413, 422, 503)},
                   body=PREDICT_BODY, lane="rl"),
             Route("GET", f"{base}/status", bind(rl.status), "Status" + suffix, "rl",
                   error_responses(404), warm=not named),
@@ -93,6 +97,9 @@ def route_table(prefix: str) -> tuple[Route, ...]:
             Route("DELETE", f"{base}/pin", bind(rl.unpin), "Unpin" + suffix, "rl", admin),
         ]  # fmt: skip
     table.append(Route("GET", f"{prefix}/fleet", fleet.fleet, "Fleet", "rl"))
+    table.append(Route("POST", f"{prefix}/feedback", rl.feedback, "Feedback", "rl",
+                       {200: {"model": FeedbackResponse}, **error_responses(400, 401, 409, 410, 422)},
+                       body=FEEDBACK_BODY))  # fmt: skip
     oip_404 = error_responses(404, oip=True)
     table += [
         Route("GET", "/v2", oip.server_metadata, "Server metadata", "oip"),
@@ -105,6 +112,11 @@ def route_table(prefix: str) -> tuple[Route, ...]:
         Route("POST", "/v2/models/{name}/infer", oip.infer, "Infer", "oip",
               {200: {"model": InferResponse, "content": BINARY_TENSORS},
                **error_responses(400, 404, 413, 422, 503, oip=True)},
+              body=INFER_BODY, lane="oip"),
+        Route("POST", "/v2/models/{name}/versions/{version}/infer", oip.infer_version,
+              "Infer (a named version)", "oip",
+              {200: {"model": InferResponse, "content": BINARY_TENSORS},
+               **error_responses(400, 404, 409, 413, 422, 503, oip=True)},
               body=INFER_BODY, lane="oip"),
         Route("GET", "/healthz", ops.healthz, "Liveness", "operations", warm=True),
         Route("GET", "/readyz", ops.readyz, "Readiness", "operations", error_responses(503)),
@@ -135,7 +147,7 @@ def lane_paths(table: Iterable[Route], models: Iterable[str]) -> dict[str, tuple
     names = list(models)
     paths: dict[str, tuple[Lane, str | None]] = {}
     for route in table:
-        if route.lane is None:
+        if route.lane is None or _VERSION in route.path:
             continue
         if _PARAM.search(route.path) is None:
             paths[route.path] = (route.lane, None)
@@ -143,6 +155,23 @@ def lane_paths(table: Iterable[Route], models: Iterable[str]) -> dict[str, tuple
         for name in names:
             paths[_PARAM.sub(name, route.path)] = (route.lane, name)
     return paths
+
+
+def lane_templates(
+    table: Iterable[Route], models: Iterable[str]
+) -> list[tuple[str, str, Lane, str]]:
+    """The lane routes with a `{version}` segment, as `(prefix, suffix, lane, model name)` per
+    served model: a path that starts with the prefix and ends with the suffix, with one segment
+    between them, is that route for the version the segment names."""
+    names = list(models)
+    out: list[tuple[str, str, Lane, str]] = []
+    for route in table:
+        if route.lane is None or _VERSION not in route.path:
+            continue
+        before, _, after = route.path.partition(_VERSION)
+        for name in names:
+            out.append((_PARAM.sub(name, before), after, route.lane, name))
+    return out
 
 
 def path_pattern(path: str) -> re.Pattern[str]:

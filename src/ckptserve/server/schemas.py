@@ -11,8 +11,11 @@ __all__ = [
     "ADMIN",
     "BINARY_TENSORS",
     "F32_MAX",
+    "FEEDBACK_BODY",
     "RELOAD_BODY",
+    "VERSION_REF",
     "ErrorResponse",
+    "FeedbackResponse",
     "InferResponse",
     "OipError",
     "PinRequest",
@@ -39,6 +42,16 @@ def number_schema(low: float | None, high: float | None) -> dict[str, Any]:
 
 _number_list = {"type": "array", "items": number_schema(None, None), "minItems": 1}
 
+#: A version reference: a sha256, 12+ of its hex digits, or `<checkpoint>@<sha256[:12]>`. The
+#: served document lists the resident ones (openapi.py): any other is a 409.
+VERSION_REF: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^([^@]+@)?[0-9A-Fa-f]{12,64}$",
+    "description": "A resident version (409 naming the resident ones when it is not): its "
+    "sha256, 12 or more of its hex digits, or the `<checkpoint>@<sha256[:12]>` tag that "
+    "`X-Model-Version` carries.",
+}
+
 PREDICT_BODY: dict[str, Any] = {
     "oneOf": [
         {
@@ -46,14 +59,17 @@ PREDICT_BODY: dict[str, Any] = {
             "title": "One state",
             "required": ["state"],
             "additionalProperties": False,
-            "properties": {"state": _number_list},
+            "properties": {"state": _number_list, "version": VERSION_REF},
         },
         {
             "type": "object",
             "title": "A batch of states",
             "required": ["states"],
             "additionalProperties": False,
-            "properties": {"states": {"type": "array", "items": _number_list, "minItems": 1}},
+            "properties": {
+                "states": {"type": "array", "items": _number_list, "minItems": 1},
+                "version": VERSION_REF,
+            },
         },
     ]
 }
@@ -111,6 +127,20 @@ BINARY_TENSORS: dict[str, Any] = {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
 }
 
+FEEDBACK_BODY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["request_id", "reward"],
+    "properties": {
+        "request_id": {
+            "type": "string",
+            "description": "The `request_id` of an answer (its body, or `X-Request-Id`).",
+            "pattern": r"^[0-9a-f]{12}\.[0-9a-f]{1,12}\.[0-9a-f]{9,24}\.[0-9a-f]{2}\.[0-9a-f]{16}$",
+        },
+        "reward": {**number_schema(None, None), "description": "The outcome: any finite number."},
+    },
+}
+
 PIN_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -164,6 +194,15 @@ class ReloadRequest(BaseModel):
     force: StrictBool = False
 
 
+class FeedbackResponse(BaseModel):
+    """A reward attributed to the version that answered the request."""
+
+    request_id: str
+    version: str = Field(description="The first 12 hex digits of that version's sha256")
+    issued_at: float = Field(description="When the answer was given (epoch seconds)")
+    reward: float
+
+
 class PredictResponse(BaseModel):
     """`action` for `{"state"}`, `actions` for `{"states"}`; the version fields always."""
 
@@ -177,6 +216,11 @@ class PredictResponse(BaseModel):
     load_count: int
     checkpoint: str
     sha256: str
+    replica: str | None = None
+    request_id: str = Field(
+        description="Signed id of this answer (also `X-Request-Id`): report its outcome with "
+        "`POST {prefix}/feedback`"
+    )
 
 
 class OipTensor(BaseModel):
@@ -197,11 +241,16 @@ class InferResponse(BaseModel):
 
 _MEANING = {
     400: "Malformed request (JSON, binary framing, a pin name outside the model's directory)",
-    401: "Missing or wrong admin token",
+    401: "Missing or wrong token (the admin token; for feedback, CKPTSERVE_FEEDBACK_TOKEN)",
     403: "Admin actions are disabled (no CKPTSERVE_ADMIN_TOKEN)",
     404: "Unknown model or checkpoint",
+    409: "The version named is not resident (the message names the resident ones); feedback: "
+    "that request was rewarded already",
+    410: "Feedback for a request answered too long ago (over an hour)",
     413: "Request body over the limit",
-    422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch",
+    422: "Invalid input: wrong length, not a number, not finite, out of bounds, empty batch, "
+    "not a version reference; feedback: a request id never issued here, a reward that is not a "
+    "finite number",
     503: "No live model yet (see Retry-After)",
 }
 

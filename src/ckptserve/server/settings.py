@@ -139,8 +139,8 @@ class Settings(BaseSettings):
     #: Fields without a `serve` flag: the models are its arguments; secrets never go on a command
     #: line (`ps` shows it); the rest are tuning knobs or set by the CLI itself.
     NOT_FLAGS: ClassVar[frozenset[str]] = frozenset({
-        "models", "admin_token", "signing_key", "signing_keys", "prometheus_multiproc_dir",
-        "watch_interval", "loop_probe_interval",
+        "models", "admin_token", "signing_key", "signing_keys", "feedback_secret",
+        "feedback_token", "prometheus_multiproc_dir", "watch_interval", "loop_probe_interval",
     })  # fmt: skip
 
     models: tuple[ModelSpec, ...] = ()
@@ -212,6 +212,14 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = Field(None, description="HMAC key of manifest signatures.")
     signing_keys: SecretStr | None = Field(
         None, description="The keys accepted while a key is rotated (format: manifest.py)."
+    )
+    feedback_secret: SecretStr | None = Field(
+        None, description="The key request ids are signed with (default: a random one per "
+        "process, so with --workers N or replicas only a shared one lets any of them read an id "
+        "another issued).",
+    )  # fmt: skip
+    feedback_token: SecretStr | None = Field(
+        None, description="Bearer token POST {prefix}/feedback requires (default: none needed)."
     )
     prometheus_multiproc_dir: str | None = Field(
         None,
@@ -294,10 +302,16 @@ class Settings(BaseSettings):
 
     def to_env(self) -> str:
         """JSON for handing the settings to worker processes; what comes from the environment
-        only (the admin token, the signing keys) is left out: workers read it themselves."""
-        return self.model_dump_json(
-            exclude={"admin_token", "signing_key", "signing_keys", "prometheus_multiproc_dir"}
-        )
+        only (the admin token, the signing keys, the feedback secret and token) is left out:
+        workers read it themselves."""
+        return self.model_dump_json(exclude=_ENV_ONLY)
+
+
+#: Settings that only come from the environment, never handed to workers as JSON.
+_ENV_ONLY = {
+    "admin_token", "signing_key", "signing_keys", "feedback_secret", "feedback_token",
+    "prometheus_multiproc_dir",
+}  # fmt: skip
 
 
 def _secret(value: SecretStr | None) -> str | None:

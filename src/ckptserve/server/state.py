@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,10 +22,16 @@ import anyio.to_thread
 from ..errors import ModelNotAvailable
 from ..naming import checkpoint_prefix, list_checkpoints
 from ..registry import LiveModel, ModelRegistry
+from ..rollout.canary import Canary
+from ..rollout.feedback import FeedbackStore, RequestIds, RewardStats
+from ..rollout.follow import published
+from ..rollout.ordering import versions_behind
+from ..rollout.shadow import StateBuffer
+from ..versions import ModelVersion
 from .batching import Batcher
 from .errors import ApiError
 from .live import LiveRecorder
-from .metrics import Metrics, prune_dead_workers
+from .metrics import Metrics, RolloutFigures, prune_dead_workers
 from .names import printable, version_header
 from .paths import prepare_model_path
 from .pins import PinBook
@@ -34,10 +41,13 @@ __all__ = ["ModelHandle", "Runtime"]
 
 log = logging.getLogger("ckptserve.server")
 
+#: Versions whose response fields a handle keeps (the live one, a canary, pinned ones).
+_METAS = 8
+
 
 @dataclass(slots=True)
 class _LiveMeta:
-    live: LiveModel
+    version: ModelVersion  # not the LiveModel: a cached entry must not keep a model alive
     header: bytes  # the X-Model-Version value: the tag, made safe for a header
     tag: str  # <checkpoint>@<sha256[:12]> for JSON bodies (names.printable)
     checkpoint: str
@@ -55,7 +65,10 @@ class ModelHandle:
     directory: Path
     prefix: str
     batcher: Batcher | None = None  # dynamic batching (--batch-max-size > 1)
+    buffer: StateBuffer | None = None  # the shadow states requests record (--shadow-states)
+    canary: Canary[LiveModel] | None = None  # answers a share of requests (--canary-fraction)
     _meta: _LiveMeta | None = field(default=None, repr=False)
+    _metas: dict[int, _LiveMeta] = field(default_factory=dict, repr=False)
     _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
@@ -80,14 +93,40 @@ class ModelHandle:
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""
-        meta = self._meta
-        if meta is not None and meta.live is live:
+        meta, version = self._meta, live.version
+        if meta is not None and meta.version is version:
             return meta
-        v = live.version
-        header = version_header(v.checkpoint, v.sha256)
-        meta = _LiveMeta(live, header, printable(v.tag), printable(v.checkpoint), v.sha256, v.mtime)
+        # A canary and the live version answer in turn. The key is the version's id: the entry
+        # holds that ModelVersion, so the id cannot be reused while the entry exists.
+        meta = self._metas.get(id(version))
+        if meta is None or meta.version is not version:
+            v = version
+            header = version_header(v.checkpoint, v.sha256)
+            meta = _LiveMeta(v, header, printable(v.tag), printable(v.checkpoint), v.sha256,
+                             v.mtime)  # fmt: skip
+            if len(self._metas) >= _METAS:
+                self._metas.clear()
+            self._metas[id(version)] = meta
         self._meta = meta
         return meta
+
+    def pick(self, ref: str) -> LiveModel:
+        """The resident version a request names (`"version"`, `X-Model-Version`, OIP's version
+        path): 422 for what is no version reference, 409 naming the resident ones when it is
+        not resident."""
+        rollout = self.registry.rollout
+        try:
+            found = rollout.find(ref)
+        except ValueError as exc:
+            reason = str(exc) if len(ref) <= 200 else "it is too long to be one"
+            raise ApiError(422, f"version: {reason}") from None
+        if found is None:
+            resident = ", ".join(rollout.tags()) or "none yet"
+            raise ApiError(
+                409, f"version {ref[:80]!r} is not resident (resident: {resident}): it was "
+                "evicted or rolled back, or never served here",
+            )  # fmt: skip
+        return found
 
     def versions(self) -> list[dict[str, Any]]:
         """Timestamped checkpoints in the model's directory, newest first, marking the live one."""
@@ -108,6 +147,28 @@ class ModelHandle:
                 "live": is_live, "sha256": live.sha256 if is_live and live else None,
             })  # fmt: skip
         return out
+
+    def rewards(self, stats: Mapping[str, RewardStats]) -> dict[str, dict[str, Any]]:
+        """Of `stats` (FeedbackStore.stats(): per 12 hex of a sha256), those of this model's
+        resident versions and running canary."""
+        versions = list(self.registry.resident.versions())
+        canary = self.canary.canary if self.canary is not None else None
+        if canary is not None:
+            versions.append(canary)
+        mine = {v.version.sha256[:12] for v in versions}
+        return {v: s.to_dict() for v, s in stats.items() if v in mine}
+
+    def versions_behind(self) -> int | None:
+        """How many published checkpoints come after the live one (ordering.versions_behind,
+        from the checkpoints' records); None while nothing is live or nothing can be listed."""
+        live = self.registry.current
+        if live is None:
+            return None
+        try:
+            found = published(self.directory, self.prefix)
+        except OSError:
+            return None
+        return versions_behind(live.version.metadata, [p.metadata for p in found])
 
     def newest_mtime(self) -> float | None:
         """The newest checkpoint on disk (timestamped files, or the watched path when it is a
@@ -143,7 +204,14 @@ class Runtime:
         self.default = settings.default_model
         token = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._admin_token = token.encode() or None
-        self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir())
+        secret = settings.feedback_secret
+        # Without a secret of its own, each process signs with a random key (rollout/feedback.py).
+        self.ids = RequestIds(secret.get_secret_value() if secret else None)
+        self.feedback = FeedbackStore(self.ids)
+        token = settings.feedback_token.get_secret_value() if settings.feedback_token else ""
+        self._feedback_token = token.encode() or None
+        self.metrics = Metrics(self._staleness, multiprocess_dir=_multiprocess_dir(),
+                               rollout=self._rollout_figures)  # fmt: skip
         self.live = LiveRecorder()  # the status page's per-second series and action samples
         self._watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -162,14 +230,14 @@ class Runtime:
         prepare_model_path(spec.path)
         registry = ModelRegistry(spec.path, self.settings.device, name=spec.name, options=options)
         registry.add_listener(self.metrics.on_load)
+        registry.rollout.listeners.append(partial(self.metrics.on_rollout, spec.name))
         watched = Path(registry.source.path)
         directory = Path(spec.path) if Path(spec.path).is_dir() else watched.parent
         batcher = None
         if self.settings.batch_max_size > 1:
             batcher = Batcher(self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1000)
-        return ModelHandle(
-            spec.name, registry, watched, directory, checkpoint_prefix(watched), batcher
-        )
+        return ModelHandle(spec.name, registry, watched, directory, checkpoint_prefix(watched),
+                           batcher, registry.rollout.buffer, registry.rollout.canary)  # fmt: skip
 
     async def start(self) -> None:
         if self.metrics.multiprocess_dir:
@@ -244,6 +312,11 @@ class Runtime:
                     pass
                 except Exception:
                     log.exception("watching %s failed", handle.name)
+                if handle.canary is not None and handle.canary.canary is not None:
+                    try:  # its window may be over (marking a version bad writes a file)
+                        await anyio.to_thread.run_sync(handle.registry.rollout.poll, self.feedback)
+                    except Exception:
+                        log.exception("judging the canary of %s failed", handle.name)
             await asyncio.sleep(self.settings.watch_interval)
 
     async def _lag_probe(self) -> None:
@@ -288,6 +361,18 @@ class Runtime:
                 401, "a valid admin token is required", [(b"www-authenticate", b"Bearer")]
             )
 
+    def require_feedback_token(self, authorization: bytes | None) -> None:
+        """Raise 401 when CKPTSERVE_FEEDBACK_TOKEN is set and the bearer token is not it."""
+        token = self._feedback_token
+        if token is None:
+            return
+        scheme, _, given = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ApiError(
+                401, "feedback needs 'Authorization: Bearer <CKPTSERVE_FEEDBACK_TOKEN>'",
+                [(b"www-authenticate", b"Bearer")],
+            )  # fmt: skip
+
     def not_ready(self) -> dict[str, str]:
         """Why each model without a live version is not live (empty when all are ready)."""
         reasons = {}
@@ -305,6 +390,22 @@ class Runtime:
         if not self.models:
             reasons["*"] = "starting"
         return reasons
+
+    def _rollout_figures(self) -> list[RolloutFigures]:
+        stats = self.feedback.stats()
+        out = []
+        for name, handle in list(self.models.items()):
+            registry, live = handle.registry, handle.registry.current
+            step = live.version.metadata.get("step") if live is not None else None
+            verdict = registry.judge.last
+            divergence = verdict.divergence if verdict is not None else None
+            rewards = {v: (r["count"], r["mean"]) for v, r in handle.rewards(stats).items()}
+            out.append(RolloutFigures(
+                name, handle.versions_behind(), step if type(step) is int else None,
+                len(registry.resident), registry.resident.total_bytes,
+                divergence.to_dict() if divergence is not None else None, rewards,
+            ))  # fmt: skip
+        return out
 
     def _staleness(self) -> list[tuple[str, float | None, float | None, bool]]:
         now = time.time()

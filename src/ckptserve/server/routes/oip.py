@@ -6,15 +6,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Header, Path
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ... import __version__
 from ..errors import error_reply
 from ..predict import handle_model_request
+from ..schemas import VERSION_REF
 from .common import JSONText, runtime_of, to_response
 
-__all__ = ["infer", "live", "model_metadata", "model_ready", "ready", "server_metadata"]
+__all__ = [
+    "infer",
+    "infer_version",
+    "live",
+    "model_metadata",
+    "model_ready",
+    "ready",
+    "server_metadata",
+]
 
 
 def _json(data: dict[str, Any], status: int = 200) -> JSONText:
@@ -63,10 +73,33 @@ async def model_ready(request: Request, name: str) -> Response:
     return _json({"name": handle.name, "ready": ok}, 200 if ok else 503)
 
 
-async def infer(request: Request, name: str) -> Response:
-    """FP32 input `state` of shape `[batch, obs_dim]` -> FP32 output `action`."""
+_SESSION = Header(
+    None, alias="x-session-id", description="While a canary runs, the requests of one session "
+    "(an episode) are all answered by the same side",
+)  # fmt: skip
+_VERSION_PATH = Path(pattern=VERSION_REF["pattern"], description=VERSION_REF["description"])
+
+
+async def infer(request: Request, name: str, x_session_id: str | None = _SESSION) -> Response:
+    """FP32 input `state` of shape `[batch, obs_dim]` -> FP32 output `action`; `parameters`
+    carries the `request_id` to report a reward for (`POST /rl/feedback`)."""
+    return await _infer(request, name, None)
+
+
+async def infer_version(
+    request: Request, name: str, version: str = _VERSION_PATH, x_session_id: str | None = _SESSION
+) -> Response:
+    """As `infer`, answered by the resident version `version` names (its sha256, 12+ hex digits
+    of it, or its `<checkpoint>@<sha256[:12]>` tag: tritonclient's `model_version=`); 409
+    naming the resident versions when it is not resident."""
+    return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    headers = request.headers
     reply = await handle_model_request(
         runtime_of(request), "oip", name, await request.body(), b"", None,
-        request.headers.get("inference-header-content-length", "").encode() or None,
+        headers.get("inference-header-content-length", "").encode() or None, version,
+        headers.get("x-session-id", "").encode("latin-1") or None,
     )  # fmt: skip
     return to_response(reply)

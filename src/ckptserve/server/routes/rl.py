@@ -13,21 +13,23 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from fastapi import Query
+from fastapi import Header, Query
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ...errors import CheckpointError
+from ...rollout.feedback import FeedbackRefused
 from ...sources import confine
 from ..errors import ApiError
-from ..predict import handle_model_request
-from ..schemas import PinRequest, ReloadRequest
+from ..predict import handle_model_request, parse_json
+from ..schemas import VERSION_REF, PinRequest, ReloadRequest
 from ..state import ModelHandle, Runtime
 from .common import runtime_of, to_response
 
 __all__ = [
+    "feedback",
     "for_default",
     "for_named",
     "pin",
@@ -41,25 +43,51 @@ __all__ = [
 
 
 _FORCE = Query(False, description="Reload before answering (needs the admin token)")
+_VERSION = Header(
+    None, alias="x-model-version", pattern=VERSION_REF["pattern"],
+    description="The resident version that answers, as the body's `version` (percent-encoded "
+    "as responses write it); 409 naming the resident ones when it is not resident",
+)  # fmt: skip
+_SESSION = Header(
+    None, alias="x-session-id", description="While a canary runs, the requests of one session "
+    "(an episode) are all answered by the same side",
+)  # fmt: skip
 
 
-async def predict(request: Request, force_reload: bool = _FORCE) -> Response:
+async def predict(
+    request: Request,
+    force_reload: bool = _FORCE,
+    x_model_version: str | None = _VERSION,
+    x_session_id: str | None = _SESSION,
+) -> Response:
     """Run the default policy on one state (`{"state": [...]}`) or a batch (`{"states": [[...]]}`).
 
-    Every response from a model carries `X-Model-Version: <checkpoint>@<sha256[:12]>`.
+    Every response from a model carries `X-Model-Version: <checkpoint>@<sha256[:12]>`; every
+    answer its `request_id` (body and `X-Request-Id`), to report its outcome with
+    `POST {prefix}/feedback`. `"version"` (or `X-Model-Version`) names the resident version
+    that answers, so an episode can stay on one version.
     """
     return await _predict(request, None)
 
 
-async def predict_named(request: Request, model: str, force_reload: bool = _FORCE) -> Response:
+async def predict_named(
+    request: Request,
+    model: str,
+    force_reload: bool = _FORCE,
+    x_model_version: str | None = _VERSION,
+    x_session_id: str | None = _SESSION,
+) -> Response:
     """Run the named model's policy; the same body and response as the default model's route."""
     return await _predict(request, model)
 
 
 async def _predict(request: Request, model: str | None) -> Response:
+    headers = request.headers
     reply = await handle_model_request(
-        runtime_of(request), "rl", model, await request.body(),
-        request.scope["query_string"], request.headers.get("authorization", "").encode() or None, None,
+        runtime_of(request), "rl", model, await request.body(), request.scope["query_string"],
+        headers.get("authorization", "").encode() or None, None,
+        headers.get("x-model-version", "").encode("latin-1") or None,
+        headers.get("x-session-id", "").encode("latin-1") or None,
     )  # fmt: skip
     return to_response(reply)
 
@@ -73,8 +101,9 @@ def _status(runtime: Runtime, handle: ModelHandle) -> dict[str, Any]:
     status = handle.registry.status()
     age, lag = handle.staleness()
     status.update(
-        default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag, pid=os.getpid()
-    )
+        default=handle.name == runtime.default, age_seconds=age, lag_seconds=lag, pid=os.getpid(),
+        versions_behind=handle.versions_behind(), rewards=handle.rewards(runtime.feedback.stats()),
+    )  # fmt: skip
     return status
 
 
@@ -153,6 +182,31 @@ def _parse(model: type[Body], raw: bytes, wanted: str) -> Body:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ApiError(422, f"the body must be {wanted}: {where}: {first['msg']}") from None
+
+
+#: The status of each reason a reward is refused (rollout/feedback.py).
+_REFUSED = {"unknown_id": 422, "bad_reward": 422, "duplicate": 409, "expired": 410}
+
+
+async def feedback(request: Request) -> dict[str, Any]:
+    """Attribute a reward to the version that answered a request: `{"request_id": ..., "reward":
+    float}`, once per request id (`Authorization: Bearer <CKPTSERVE_FEEDBACK_TOKEN>` when set).
+    With `--canary-metric reward` a canary is judged on these rewards."""
+    runtime = runtime_of(request)
+    runtime.require_feedback_token(request.headers.get("authorization", "").encode() or None)
+    payload = parse_json(await request.body())
+    if type(payload) is not dict:
+        raise ApiError(422, 'feedback is a JSON object {"request_id": "...", "reward": <number>}')
+    extra = sorted(set(payload) - {"request_id", "reward"})
+    if extra:
+        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, extra))}"[:300])
+    try:
+        issued = runtime.feedback.add(payload.get("request_id"), payload.get("reward"))
+    except FeedbackRefused as exc:
+        runtime.metrics.feedback_refused(exc.reason)
+        raise ApiError(_REFUSED[exc.reason], str(exc)) from None
+    return {"request_id": issued.request_id, "version": issued.version,
+            "issued_at": issued.issued_at, "reward": float(payload["reward"])}  # fmt: skip
 
 
 Handler = Callable[[Request, "str | None"], Awaitable[Any]]

@@ -31,6 +31,15 @@
     return node;
   };
 
+  // A judged candidate's shadow figures (rollout: the candidate beside the live model on the
+  // buffered request states), in one line.
+  const fmtShadow = (d) => {
+    if (!d) return "";
+    const num = (v) => (v === null || v === undefined ? "–" : Number(v).toPrecision(3));
+    return `shadow over ${d.states} states: mean |Δ| ${num(d.mean_abs)}, max ${num(d.max_abs)}, ` +
+      `sign flips ${(d.sign_flips * 100).toFixed(1)}%, non-finite ${(d.non_finite * 100).toFixed(1)}%`;
+  };
+
   function lagClass(lag, pinned) {
     if (lag === null || lag === undefined) return "";
     if (lag < 0.05) return "ok"; // "0.0 s" is good news
@@ -132,8 +141,14 @@
       dot.setAttribute("class", "attempt");
       dot.dataset.result = attempt.result;
       const title = document.createElementNS(SVG, "title");
-      title.textContent = `${fmtTime(attempt.at)} ${attempt.result} ${attempt.checkpoint || ""}${attempt.reason ? `: ${attempt.reason}` : ""}`;
+      const shadow = fmtShadow(attempt.divergence);
+      title.textContent = `${fmtTime(attempt.at)} ${attempt.result} ${attempt.checkpoint || ""}${attempt.reason ? `: ${attempt.reason}` : ""}${shadow ? `\n${shadow}` : ""}`;
       dot.appendChild(title);
+      if (attempt.divergence) { // judged on live states: a ring, its width the share of sign flips
+        dot.setAttribute("stroke", "#111827");
+        dot.setAttribute("stroke-width", String(1 + 3 * Math.min(1, attempt.divergence.sign_flips)));
+        dot.dataset.signFlips = String(attempt.divergence.sign_flips);
+      }
       parts.push(dot);
     }
     svg.replaceChildren(...parts);
@@ -145,7 +160,7 @@
       tr.className = "attempt";
       tr.dataset.result = a.result;
       const cells = [fmtTime(a.at), a.result, a.checkpoint || "–", (a.sha256 || "").slice(0, 12),
-        (a.duration * 1000).toFixed(1), a.reason || ""];
+        (a.duration * 1000).toFixed(1), [a.reason, fmtShadow(a.divergence)].filter(Boolean).join("\n")];
       cells.forEach((value, i) => {
         const td = document.createElement("td");
         td.textContent = value;

@@ -27,6 +27,7 @@ __all__ = [
     "SIGNING_KEY_ENV",
     "Keyring",
     "canonical_bytes",
+    "checked_manifest",
     "keyring_from_environment",
     "parse_keyring",
     "parse_manifest",
@@ -184,6 +185,21 @@ def _read_key_file(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"key file {path} is not UTF-8 text") from None
+
+
+def checked_manifest(
+    raw: bytes, keyring: Keyring | str | bytes | None, *, required: bool = False
+) -> dict[str, Any]:
+    """`raw` parsed and its signature verified: what a reader of a manifest (a file, an object)
+    calls. Whatever `raw` holds, the only error is an IntegrityError with a one-line reason."""
+    try:
+        manifest = parse_manifest(raw)
+        verify_signature(manifest, keyring, required=required)
+    except IntegrityError:
+        raise
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # defence in depth
+        raise IntegrityError(f"manifest is malformed: {type(exc).__name__}") from None
+    return manifest
 
 
 def verify_signature(

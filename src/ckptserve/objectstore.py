@@ -31,7 +31,7 @@ from typing import Any
 from ._copies import PrivateCopies
 from ._polling import Poll
 from .errors import CheckpointError, CkptServeError, IntegrityError
-from .manifest import MAX_MANIFEST_BYTES, Keyring, parse_manifest, verify_signature
+from .manifest import MAX_MANIFEST_BYTES, Keyring, checked_manifest
 from .sources import CHUNK, DEFAULT_LIMIT, Snapshot
 from .versions import VersionKey
 
@@ -290,14 +290,7 @@ class S3Source:
         return manifest, token
 
     def _checked(self, raw: bytes) -> dict[str, Any]:
-        try:
-            manifest = parse_manifest(raw)
-            verify_signature(manifest, self._key, required=self._require)
-        except CheckpointError:
-            raise
-        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
-            raise IntegrityError(f"manifest is malformed: {type(exc).__name__}") from None
-        return manifest
+        return checked_manifest(raw, self._key, required=self._require)
 
     def _download(
         self, key: str, name: str, copies: PrivateCopies, bound: int, why: str, want: str,

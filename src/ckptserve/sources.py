@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ._copies import PrivateCopies
 from .errors import CheckpointError, IntegrityError, PathNotAllowed
-from .manifest import MAX_MANIFEST_BYTES, Keyring, parse_manifest, verify_signature
+from .manifest import MAX_MANIFEST_BYTES, Keyring, checked_manifest
 from .naming import latest_in_directory, record_for
 from .versions import VersionKey, stat_key
 
@@ -248,14 +248,7 @@ class ManifestSource(_StatWatched):
             raw = f.read(MAX_MANIFEST_BYTES + 1)
         if len(raw) > MAX_MANIFEST_BYTES:
             raise IntegrityError(f"manifest is over {MAX_MANIFEST_BYTES} bytes: not a manifest")
-        try:
-            manifest = parse_manifest(raw)
-            verify_signature(manifest, self._key, required=self._require)
-        except CheckpointError:
-            raise
-        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
-            raise IntegrityError(f"manifest is malformed: {type(exc).__name__}") from None
-        return manifest
+        return checked_manifest(raw, self._key, required=self._require)
 
     def fetch(self, copies: PrivateCopies, *, limit: int = DEFAULT_LIMIT) -> Snapshot:
         before = self.token()

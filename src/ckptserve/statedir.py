@@ -26,7 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PINS_FILE", "STATE_DIR_ENV", "Pin", "pinned_in", "read_pins", "write_pin"]
+__all__ = [
+    "PINS_FILE",
+    "STATE_DIR_ENV",
+    "Pin",
+    "pinned_in",
+    "read_pins",
+    "read_regular",
+    "write_pin",
+]
 
 #: The environment variable `publish()` reads for the state directory when given none.
 STATE_DIR_ENV = "CKPTSERVE_STATE_DIR"
@@ -64,7 +72,7 @@ def read_pins(state_dir: str | os.PathLike[str]) -> dict[tuple[str, str], Pin]:
     an entry of the wrong shape, reads as no pins (or without that entry).
     """
     try:
-        raw = _read_regular(Path(state_dir) / PINS_FILE)
+        raw = read_regular(Path(state_dir) / PINS_FILE)
         data = json.loads(raw)
     except (OSError, ValueError, RecursionError):
         return {}
@@ -136,15 +144,16 @@ def _pin_from(entry: Any) -> Pin | None:
     return Pin(directory, name, checkpoint, sha256, float(pinned_at))
 
 
-def _read_regular(path: Path) -> bytes:
-    """At most `_MAX_BYTES` of a regular file, opened without following a symlink or blocking."""
+def read_regular(path: Path, limit: int = _MAX_BYTES) -> bytes:
+    """At most `limit` bytes of a regular file of the state directory, opened without following a
+    symlink or blocking (a FIFO, a link or a huge file planted there is an OSError)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OSError(f"{path} is not a regular file")
-        raw = f.read(_MAX_BYTES + 1)
-    if len(raw) > _MAX_BYTES:
-        raise OSError(f"{path} is over {_MAX_BYTES} bytes")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise OSError(f"{path} is over {limit} bytes")
     return raw
 
 

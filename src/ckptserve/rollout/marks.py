@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..statedir import read_regular
 from ..versions import stat_key
 
 __all__ = ["BadMarks", "Mark"]
@@ -50,18 +50,6 @@ class Mark:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _read_regular(path: Path) -> bytes:
-    """At most `_MAX_BYTES` of a regular file, opened without following a link or blocking."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb", buffering=0) as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        raw = f.read(_MAX_BYTES + 1)
-    if len(raw) > _MAX_BYTES:
-        raise OSError(f"{path} is over {_MAX_BYTES} bytes")
-    return raw
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -121,7 +109,7 @@ class BadMarks:
 
     def _load(self) -> dict[str, Mark]:
         try:
-            raw = _read_regular(self.path)
+            raw = read_regular(self.path, _MAX_BYTES)
         except FileNotFoundError:
             return {}
         except OSError as exc:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ckptserve.demo.runner import _Child, _stop_children, probe_states, run_demo
+from ckptserve.demo._processes import Child as _Child
+from ckptserve.demo._processes import stop_children as _stop_children
+from ckptserve.demo.runner import probe_states, run_demo
 
 
 def _free_port() -> int:

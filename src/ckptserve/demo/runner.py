@@ -15,26 +15,19 @@ prints the refusal, which the status page shows with its figures.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
+from ._processes import Child, Stop, signals_ignored, signals_stop, stop_children
 from .env import PairsTradingEnv
 
 __all__ = ["GUARD_FLAGS", "PROBE_Z", "probe_states", "run_demo"]
@@ -47,141 +40,12 @@ GUARD_FLAGS = ("--max-sign-flips", "0.5")
 of the probe states is refused (learning from the random start flips at most one of the two)."""
 
 _POLL_SECONDS = 0.5
-_STOP_DEADLINE = 5.0
-
-
-class _Stop(Exception):
-    """SIGTERM arrived: stop like Ctrl-C."""
 
 
 def probe_states() -> list[list[float]]:
     """The fixed observations the runner asks the served policy about (position 0)."""
     window = PairsTradingEnv().window
     return [[z] * window + [0.0] for z in PROBE_Z]
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """On Linux, a pre-exec hook that has the kernel SIGTERM the child if the runner dies, even
-    by SIGKILL (then no `finally` runs): the demo must not leave a trainer or a server behind."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:  # runs in the child between fork and exec: no allocation-heavy work
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the runner died before prctl took effect
-            os._exit(1)
-
-    return hook
-
-
-@dataclass
-class _Child:
-    name: str
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(self.log, "wb") as out:
-            # A new session: Ctrl-C in the terminal reaches only the runner, which stops the
-            # whole group (the child and anything it started) in order.
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent_hook(),
-            )  # fmt: skip
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_children(children: Sequence[_Child], deadline: float = _STOP_DEADLINE) -> None:
-    """SIGTERM every child's process group, SIGKILL what is left after `deadline` seconds."""
-    started = [c for c in children if c.proc is not None]
-    for child in started:
-        _signal_group(child.pid, signal.SIGTERM)
-    end = time.monotonic() + deadline
-    for child in started:
-        assert child.proc is not None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(timeout=max(0.0, end - time.monotonic()))
-    for child in started:
-        assert child.proc is not None
-        if _group_alive(child.pid):
-            _signal_group(child.pid, signal.SIGKILL)
-        if child.proc.poll() is None:
-            child.proc.kill()
-        child.proc.wait()
-    # Grandchildren that outlived their leader still carry its process group id.
-    end = time.monotonic() + deadline
-    while any(_group_alive(c.pid) for c in started) and time.monotonic() < end:
-        time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def _signals_stop() -> Iterator[None]:
-    """Inside: SIGTERM raises _Stop and Ctrl-C KeyboardInterrupt, also when the shell that
-    started us ignored SIGINT (a background job of a script), which Python would inherit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise _Stop
-
-    handlers = {signal.SIGTERM: on_term, signal.SIGINT: signal.default_int_handler}
-    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Inside: a second Ctrl-C (or SIGTERM) cannot interrupt the shutdown half-way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 # The server is local: never send the runner's polls through an http_proxy from the environment.
@@ -324,7 +188,7 @@ def run_demo(
     models = Path(directory) if directory else run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     base = f"http://{_url_host(host)}:{port}"
-    trainer = _Child(
+    trainer = Child(
         "trainer",
         [
             sys.executable, "-m", "ckptserve.demo.trainer", "--dir", str(models),
@@ -333,7 +197,7 @@ def run_demo(
         ],
         run_dir / "trainer.log",
     )  # fmt: skip
-    server = _Child(
+    server = Child(
         "server",
         [
             sys.executable, "-m", "ckptserve", "serve", str(models), "--host", host,
@@ -346,7 +210,7 @@ def run_demo(
     watcher = _Watcher(base, write)
     code = 0
     try:
-        with _signals_stop():
+        with signals_stop():
             for child in children:
                 child.start()
             write("ckptserve demo: a SAC agent learns to trade a mean-reverting spread")
@@ -366,11 +230,11 @@ def run_demo(
             write("The first checkpoint lands in a few seconds; Ctrl-C to stop.\n")
             watcher.header()
             code = _watch(children, watcher, duration, write)
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, Stop):
         code = 0
     finally:
-        with _signals_ignored():
-            _stop_children(children)
+        with signals_ignored():
+            stop_children(children)
         write(f"stopped: {len(watcher.seen)} versions served; trainer and server have exited.")
         if code == 0:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -380,7 +244,7 @@ def run_demo(
 
 
 def _watch(
-    children: Sequence[_Child],
+    children: Sequence[Child],
     watcher: _Watcher,
     duration: float | None,
     write: Callable[[str], None],

@@ -1,8 +1,8 @@
 """Reliability kit: staged checkpoints (good and bad), a chaos writer process, a raw-socket load
 generator, /metrics parsing and RSS sampling. Used by tests/reliability and benchmarks/soak.py.
 
-Everything is bounded: the writer stops after its duration, the load generator after its duration
-or its request budget, whichever comes first.
+Everything is bounded: the writer stops after its duration and one event of every kind, the load
+generator after its duration or its request budget, whichever comes first.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def zip_bomb(inflated: int = 64 << 20) -> bytes:
 
 def writer_main(target: str, staging_root: str, duration: float, seed: int,
                 pace: float, log_path: str) -> None:  # fmt: skip
-    """The chaos writer: good publishes with every kind of CHAOS mixed in, for `duration` s.
+    """The chaos writer: good publishes with every kind of CHAOS mixed in, for `duration` s and
+    at least one of each.
     Appends one JSON line per event to `log_path`."""
     rnd = random.Random(seed)
     tgt = Path(target)
@@ -201,7 +202,7 @@ def writer_main(target: str, staging_root: str, duration: float, seed: int,
     deadline = time.monotonic() + duration
     n = 0
     with open(log_path, "a") as log:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or n < 2 * len(CHAOS):
             kind = "good" if n % 2 == 0 else CHAOS[(n // 2) % len(CHAOS)]
             pick = rnd.choice(good)
             t = time.time()
@@ -297,6 +298,16 @@ class LoadStats:
             "p99_ms": round(self.percentile(0.99) * 1e3, 2),
             "max_ms": round(self.max_latency * 1e3, 2), "distinct_sha": len(self.shas),
         }  # fmt: skip
+
+    def add(self, more: LoadStats) -> None:
+        """Count a later load's figures in with these."""
+        self.sent += more.sent
+        for mine, theirs in ((self.statuses, more.statuses), (self.errors, more.errors),
+                             (self.shas, more.shas), (self.pids, more.pids)):  # fmt: skip
+            mine.update(theirs)
+        self.latencies += more.latencies
+        self.non2xx += more.non2xx
+        self.elapsed += more.elapsed
 
 
 def _request(port: int, path: str, body: bytes, close: bool = False) -> bytes:
@@ -465,10 +476,14 @@ def run_chaos(root: Path, *, swap: str = "sync", workers: int = 1, duration: flo
 
 def _load_during(server: Any, writer: Any, concurrency: int, seconds: float,
                  join: float) -> tuple[LoadStats, dict[str, Any]]:  # fmt: skip
-    """Send /rl/predict for `seconds` while the writer runs, wait for the writer, then read
-    what the server says about itself."""
+    """Send /rl/predict for `seconds` and on while the writer runs (it goes past its duration
+    until it has done every kind of event once, which takes longer on a loaded machine), for at
+    most `join` s more, then read what the server says about itself."""
     stats = run_load(server.port, concurrency=concurrency, duration=seconds)
-    writer.join(join)
+    end = time.monotonic() + join
+    while writer.is_alive() and time.monotonic() < end:
+        stats.add(run_load(server.port, concurrency=concurrency, duration=1.0))
+    writer.join(max(0.0, end - time.monotonic()))
     alive = server.client.get("/healthz").status_code == 200
     result = reloads(server.url)
     status = server.client.get("/rl/status").json()
@@ -514,7 +529,10 @@ MANIFEST_CHAOS = (
     "huge_int",
     "dev_zero_manifest",
     "fifo_checkpoint",
+    "pin_swap",
 )
+#: The admin token of the manifest-chaos server: the writer pins and unpins through it.
+ADMIN_TOKEN = "reliability-soak-admin"
 #: The key the writer signs with and the server checks (CKPTSERVE_SIGNING_KEY).
 SIGNING_KEY = "reliability-soak-key"
 
@@ -564,11 +582,28 @@ def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
+def _admin(url: str, method: str, body: dict[str, Any] | None = None) -> int:
+    """One admin request to the chaos server (pin, unpin); its status."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/rl/pin", data=data, method=method)
+    request.add_header("authorization", f"Bearer {ADMIN_TOKEN}")
+    request.add_header("content-type", "application/json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def manifest_writer_main(directory: str, staging_root: str, duration: float, seed: int,
                          pace: float, settle: float, key: str, log_path: str,
-                         ready: Any = None) -> None:  # fmt: skip
+                         ready: Any = None, url: str = "") -> None:  # fmt: skip
     """The manifest chaos writer: signed publishes with every kind of MANIFEST_CHAOS mixed in,
-    for `duration` s. Appends one JSON line per event to `log_path`: its kind, the sha256s a
+    for `duration` s and at least one of each. Appends one JSON line per event to `log_path`: its kind, the sha256s a
     response may carry because of it (`good`) and those it must not (`bad`)."""
     from ckptserve.manifest import sign_manifest
 
@@ -600,7 +635,7 @@ def manifest_writer_main(directory: str, staging_root: str, duration: float, see
     deadline = time.monotonic() + duration
     n = 0
     with open(log_path, "a") as log:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or n < 2 * len(MANIFEST_CHAOS):
             kind = "good" if n % 2 == 0 else MANIFEST_CHAOS[(n // 2) % len(MANIFEST_CHAOS)]
             event: dict[str, Any] = {"t": time.time(), "kind": kind, "good": [], "bad": []}
             data = rnd.choice(rogue)
@@ -679,6 +714,17 @@ def manifest_writer_main(directory: str, staging_root: str, duration: float, see
                 last = published[-1]
                 _replace_with_fifo(models / last["checkpoint"])
                 _write_atomic(manifest, _manifest_bytes(last))
+            elif kind == "pin_swap":
+                # An admin pins an older signed checkpoint, then its file is replaced by a model
+                # nobody signed (a new inode), then the pin is lifted: the intruder never answers.
+                older = [m for m in published[:-1] if (models / m["checkpoint"]).is_file()]
+                m = rnd.choice(older) if older else published[-1]
+                event["pinned"] = _admin(url, "POST", {"checkpoint": m["checkpoint"]})
+                event["good"].append(m["sha256"])
+                _write_atomic(models / m["checkpoint"], data)
+                event["bad"].append(sha)
+                time.sleep(wait)
+                event["unpinned"] = _admin(url, "DELETE")
             elif kind == "same_second":
                 # Two publishes, the second written into the first's manifest in place with the
                 # same size and the first's mtime put back: its stat key (less the ctime) is
@@ -731,7 +777,8 @@ def run_manifest_chaos(root: Path, *, swap: str = "sync", duration: float = 12.0
     args = [str(models / "actor_latest.json"), "--obs-dim", str(OBS_DIM), "--action-dim", "1",
             "--swap", swap, "--require-signature", "--verify-interval", str(verify_interval),
             "--log-level", "warning"]  # fmt: skip
-    env = {"CKPTSERVE_SIGNING_KEY": SIGNING_KEY, "PYTHONPATH": str(shim)}
+    env = {"CKPTSERVE_SIGNING_KEY": SIGNING_KEY, "PYTHONPATH": str(shim),
+           "CKPTSERVE_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
     server = ServerProcess(args, env=env, log=root / "server.log")
     log_path = root / "writer.jsonl"
     writer = None
@@ -741,7 +788,7 @@ def run_manifest_chaos(root: Path, *, swap: str = "sync", duration: float = 12.0
         ready = ctx.Event()
         settle = 3 * verify_interval
         writer_args = (str(models), str(staging.root), duration, seed, pace, settle,
-                       SIGNING_KEY, str(log_path), ready)  # fmt: skip
+                       SIGNING_KEY, str(log_path), ready, server.url)  # fmt: skip
         writer = ctx.Process(target=manifest_writer_main, args=writer_args, daemon=True)
         writer.start()
         if not ready.wait(60):
@@ -762,6 +809,9 @@ def run_manifest_chaos(root: Path, *, swap: str = "sync", duration: float = 12.0
         **_served(stats, good), "good_versions": len(good),
         "known_bad_served": sum(n for sha, n in stats.shas.items() if sha in bad and sha not in good),
         "events": dict(Counter(e["kind"] for e in events)),
+        "pins": {"pinned": sum(e.get("pinned") == 200 for e in events if e["kind"] == "pin_swap"),
+                 "unpinned": sum(e.get("unpinned") == 200 for e in events
+                                 if e["kind"] == "pin_swap")},
         "same_second": {"events": len(seconds),
                         "key_restored": sum(bool(e["key_restored"]) for e in seconds),
                         "served": sum(stats.shas.get(e["second"], 0) > 0 for e in seconds)},

@@ -1,9 +1,9 @@
 """Chaos: a hostile writer mixes torn, truncated, garbage, wrong-shape, NaN, deleted, same-mtime,
 symlinked and rolled-back checkpoints into good publishes while 32 connections send /rl/predict;
 in manifest mode, signed publishes with mismatched digests, flipped bits, missing files, broken
-JSON, forged or missing signatures, wrong-shape and NaN models, rollbacks and a rewrite that only
---verify-interval finds. The server must answer every request with a good model. The long run
-is `make soak`."""
+JSON, forged or missing signatures, wrong-shape and NaN models, rollbacks, a pinned checkpoint
+replaced by an unsigned one, and a rewrite that only --verify-interval finds. The server must
+answer every request with a good model. The long run is `make soak`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def test_manifest_chaos_serves_only_good_signed_checkpoints(tmp_path: Path, swap
     assert result["reloads"].get("ok", 0) >= 3
     # How many bad ones were refused before a newer write superseded them depends on the load.
     assert result["reloads"].get("failed", 0) + result["reloads"].get("rejected", 0) >= 1
+    pins = result["pins"]
+    assert pins["pinned"] >= 1 and pins["unpinned"] == pins["pinned"], pins
     same = result["same_second"]
     assert same["events"] >= 1
     assert same["key_restored"] == same["events"] == same["served"], same

@@ -25,9 +25,15 @@ def sha_of(directory: Path) -> str:
 
 def ray_processes(session: int) -> list[str]:
     """The Ray processes in the session of the server (started as its own session leader)."""
-    out = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True).stdout
-    rows = [line.strip().split(None, 1) for line in out.splitlines() if line.strip()]
-    return [r[1] for r in rows if len(r) == 2 and int(r[0]) == session and "ray" in r[1]]
+    # comm (the executable's name) as well as args: Ray rewrites its processes' titles within the
+    # original argv's length, so under a long install path "raylet" shows only in comm.
+    out = subprocess.run(["ps", "-eo", "sid=,comm=,args="], capture_output=True, text=True).stdout
+    rows = [line.strip().split(None, 2) for line in out.splitlines() if line.strip()]
+    return [
+        f"{r[1]} {r[2]}"
+        for r in rows
+        if len(r) == 3 and int(r[0]) == session and "ray" in r[1] + r[2]
+    ]
 
 
 @pytest.mark.slow

@@ -65,8 +65,14 @@ class Following:
         found = self.directory.find(now, self.watched.source.path)
         if found is None:
             return None
+        _close(self.watched.source)
         self.watched = self.watch(self._source(found))
         return self.watched
+
+    def close(self) -> None:
+        """Stop what the watched source runs of its own (the poll thread of an object store or
+        an NFS mount)."""
+        _close(self.watched.source)
 
     def vouch(self, source: Source, snapshot: Snapshot) -> None:
         """Remember the digest a manifest vouched for, so the same checkpoint can be pinned."""
@@ -93,3 +99,10 @@ class Following:
         if self._options.nfs and source.kind in ("file", "manifest"):
             return PolledSource(source, interval=self._options.check_interval)
         return source
+
+
+def _close(source: Source) -> None:
+    # Only the polled sources hold anything (a thread); the Source protocol does not ask for it.
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()

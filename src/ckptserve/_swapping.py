@@ -208,6 +208,10 @@ class Swapper:
             raise self._attempts.last_exc or CheckpointError(attempt.reason or "not loaded")
         self.serving, self.pinned, self.fallback = watch, path, None
 
+    def close_sources(self) -> None:
+        """Stop the watched source's poll thread, if it has one (object storage, NFS)."""
+        self._follow.close()
+
     def unpin(self) -> None:
         """Follow the watched path again, loading what it points at now."""
         self.serving, self.pinned = self._follow.watched, None

@@ -276,10 +276,11 @@ class ModelRegistry:
         return self._worker.wait_idle(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the background worker and remove the private copies, after waiting (at most
-        `timeout` s) for a load that another thread is running to finish with them."""
+        """Stop the background worker and the source's poll thread, and remove the private
+        copies, after waiting (at most `timeout` s) for a load in another thread to end."""
         deadline = _monotonic() + timeout
         self._worker.close(timeout)
+        self._swap.close_sources()
         acquired = self._lock.acquire(timeout=max(0.0, deadline - _monotonic()))
         self._swap.closed = True  # a load that starts (or, not waited for, ends) now keeps nothing
         try:

@@ -91,7 +91,6 @@ def registries() -> Iterator[Callable[..., ModelRegistry]]:
 
     yield make
     for registry in made:
-        registry.source.close()  # type: ignore[attr-defined]
         registry.close()
 
 
@@ -125,7 +124,6 @@ def test_nfs_mode_sees_a_change_the_attribute_cache_hides(
         assert registry.current is not None
         assert registry.current.version.sha256 != first.version.sha256
     finally:
-        registry.source.close()  # type: ignore[attr-defined]
         registry.close()
 
 
@@ -212,6 +210,21 @@ def test_nfs_mode_follows_a_directory_with_its_own_interval(
     while time.monotonic() < deadline and registry.get().version.checkpoint != second.name:
         time.sleep(0.05)
     assert registry.get().version.checkpoint == second.name, registry.status()
+
+
+def test_closing_the_registry_stops_the_poll_thread(tmp_path: Path) -> None:
+    """A closed registry polls no more, though something still holds it."""
+    publish(seeded_actor(0), tmp_path, format="torchscript")
+    before = set(threading.enumerate())
+    registry = ModelRegistry(tmp_path, nfs=True, check_interval=0.05)
+    registry.check()
+    polls = [t for t in set(threading.enumerate()) - before if t.name.startswith("ckptserve-nfs-")]
+    assert len(polls) == 1, [t.name for t in threading.enumerate()]
+    registry.close()
+    for thread in polls:
+        thread.join(10)
+    assert not any(t.is_alive() for t in polls), [t.name for t in polls if t.is_alive()]
+    assert registry.current is not None  # held on purpose: collection would end it anyway
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:

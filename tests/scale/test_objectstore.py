@@ -37,7 +37,6 @@ def registries() -> Iterator[Callable[..., ModelRegistry]]:
 
     yield make
     for registry in made:
-        registry.source.close()  # type: ignore[attr-defined]
         registry.close()
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import ckptserve
 
@@ -77,3 +81,19 @@ def test_importing_ckptserve_does_not_import_the_server_stack():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_every_module_has_a_layer_in_the_import_contract():
+    """A new module must say where it sits: lint-imports checks only the modules it names."""
+    root = Path(ckptserve.__file__).parent
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the package supports 3.10
+    config = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    (contract,) = config["tool"]["importlinter"]["contracts"]
+    named = {m.strip() for layer in contract["layers"] for m in re.split(r"[|:]", layer)}
+    modules = {
+        f"ckptserve.{p.stem if p.is_file() else p.name}"
+        for p in root.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").is_file()) and p.name != "__init__.py"
+    }
+    assert modules - {"ckptserve.__main__"} <= named, sorted(modules - named)
+    assert named <= modules, sorted(named - modules)

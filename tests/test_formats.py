@@ -323,7 +323,7 @@ def test_a_pickled_module_is_named_as_one_with_the_two_ways_to_resave_it(
 def test_torch_refusing_a_pickle_is_told_in_one_line(tmp_path, monkeypatch):
     """Where only torch's weights_only check sees the pickle (too big to scan here), its
     refusal becomes one line naming the global it refused, without its advice."""
-    monkeypatch.setattr("ckptserve._pytorch._SCANNED", 0)
+    monkeypatch.setattr("ckptserve.formats._pytorch._SCANNED", 0)
     path = tmp_path / "model.pt"
     torch.save(seeded_actor(0), path)
     with pytest.raises(CheckpointError) as info:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ckptserve import publish
-from ckptserve._pytorch import PICKLED_MODULE
+from ckptserve.formats._pytorch import PICKLED_MODULE
 from ckptserve.inspection import describe
 from core_helpers import FORMATS, WEIGHTS_FORMATS
 from policies import seeded_actor

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from ckptserve import CheckpointError, IntegrityError, _zipcheck, load_checkpoint, publish, sniff
-from ckptserve._zipcheck import MAX_INFLATED_BYTES, MAX_ZIP_ENTRIES, read_directory
-from ckptserve.formats import check_zip
+from ckptserve import CheckpointError, IntegrityError, load_checkpoint, publish, sniff
+from ckptserve.formats import _zipcheck, check_zip
+from ckptserve.formats._zipcheck import MAX_INFLATED_BYTES, MAX_ZIP_ENTRIES, read_directory
 from core_helpers import FORMATS, action_of, loader_for
 from policies import seeded_actor
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from ._codec import one_line
-from .errors import CheckpointError, ValidationError
+from .errors import CheckpointError, ValidationError, one_line
 from .rollout.shadow import Divergence
 from .sources import Snapshot
 from .versions import LoadAttempt, LoadResult

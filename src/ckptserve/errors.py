@@ -11,6 +11,8 @@ CkptServeError
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CheckpointError",
     "CkptServeError",
@@ -48,3 +50,14 @@ class PathNotAllowed(CkptServeError):
 
 class PublishError(CkptServeError):
     """Raised when publish() cannot export or write a checkpoint."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")  # CSI sequences and 2-byte escapes
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line without terminal escapes, cut to `limit` characters: an error reason
+    goes into a one-line log, a JSON body and a status page."""
+    text = "".join(c if c.isprintable() else " " for c in _ANSI.sub("", text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

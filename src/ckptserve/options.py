@@ -45,7 +45,7 @@ _KEY = "ckptserve.option"
 
 class Loader(Protocol):
     """What `loader=` takes besides "auto": turns a checkpoint file into a loaded model
-    (`state_dict_loader(...)`). Declared here without torch; formats.py implements it."""
+    (`state_dict_loader(...)`). Declared here without torch; `formats` implements it."""
 
     def __call__(self, path: Path, fmt: str, device: str) -> Any: ...
 

@@ -23,8 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._codec import one_line
-from .errors import IntegrityError, PublishError
+from .errors import IntegrityError, PublishError, one_line
 from .formats import FORMATS
 from .inference import act, as_policy, infer_obs_dim
 from .manifest import Keyring, keyring_from_environment, parse_manifest

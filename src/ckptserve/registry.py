@@ -228,8 +228,7 @@ class ModelRegistry:
 
     @property
     def version(self) -> ModelVersion | None:
-        live = self._swap.live
-        return live.version if live is not None else None
+        return None if (live := self._swap.live) is None else live.version
 
     @property
     def load_count(self) -> int:

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from ._codec import one_line
-from .errors import ValidationError
+from .errors import ValidationError, one_line
 from .inference import act, infer_obs_dim
 from .options import BoundSpec
 

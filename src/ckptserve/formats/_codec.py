@@ -1,26 +1,23 @@
-"""What a checkpoint format is, for the table in `formats.py`: four functions and two facts."""
+"""What a checkpoint format is, for the table in `formats`: four functions and two facts."""
 
 from __future__ import annotations
 
 import json
 import mmap
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CheckpointError
+from ..errors import CheckpointError, one_line
 
 if TYPE_CHECKING:
     from ._zipcheck import ZipEntry
 
-__all__ = ["Buffer", "Format", "Loaded", "Sniffed", "metadata_from_json", "one_line"]
+__all__ = ["Buffer", "Format", "Loaded", "Sniffed", "metadata_from_json"]
 
 #: The bytes of a checkpoint as checked: in memory, or a read-only mmap of the file.
 Buffer = bytes | memoryview | mmap.mmap
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")  # CSI sequences and 2-byte escapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +68,6 @@ class Format:
     check: Callable[[Buffer, Sniffed], None] = field(repr=False)
     read: Callable[[Path, str], Loaded] = field(repr=False)
     write: Callable[[Any, str, Any], bytes] = field(repr=False)
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """`text` as one line without terminal escapes, cut to `limit` characters: an error reason
-    goes into a one-line log, a JSON body and a status page."""
-    text = "".join(c if c.isprintable() else " " for c in _ANSI.sub("", text))
-    text = " ".join(text.split())
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def metadata_from_json(raw: str | bytes | None, where: str) -> dict[str, Any]:

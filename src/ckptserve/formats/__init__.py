@@ -28,13 +28,13 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import CheckpointError, one_line
+from ..naming import FORMAT_NAMES
 from . import _safetensors
-from ._codec import Buffer, Format, Loaded, Sniffed, one_line
+from ._codec import Buffer, Format, Loaded, Sniffed
 from ._pytorch import EXPORT, STATE_DICT, TORCHSCRIPT, ExportedPolicy
 from ._safetensors import SAFETENSORS
 from ._zipcheck import check_crcs, read_directory
-from .errors import CheckpointError
-from .naming import FORMAT_NAMES
 
 __all__ = [
     "FORMATS",

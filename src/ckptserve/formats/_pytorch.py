@@ -1,6 +1,6 @@
 """The three formats PyTorch writes as zip archives: export, TorchScript and state_dict.
 
-Each is a `Format` for the table in `formats.py`: detected from the archive's entry names,
+Each is a `Format` for the table in `formats`: detected from the archive's entry names,
 checked by the CRC-32 of every record, read with PyTorch's own loader (state_dict with
 `weights_only=True`), written by `publish()`.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ._codec import Buffer, Format, Loaded, Sniffed, metadata_from_json, one_line
+from ..errors import CheckpointError, PublishError, one_line
+from ..manifest import METADATA_FILE, METADATA_KEY
+from ._codec import Buffer, Format, Loaded, Sniffed, metadata_from_json
 from ._zipcheck import check_crcs
-from .errors import CheckpointError, PublishError
-from .manifest import METADATA_FILE, METADATA_KEY
 
 __all__ = ["EXPORT", "PICKLED_MODULE", "STATE_DICT", "TORCHSCRIPT", "ExportedPolicy", "cpu_weights"]
 

@@ -15,8 +15,7 @@ import struct
 import zlib
 from typing import NamedTuple
 
-from ._codec import one_line
-from .errors import CheckpointError, IntegrityError
+from ..errors import CheckpointError, IntegrityError, one_line
 
 __all__ = ["MAX_INFLATED_BYTES", "MAX_ZIP_ENTRIES", "ZipEntry", "check_crcs", "read_directory"]
 

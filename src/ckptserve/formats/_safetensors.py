@@ -13,10 +13,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..errors import IntegrityError, PublishError
+from ..manifest import METADATA_KEY, SAFETENSORS_SHA256_KEY
 from ._codec import Buffer, Format, Loaded, Sniffed, metadata_from_json
 from ._pytorch import cpu_weights
-from .errors import IntegrityError, PublishError
-from .manifest import METADATA_KEY, SAFETENSORS_SHA256_KEY
 
 __all__ = ["SAFETENSORS", "check"]
 

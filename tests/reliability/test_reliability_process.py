@@ -143,3 +143,31 @@ def test_a_pin_reaches_every_worker(tmp_path: Path) -> None:
             )
 
         wait_for(both_pinned, 60, "both workers to serve the pinned checkpoint")
+
+
+def test_every_worker_reads_the_request_ids_of_the_others(tmp_path: Path) -> None:
+    """With --workers 2 and no CKPTSERVE_FEEDBACK_SECRET the supervisor gives its workers one
+    random key: feedback for an answer is taken by whichever worker the report reaches."""
+    import httpx
+
+    models = tmp_path / "models"
+    publish(torch_script(seeded(1)), models)
+    # ServerProcess passes on no CKPTSERVE_ variable of ours: the secret is unset.
+    with ServerProcess([str(models), "--workers", "2"], log=tmp_path / "log") as server:
+        server.wait_ready(timeout=90)
+        assert len(worker_states(server.url, 2, 60)) == 2, server.output()[-2000:]
+        answers: dict[str, str] = {}  # request id -> the worker (replica) that answered
+        for _ in range(200):
+            with httpx.Client(base_url=server.url, timeout=10) as client:  # a new connection
+                body = client.post("/rl/predict", json={"state": [0.1] * 4}).json()
+            answers[body["request_id"]] = body["replica"]
+            if len(set(answers.values())) == 2 and len(answers) >= 20:
+                break
+        assert len(set(answers.values())) == 2, answers
+        refused = {}
+        for rid in answers:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                r = client.post("/rl/feedback", json={"request_id": rid, "reward": 1.0})
+            if r.status_code != 200:
+                refused[rid] = (answers[rid], r.status_code, r.text)
+        assert refused == {}, refused

@@ -18,6 +18,7 @@ import logging
 import logging.config
 import os
 import resource
+import secrets
 import shutil
 import signal
 import tempfile
@@ -30,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 
 __all__ = [
     "RESERVED_FILES",
@@ -231,6 +232,10 @@ def run(settings: Settings) -> None:
         own_state = tempfile.mkdtemp(prefix="ckptserve-state-")
         registry = replace(settings.registry, state_dir=own_state)
         settings = settings.model_copy(update={"registry": registry})
+    if settings.feedback_secret is None:
+        # One random key for every worker (they read it from the environment): a request id
+        # one worker issued is then good for feedback at any of them.
+        os.environ[f"{ENV_PREFIX}FEEDBACK_SECRET"] = secrets.token_hex(32)
     os.environ[SETTINGS_ENV] = settings.to_env()
     target = f"{app_from_env.__module__}:{app_from_env.__name__}"
     config = uvicorn.Config(target, factory=True, workers=settings.workers, **common)

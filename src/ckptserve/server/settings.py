@@ -214,9 +214,9 @@ class Settings(BaseSettings):
         None, description="The keys accepted while a key is rotated (format: manifest.py)."
     )
     feedback_secret: SecretStr | None = Field(
-        None, description="The key request ids are signed with (default: a random one per "
-        "process, so with --workers N or replicas only a shared one lets any of them read an id "
-        "another issued).",
+        None, description="The key request ids are signed with (default: a random one, shared "
+        "by the workers of --workers N; Ray replicas and several servers need a shared one to "
+        "read the ids the others issued).",
     )  # fmt: skip
     feedback_token: SecretStr | None = Field(
         None, description="Bearer token POST {prefix}/feedback requires (default: none needed)."

@@ -52,3 +52,37 @@ class ConstantActor(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         action = state[:, :1] * 0.0 + self.value
         return action, torch.zeros(state.shape[0], 1)
+
+
+#: The critics' state and action sizes.
+OBS, ACT = 8, 1
+
+
+class Critic(torch.nn.Module):
+    """A Q(s, a) critic: not a policy, its inputs named (`publish(..., example_inputs=...)`)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Linear(OBS + ACT, 1)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([state, action], -1))
+
+
+class TwinCritic(torch.nn.Module):
+    """SAC's twin Q networks, its outputs named by the dict it returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q1 = torch.nn.Linear(OBS + ACT, 1)
+        self.q2 = torch.nn.Linear(OBS + ACT, 1)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = torch.cat([state, action], -1)
+        return {"q1": self.q1(x), "q2": self.q2(x)}
+
+
+def examples(batch: int = 1) -> dict[str, torch.Tensor]:
+    """`example_inputs` for the critics: zeros of each input."""
+    return {"state": torch.zeros(batch, OBS), "action": torch.zeros(batch, ACT)}

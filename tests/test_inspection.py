@@ -14,7 +14,7 @@ from ckptserve import publish
 from ckptserve.formats._pytorch import PICKLED_MODULE
 from ckptserve.inspection import describe
 from core_helpers import FORMATS, WEIGHTS_FORMATS
-from policies import seeded_actor
+from policies import Critic, examples, seeded_actor
 
 FACTORY = "policies:make_actor"
 
@@ -32,6 +32,14 @@ def test_a_directory_is_described_through_the_file_a_server_follows(fmt, tmp_pat
     assert info["format"] == fmt and info["probe"] == "ok", info
     assert info["metadata"]["step"] == 7 and info["signed"] is False
     assert "error" not in info
+
+
+def test_a_critic_is_described_by_its_named_inputs_and_outputs(tmp_path):
+    publish(Critic(), tmp_path, name="critic", example_inputs=examples(), output_name="q")
+    info = describe(tmp_path / "critic_latest.json")
+    assert info["probe"] == "ok" and "error" not in info, info
+    assert info["inputs"] == {"action": [1, 1], "state": [1, 8]}
+    assert info["outputs"] == {"q": [1, 1]}
 
 
 def test_a_manifest_is_described_with_its_signature_checked(tmp_path):

@@ -1,13 +1,15 @@
-"""Calling a policy: the one place that knows a SAC actor returns `(action, log_prob)`."""
+"""Calling a model: the one place that knows a SAC actor returns `(action, log_prob)`, and how a
+model with named inputs (a critic's `forward(state, action) -> q`) is called."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["act", "as_policy", "infer_obs_dim", "on_device"]
+__all__ = ["act", "as_policy", "call_named", "infer_obs_dim", "on_device"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -19,8 +21,9 @@ class _StateOnly(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
-        return self.inner(state)
+    def forward(self, state: torch.Tensor | None = None, deterministic: bool = True,
+                **named: torch.Tensor) -> Any:  # fmt: skip
+        return self.inner(state) if state is not None else self.inner(**named)
 
 
 class _OnDevice(torch.nn.Module):
@@ -32,8 +35,11 @@ class _OnDevice(torch.nn.Module):
         self.inner = inner
         self.device = torch.device(device)
 
-    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
-        out = self.inner(state.to(self.device, non_blocking=True), deterministic)
+    def forward(self, *args: Any, **named: torch.Tensor) -> Any:
+        to = self.device
+        out = self.inner(*(a.to(to, non_blocking=True) if isinstance(a, torch.Tensor) else a
+                           for a in args),
+                         **{k: t.to(to, non_blocking=True) for k, t in named.items()})  # fmt: skip
         if isinstance(out, (tuple, list)):
             return tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in out)
         return out.cpu() if isinstance(out, torch.Tensor) else out
@@ -77,6 +83,35 @@ def act(model: Any, states: torch.Tensor) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"model returned {type(out).__name__}, expected a tensor or (action, ...)")
     return out
+
+
+def call_named(
+    model: Any, inputs: Mapping[str, torch.Tensor], outputs: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Run `model(**inputs)` without autograd (each input passed by its name, as `forward` calls
+    its arguments) and name what it returns: a dict by its keys, a lone tensor by the one name
+    in `outputs`. Each output is `[batch, size]` (a `[batch]` tensor: one value per row)."""
+    with torch.inference_mode():
+        out = model(**inputs)
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        out = out[0]
+    if isinstance(out, Mapping):
+        missing = [name for name in outputs if name not in out]
+        if missing:
+            raise TypeError(f"model returned {sorted(out)}, without {', '.join(missing)}")
+        got = {name: out[name] for name in outputs}
+    elif isinstance(out, torch.Tensor) and len(outputs) == 1:
+        got = {outputs[0]: out}
+    else:
+        what = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TypeError(
+            f"model returned {what}, expected {', '.join(outputs)}: a model with several "
+            "outputs returns a dict of them by name"
+        )
+    for name, t in got.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"model returned {type(t).__name__} for {name}, not a tensor")
+    return {name: t.unsqueeze(-1) if t.dim() == 1 else t for name, t in got.items()}
 
 
 def infer_obs_dim(model: Any) -> int | None:

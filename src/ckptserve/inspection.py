@@ -140,11 +140,17 @@ def _describe_copy(
     info["parameters"] = _count_parameters(loaded.model)
     try:
         expect = expectations_for(metadata, obs_dim=obs_dim)
-        probed = run_checks(loaded.model, expect).obs_dim or 0
+        checked = run_checks(loaded.model, expect)
     except CheckpointError as exc:
         info["probe"] = f"rejected: {exc}"
         info["error"] = f"would not be served: {exc}"
         return info
+    if checked.inputs is not None:  # named inputs and outputs (a critic)
+        info["inputs"] = {name: [1, size] for name, size in checked.inputs}
+        info["outputs"] = {name: [1, size] for name, size in checked.outputs or ()}
+        info["probe"] = "ok"
+        return info
+    probed = checked.obs_dim or 0
     action = act(loaded.model, torch.zeros(1, probed))
     info["input_shape"] = [1, probed]
     info["output_shape"] = list(action.shape)

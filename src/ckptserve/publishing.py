@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import IntegrityError, PublishError, one_line
-from .formats import FORMATS
-from .inference import act, as_policy, infer_obs_dim
+from .errors import IntegrityError, PublishError, ValidationError, one_line
+from .formats import FORMATS, ExportedPolicy
+from .inference import act, as_policy, call_named, infer_obs_dim
 from .manifest import Keyring, keyring_from_environment, parse_manifest
 from .naming import (
     CHECKPOINT_SUFFIXES,
@@ -43,6 +43,7 @@ from .naming import (
 from .rollout.follow import FollowRule, published
 from .rollout.ordering import run_id_for
 from .statedir import STATE_DIR_ENV, pinned_in
+from .validation import expectations_for
 
 __all__ = ["PublishFormat", "list_checkpoints", "publish"]
 
@@ -55,6 +56,67 @@ def _callable_of(model: Any) -> Any:
         module = model.module()
         return lambda state, deterministic=True: module(state)
     return as_policy(model)
+
+
+def _describe_policy(
+    model: Any, meta: dict[str, Any], example: torch.Tensor | None
+) -> torch.Tensor:
+    """Fill in a policy's `obs_dim` and `action_dim`; return the state to export with."""
+    if example is None:
+        obs_dim = meta.get("obs_dim") or infer_obs_dim(model)
+        if obs_dim is None:
+            raise PublishError("cannot tell the observation size: pass metadata={'obs_dim': N}")
+        example = torch.zeros(2, int(obs_dim))
+    meta.setdefault("obs_dim", int(example.shape[-1]))
+    try:
+        action = act(_callable_of(model), example)
+    except Exception as exc:
+        raise PublishError(
+            f"the model fails on a {list(example.shape)} input: {one_line(str(exc))}"
+        ) from exc
+    meta.setdefault("action_dim", int(action.shape[-1]) if action.dim() > 1 else 1)
+    return example
+
+
+def _describe_named(
+    model: Any, meta: dict[str, Any], examples: Mapping[str, torch.Tensor], output_name: str | None
+) -> dict[str, torch.Tensor]:
+    """Fill in a named-input model's `inputs` and `outputs` from a run on the examples; return
+    them, each with a batch of at least 2 (torch.export keeps a batch of 1 fixed)."""
+    if "obs_dim" in meta or "action_dim" in meta:
+        raise PublishError(
+            "a model with example_inputs has inputs and outputs, not obs_dim/action_dim"
+        )
+    args: dict[str, torch.Tensor] = {}
+    for name, t in examples.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] < 1:
+            raise PublishError(f"example_inputs[{name!r}] must be a [batch, size] tensor")
+        args[name] = t if t.shape[0] >= 2 else t.expand(2, -1)
+    shapes = ", ".join(f"{name}{list(t.shape)}" for name, t in args.items())
+    fn = ExportedPolicy(model, "cpu") if isinstance(model, torch.export.ExportedProgram) else model
+    try:
+        with torch.inference_mode():
+            out = fn(**args)
+        if isinstance(out, Mapping):
+            if output_name is not None:
+                raise PublishError(
+                    "the model names its outputs (it returns a dict): drop output_name"
+                )
+            names = [str(k) for k in out]
+        else:
+            names = [output_name or "output"]
+        got = call_named(fn, args, names)
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise PublishError(f"the model fails on {shapes}: {one_line(str(exc))}") from exc
+    meta["inputs"] = {name: int(t.shape[-1]) for name, t in args.items()}
+    meta["outputs"] = {name: int(t.shape[-1]) for name, t in got.items()}
+    try:
+        expectations_for(meta)  # the names and sizes a server takes
+    except ValidationError as exc:
+        raise PublishError(str(exc)) from None
+    return args
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -179,6 +241,8 @@ def publish(
     format: PublishFormat | None = None,
     signing_key: str | bytes | Keyring | None = None,
     example_input: torch.Tensor | None = None,
+    example_inputs: Mapping[str, torch.Tensor] | None = None,
+    output_name: str | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
     new_run: bool = False,
@@ -203,6 +267,13 @@ def publish(
             `$CKPTSERVE_SIGNING_KEYS` (the first listed signs) or `$CKPTSERVE_SIGNING_KEY`.
         example_input: a `[batch, obs_dim]` tensor to export and probe with, if `obs_dim` is
             neither in `metadata` nor the width of the model's first weight.
+        example_inputs, output_name: for a model that is not a policy (a critic's
+            `forward(state, action) -> q`): one `[batch, size]` example per input, by the name
+            `forward` calls it (it is called with them by name), and the name of the tensor it
+            returns (default "output"; a model that returns a dict of tensors names its
+            own). Written to the metadata as `inputs` and `outputs` (`{"state": 8, "action":
+            1}`, `{"q": 1}`); the server then takes `{"inputs": {...}}` and OIP requests with
+            those names.
         state_dir: the servers' state directory (`--state-dir`), whose pins retention spares;
             defaults to `$CKPTSERVE_STATE_DIR`.
         run_id, new_run: the run the checkpoint belongs to (metadata `run_id`): by default the
@@ -223,7 +294,7 @@ def publish(
         store: Any = importlib.import_module("ckptserve._s3publish")
         url: str = store.publish_to_store(
             model, directory, name, keep, metadata, format=format, signing_key=signing_key,
-            example_input=example_input,
+            example_input=example_input, example_inputs=example_inputs, output_name=output_name,
         )  # fmt: skip
         return Path(url.rpartition("/")[2])
     if keep < 1:
@@ -241,21 +312,16 @@ def publish(
     if isinstance(model, torch.nn.Module):
         model.eval()
     try:
-        if example_input is None:
-            obs_dim = meta.get("obs_dim") or infer_obs_dim(model)
-            if obs_dim is None:
-                raise PublishError("cannot tell the observation size: pass metadata={'obs_dim': N}")
-            example_input = torch.zeros(2, int(obs_dim))
-        meta.setdefault("obs_dim", int(example_input.shape[-1]))
+        if example_inputs is not None:
+            if example_input is not None:
+                raise PublishError("pass example_input (a policy) or example_inputs, not both")
+            example: Any = _describe_named(model, meta, example_inputs, output_name)
+        elif output_name is not None:
+            raise PublishError("output_name names the output of a model with example_inputs")
+        else:
+            example = _describe_policy(model, meta, example_input)
         if "run_id" not in meta or run_id is not None or new_run:
             meta["run_id"] = run_id_for(directory, name, run_id=run_id, new_run=new_run)
-        try:
-            action = act(_callable_of(model), example_input)
-        except Exception as exc:
-            raise PublishError(
-                f"the model fails on a {list(example_input.shape)} input: {one_line(str(exc))}"
-            ) from exc
-        meta.setdefault("action_dim", int(action.shape[-1]) if action.dim() > 1 else 1)
         when = datetime.now(timezone.utc)
         meta.setdefault("created_at", when.isoformat())
         meta["format"] = format
@@ -264,7 +330,7 @@ def publish(
         except TypeError as exc:
             raise PublishError(f"metadata is not JSON-serialisable: {one_line(str(exc))}") from None
         try:
-            data = FORMATS[format].write(model, meta_json, example_input)
+            data = FORMATS[format].write(model, meta_json, example)
         except PublishError:
             raise
         except Exception as exc:

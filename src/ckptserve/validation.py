@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import torch
 
 from .errors import ValidationError, one_line
-from .inference import act, infer_obs_dim
+from .inference import act, call_named, infer_obs_dim
 from .options import BoundSpec
 
 __all__ = [
+    "MAX_NAMED",
     "MAX_PROBE_VALUES",
     "Bounds",
     "Expectations",
+    "Named",
     "expectations_for",
     "probe",
     "run_checks",
@@ -112,15 +115,41 @@ def _expand(spec: BoundSpec, size: int | None, name: str) -> tuple[float, ...] |
     return values
 
 
+#: A model's named inputs or outputs, in the order it takes or returns them: (name, size) pairs.
+Named = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Expectations:
     """What a model must look like to be served: sizes and bounds, from config, the live model or
-    metadata. `action_dim=None`: whatever the model gives (nothing live, nothing configured)."""
+    metadata. `action_dim=None`: whatever the model gives (nothing live, nothing configured).
+
+    A model whose metadata names its tensors (`"inputs": {"state": 8, "action": 1}`, `"outputs":
+    {"q": 1}`: a critic) has `inputs` and `outputs` instead of the policy's sizes and bounds."""
 
     obs_dim: int | None
     action_dim: int | None
     obs_bounds: Bounds | None
     action_bounds: Bounds | None
+    inputs: Named | None = None
+    outputs: Named | None = None
+
+    def named(self) -> str:
+        """The named inputs and outputs as a client writes them: `state[8], action[1] -> q[1]`."""
+        return f"{_listed(self.inputs)} -> {_listed(self.outputs)}"
+
+
+def _kind(expect: Expectations) -> str:
+    return expect.named() if expect.inputs is not None else "a policy's state -> action"
+
+
+def _listed(named: Named | None) -> str:
+    return ", ".join(f"{name}[{size}]" for name, size in named or ())
+
+
+#: The most named inputs (or outputs) a model may have.
+MAX_NAMED = 16
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 #: The most values a probe state may have: a size beyond it (e.g. `obs_dim=5e8` in metadata) is
@@ -166,6 +195,22 @@ def expectations_for(
     against them) wherever the configuration does not set one, also against the candidate's own
     metadata. Without it (nothing live, or a forced load) metadata, then the model, decide.
     """
+    inputs, outputs = _named(metadata, "inputs"), _named(metadata, "outputs")
+    if (inputs is None) != (outputs is None):
+        raise ValidationError("checkpoint metadata names its inputs or its outputs, not both")
+    if served is not None and (served.inputs, served.outputs) != (inputs, outputs):
+        have = Expectations(None, None, None, None, inputs, outputs)
+        raise ValidationError(
+            f"checkpoint takes {_kind(have)}, the live model serves {_kind(served)} (clients "
+            "were built against it; an admin reload with force takes it anyway)"
+        )
+    if inputs is not None:
+        if obs_dim is not None or action_dim is not None:
+            raise ValidationError(
+                "checkpoint names its inputs and outputs: --obs-dim and --action-dim describe "
+                "a policy's state and action, unset them"
+            )
+        return Expectations(None, None, None, None, inputs, outputs)
     locked = {
         "obs_dim": obs_dim if obs_dim is not None else served.obs_dim if served else None,
         "action_dim": action_dim
@@ -200,6 +245,49 @@ def expectations_for(
     )
 
 
+def _named(metadata: Mapping[str, Any], key: str) -> Named | None:
+    """metadata[key] as (name, size) pairs: a JSON object of sizes, in the model's order."""
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not 1 <= len(value) <= MAX_NAMED:
+        raise ValidationError(
+            f"metadata {key} must map 1 to {MAX_NAMED} names to sizes, not {one_line(repr(value), 80)}"
+        )
+    pairs = []
+    for name, size in value.items():
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValidationError(
+                f"metadata {key} name {one_line(repr(name), 80)} is not a name (letters, digits, "
+                "_ . -, at most 64)"
+            )
+        pairs.append((name, _dimension(size, f"{key}[{name!r}]") or 1))
+    return tuple(pairs)
+
+
+def _probe_named(model: Any, expect: Expectations) -> Expectations:
+    inputs, outputs = expect.inputs or (), expect.outputs or ()
+    names = [name for name, _ in outputs]
+    for batch in (1, 2):
+        tensors = {name: torch.zeros(batch, size) for name, size in inputs}
+        shapes = ", ".join(f"{name}[{batch}, {size}]" for name, size in inputs)
+        try:
+            got = call_named(model, tensors, names)
+        except Exception as exc:
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            raise ValidationError(f"probe with {shapes} failed: {reason}") from None
+        for name, size in outputs:
+            out = got[name]
+            if tuple(out.shape) != (batch, size):
+                raise ValidationError(
+                    f"probe output {name} has shape {list(out.shape)}, expected [{batch}, {size}]"
+                    " (the checkpoint's outputs metadata)"
+                )
+            if not bool(torch.isfinite(out).all()):
+                raise ValidationError(f"probe output {name} is not finite (NaN or infinity)")
+    return expect
+
+
 def probe(model: Any, expect: Expectations) -> Expectations:
     """Run the model on zeros (batch 1 and 2) and check its actions; return the expectations with
     the sizes the probe used and found filled in.
@@ -207,7 +295,10 @@ def probe(model: Any, expect: Expectations) -> Expectations:
     Zeros are moved into the observation bounds when there are any, so the probe asks the model
     about a state it may really be sent. A model whose observation size nobody states (not the
     configuration, not its metadata, not its first weight matrix) is refused: it cannot be probed.
+    A model with named inputs is probed on zeros of each, and each output's shape is checked.
     """
+    if expect.inputs is not None:
+        return _probe_named(model, expect)
     obs_dim = expect.obs_dim or infer_obs_dim(model)
     if obs_dim is None:
         raise ValidationError(

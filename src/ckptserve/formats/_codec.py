@@ -58,7 +58,8 @@ class Format:
         check: raise IntegrityError unless the bytes are whole (zip CRCs, a data sha256), and
             CheckpointError for a file of this format that is never loaded (a pickled module).
         read: `read(path, device) -> Loaded`, from a file that passed `check`.
-        write: `write(model, metadata_json, example_input) -> bytes`, for `publish()`.
+        write: `write(model, metadata_json, example) -> bytes`, for `publish()`; `example` is
+            a policy's `[batch, obs_dim]` state, or a dict of one tensor per named input.
     """
 
     name: str

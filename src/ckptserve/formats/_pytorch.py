@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import pickletools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ __all__ = ["EXPORT", "PICKLED_MODULE", "STATE_DICT", "TORCHSCRIPT", "ExportedPol
 
 
 class ExportedPolicy(torch.nn.Module):
-    """A `torch.export` program callable as `policy(state)` or `policy(state, deterministic)`.
+    """A `torch.export` program callable as `policy(state)` or `policy(state, deterministic)`, or
+    with its inputs by name (`critic(state=..., action=...)`).
 
     It calls the program's graph with its lifted parameters directly, skipping the input guards of
     `ExportedProgram.module()` (about 3x the forward cost of a small actor). The graph is the one
@@ -54,6 +56,7 @@ class ExportedPolicy(torch.nn.Module):
             i for i, s in enumerate(sig.output_specs) if s.kind == OutputKind.USER_OUTPUT
         ]
         self._n_user_inputs = sum(1 for s in sig.input_specs if s.kind == InputKind.USER_INPUT)
+        self._input_names = tuple(sig.user_inputs)  # forward's argument names, in its order
         self._out_spec = program.call_spec.out_spec
         # The generated forward, without nn.Module.__call__ around it (~2 us of a ~30 us call).
         self._graph_forward = self.graph.forward
@@ -63,8 +66,16 @@ class ExportedPolicy(torch.nn.Module):
             torch.utils._pytree.tree_structure((0,) * n)
         )
 
-    def forward(self, state: torch.Tensor, deterministic: bool = True) -> Any:
-        flat = self._graph_forward(*self._lifted, state)
+    def forward(self, *args: Any, **named: torch.Tensor) -> Any:
+        # (state, deterministic) for a policy, whose graph takes the state alone; a model with
+        # named inputs (a critic's state and action) is called with them by name.
+        if named:
+            try:
+                args = tuple(named[n] for n in self._input_names)
+            except KeyError as missing:
+                raise TypeError(f"the program takes {', '.join(self._input_names)}, "
+                                f"not {', '.join(named)} (no {missing})") from None  # fmt: skip
+        flat = self._graph_forward(*self._lifted, *args[: self._n_user_inputs])
         if self._plain_tuple:
             return tuple(flat)
         outs = [flat[i] for i in self._user_outputs]
@@ -98,23 +109,31 @@ def _read_export(path: Path, device: str) -> Loaded:
     )
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def _export(
+    model: torch.nn.Module, example: torch.Tensor | Mapping[str, torch.Tensor]
+) -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch")
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes={"state": {0: batch}})
-    except Exception as first:
-        try:  # forward's first argument may not be named `state`
-            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        except Exception:
-            raise PublishError(
-                f"{type(model).__name__} cannot be exported with torch.export "
-                f"({type(first).__name__}: {one_line(str(first), 200)}); publish with "
-                "format='state_dict' or 'safetensors' (and serve with state_dict_loader), or "
-                "format='torchscript' if it can be scripted"
-            ) from first
+    attempts: list[tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], Any]]
+    if isinstance(example, Mapping):  # named inputs, by name: one batch size for all of them
+        named = dict(example)
+        attempts = [((), named, {name: {0: batch} for name in named})]
+    else:  # forward's first argument may not be named `state`
+        attempts = [((example,), {}, {"state": {0: batch}}), ((example,), {}, ({0: batch},))]
+    first: Exception | None = None
+    for args, kwargs, shapes in attempts:
+        try:
+            return torch.export.export(model, args, kwargs, dynamic_shapes=shapes)
+        except Exception as exc:
+            first = first or exc
+    raise PublishError(
+        f"{type(model).__name__} cannot be exported with torch.export "
+        f"({type(first).__name__}: {one_line(str(first), 200)}); publish with "
+        "format='state_dict' or 'safetensors' (and serve with state_dict_loader), or "
+        "format='torchscript' if it can be scripted"
+    ) from first
 
 
-def _write_export(model: Any, metadata_json: str, example: torch.Tensor) -> bytes:
+def _write_export(model: Any, metadata_json: str, example: Any) -> bytes:
     program = model if isinstance(model, torch.export.ExportedProgram) else _export(model, example)
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={METADATA_FILE: metadata_json})
@@ -133,7 +152,7 @@ def _read_torchscript(path: Path, device: str) -> Loaded:
     return Loaded(model, "torchscript", metadata_from_json(extra[METADATA_FILE], "TorchScript"))
 
 
-def _write_torchscript(model: Any, metadata_json: str, example: torch.Tensor) -> bytes:
+def _write_torchscript(model: Any, metadata_json: str, example: Any) -> bytes:
     if isinstance(model, torch.export.ExportedProgram):
         raise PublishError("an ExportedProgram cannot be saved as TorchScript: use format='export'")
     if not isinstance(model, torch.jit.ScriptModule):
@@ -270,7 +289,7 @@ def cpu_weights(model: Any, *, unshared: bool = False) -> dict[str, torch.Tensor
     return weights
 
 
-def _write_state_dict(model: Any, metadata_json: str, example: torch.Tensor) -> bytes:
+def _write_state_dict(model: Any, metadata_json: str, example: Any) -> bytes:
     state: dict[str, Any] = dict(cpu_weights(model))
     state[METADATA_KEY] = metadata_json
     buf = io.BytesIO()

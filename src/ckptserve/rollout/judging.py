@@ -39,6 +39,9 @@ class _Sizes(Protocol):
     @property
     def obs_dim(self) -> int | None: ...
 
+    @property
+    def inputs(self) -> Any: ...
+
 
 class Candidate(Protocol):
     """What is judged: a loaded model and its version (a LiveModel)."""
@@ -182,6 +185,8 @@ class Judge:
     ) -> tuple[Divergence | None, str | None]:
         buffer = self.buffer
         if live is None or buffer is None or not buffer.size:
+            return None, None
+        if candidate.expect.inputs is not None:  # not a policy: live states are a policy's
             return None, None
         obs_dim = candidate.expect.obs_dim
         states = buffer.states(obs_dim)

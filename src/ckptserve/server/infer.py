@@ -9,6 +9,8 @@ import numpy as np
 import orjson
 import torch
 
+from ..registry import LiveModel
+from ..validation import Expectations
 from .errors import ApiError, Reply, error_reply
 from .fleet import replica_header, replica_name
 from .modelcall import (
@@ -21,6 +23,7 @@ from .modelcall import (
     parse_json,
     short,
 )
+from .named import forward_named
 from .names import VERSION_HEADER
 from .schemas import F32_MAX
 from .state import ModelHandle, Runtime
@@ -69,42 +72,105 @@ def _oip_input(request: dict[str, Any], binary: memoryview) -> torch.Tensor:
     spec = inputs[0]
     if spec.get("name") != "state":
         raise ApiError(400, f'unknown input {short(spec.get("name"))}: the input is named "state"')
+    return _tensor(spec, "state", binary, "[batch, obs_dim]")[0]
+
+
+def _tensor(spec: dict[str, Any], name: str, binary: memoryview,
+            wanted: str) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """One input tensor, `[batch, size]`, from its JSON data or from the front of `binary`; and
+    how many bytes of `binary` it took."""
     datatype = spec.get("datatype")
     dtype = _DTYPES.get(datatype) if type(datatype) is str else None
     if dtype is None:
-        raise ApiError(400, f'input "state" must be FP32 (or FP64), not {short(datatype)}')
+        raise ApiError(400, f'input "{name}" must be FP32 (or FP64), not {short(datatype)}')
     raw = spec.get("shape")
     dims = [_dimension(d) for d in raw] if type(raw) is list and 1 <= len(raw) <= 2 else [None]
     shape = [d for d in dims if d is not None]
     if len(shape) != len(dims):
-        raise ApiError(400, f'input "state" needs a shape [batch, obs_dim], not {short(raw)}')
+        raise ApiError(400, f'input "{name}" needs a shape {wanted}, not {short(raw)}')
     if len(shape) == 1:
         shape = [1, shape[0]]
     count = shape[0] * shape[1]
-    size = _parameters(spec, 'input "state" ').get("binary_data_size")
+    size = _parameters(spec, f'input "{name}" ').get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or size > len(binary):
             raise ApiError(400, f"binary_data_size {short(size)} does not fit the request body")
         if size != count * dtype.itemsize:
             raise ApiError(
                 422,
-                f'input "state" has {size} bytes, expected {count * dtype.itemsize} for shape {shape}',
+                f'input "{name}" has {size} bytes, expected {count * dtype.itemsize} for shape {shape}',
             )
         array = np.frombuffer(binary[:size], dtype=dtype).astype(np.float32)
         x = torch.from_numpy(array).reshape(shape)
         bad = ~torch.isfinite(x) | (x.abs() > F32_MAX)
         if bool(bad.any()):
             b, i = (int(v) for v in bad.nonzero()[0])
-            raise ApiError(422, f'input "state"[{b}][{i}] is not a finite number')
-        return x
+            raise ApiError(422, f'input "{name}"[{b}][{i}] is not a finite number')
+        return x, size
     flat = _flatten(spec.get("data"))
     if len(flat) != count:
         raise ApiError(
-            422, f'input "state" has {len(flat)} values, expected {count} for shape {shape}'
+            422, f'input "{name}" has {len(flat)} values, expected {count} for shape {shape}'
         )
     if flat:
-        check_row(flat, None, 'input "state" data')
-    return torch.from_numpy(np.array(flat, dtype=np.float32)).reshape(shape)
+        check_row(flat, None, f'input "{name}" data')
+    return torch.from_numpy(np.array(flat, dtype=np.float32)).reshape(shape), 0
+
+
+def _named_inputs(request: dict[str, Any], binary: memoryview, expect: Expectations,
+                  max_batch: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A named-input model's tensors, one per input it takes (binary ones in request order)."""
+    declared = dict(expect.inputs or ())
+    specs = request.get("inputs")
+    if type(specs) is not list or not all(type(spec) is dict for spec in specs):
+        raise ApiError(400, f"the request needs one input per name: {expect.named()}")
+    names = [spec.get("name") for spec in specs]
+    if sorted(map(str, names)) != sorted(declared) or len(set(map(str, names))) != len(names):
+        raise ApiError(
+            400,
+            f"inputs {', '.join(map(short, names)) or 'none'}: the model takes {expect.named()}",
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for spec, name in zip(specs, names, strict=True):
+        size = declared[name]
+        x, used = _tensor(spec, name, binary, f"[batch, {size}]")
+        binary = binary[used:]
+        if x.shape[1] != size:
+            raise ApiError(
+                422, f'input "{name}" has shape {list(x.shape)}, expected [batch, {size}]'
+            )
+        tensors[name] = x
+    batches = {int(x.shape[0]) for x in tensors.values()}
+    if len(batches) > 1:
+        raise ApiError(422, f"the inputs have different batch sizes: {sorted(batches)}")
+    (batch,) = batches
+    if batch == 0:
+        raise ApiError(422, "the inputs are an empty batch")
+    if batch > max_batch:
+        raise ApiError(422, f"batch of {batch}, at most {max_batch} allowed")
+    return tensors
+
+
+def _wanted_outputs(request: dict[str, Any], expect: Expectations) -> list[tuple[str, bool]]:
+    """The outputs asked for (all, by default), each with whether it is sent as binary data."""
+    declared = [name for name, _ in expect.outputs or ()]
+    default = bool(_parameters(request, "").get("binary_data_output"))
+    asked = request.get("outputs")
+    if asked is None:
+        return [(name, default) for name in declared]
+    if type(asked) is not list:
+        raise ApiError(400, '"outputs" must be a list')
+    wanted = []
+    for o in asked:
+        if type(o) is not dict or o.get("name") not in declared:
+            name = o.get("name") if type(o) is dict else o
+            raise ApiError(
+                400, f"unknown output {short(name)}: the outputs are {', '.join(declared)}"
+            )
+        wanted.append(
+            (o["name"], bool(_parameters(o, f'output "{o["name"]}" ').get("binary_data")))
+        )
+    return wanted
 
 
 def _binary_output(request: dict[str, Any]) -> bool:
@@ -140,19 +206,17 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_lengt
         raise ApiError(400, "the inference request must be a JSON object")
     if "id" in request and type(request["id"]) is not str:
         raise ApiError(400, f'the request "id" must be a string, not {json_type(request["id"])}')
+    current = handle.registry.current
+    if current is None:  # what the model takes decides how the request is read
+        current = await handle.live()
+    if current.expect.inputs is not None:
+        return await _infer_named(runtime, handle, request, binary, version, session)
     x = _oip_input(request, binary)
     want_binary = _binary_output(request)
     live = await handle.live()
     meta = handle.meta(live)
     try:
-        if version is not None:
-            live = handle.pick(asked_version(None, version) or "")
-            meta = handle.meta(live)
-        elif handle.canary is not None:
-            picked = handle.canary.pick(session.decode("latin-1") if session else None)
-            if picked is not None:
-                live = picked
-                meta = handle.meta(live)
+        live, meta = _picked(handle, live, meta, version, session)
         expect = live.expect
         if x.shape[0] == 0:
             raise ApiError(422, 'input "state" is an empty batch')
@@ -174,19 +238,65 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_lengt
             meta = handle.meta(answered)
     except ApiError as exc:
         return error_reply(exc, "oip", [(VERSION_HEADER, meta.header), replica_header()])
-    request_id = runtime.ids.issue(meta.sha256)
-    shape = [len(values), len(values[0])]
-    output: dict[str, Any] = {"name": "action", "datatype": "FP32", "shape": shape}
-    tail = b""
-    if want_binary:
-        tail = np.asarray(values, dtype="<f4").tobytes()
+    output, tail = _output("action", values, want_binary)
+    return _respond(runtime, handle, meta, request, [output], tail)
+
+
+async def _infer_named(runtime: Runtime, handle: ModelHandle, request: dict[str, Any],
+                       binary: memoryview, version: bytes | str | None,
+                       session: bytes | None) -> Reply:  # fmt: skip
+    """`infer` for a model with named inputs: one input tensor per name, its outputs by name."""
+    live = await handle.live()
+    meta = handle.meta(live)
+    try:
+        live, meta = _picked(handle, live, meta, version, session)
+        expect = live.expect
+        if expect.inputs is None:
+            raise ApiError(422, 'this version is a policy: send one input, named "state"')
+        tensors = _named_inputs(request, binary, expect, runtime.settings.max_batch)
+        wanted = _wanted_outputs(request, expect)
+        values = await forward_named(live, tensors)
+    except ApiError as exc:
+        return error_reply(exc, "oip", [(VERSION_HEADER, meta.header), replica_header()])
+    outputs, tail = [], b""
+    for name, as_binary in wanted:
+        output, data = _output(name, values[name], as_binary)
+        outputs.append(output)
+        tail += data
+    return _respond(runtime, handle, meta, request, outputs, tail)
+
+
+def _picked(handle: ModelHandle, live: LiveModel, meta: Any, version: bytes | str | None,
+            session: bytes | None) -> tuple[LiveModel, Any]:  # fmt: skip
+    """The version that answers: the one the path names, else a canary's pick, else `live`."""
+    if version is not None:
+        live = handle.pick(asked_version(None, version) or "")
+        return live, handle.meta(live)
+    if handle.canary is not None:
+        picked = handle.canary.pick(session.decode("latin-1") if session else None)
+        if picked is not None:
+            return picked, handle.meta(picked)
+    return live, meta
+
+
+def _output(name: str, rows: list[list[float]], as_binary: bool) -> tuple[dict[str, Any], bytes]:
+    """One output tensor, and its bytes when it is sent as binary data (else b"")."""
+    output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": [len(rows), len(rows[0])]}
+    if as_binary:
+        tail = np.asarray(rows, dtype="<f4").tobytes()
         output["parameters"] = {"binary_data_size": len(tail)}
-    else:
-        output["data"] = [a for row in values for a in row]
+        return output, tail
+    output["data"] = [v for row in rows for v in row]
+    return output, b""
+
+
+def _respond(runtime: Runtime, handle: ModelHandle, meta: Any, request: dict[str, Any],
+             outputs: list[dict[str, Any]], tail: bytes) -> Reply:  # fmt: skip
+    request_id = runtime.ids.issue(meta.sha256)
     response: dict[str, Any] = {
         "model_name": handle.name,
         "model_version": meta.tag,
-        "outputs": [output],
+        "outputs": outputs,
         "parameters": {"sha256": meta.sha256, "checkpoint": meta.checkpoint,
                        "load_count": handle.registry.load_count, "replica": replica_name(),
                        "request_id": request_id},

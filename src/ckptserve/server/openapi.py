@@ -1,5 +1,5 @@
 """The OpenAPI document, made exact where it can be: the default model's observation size and
-bounds go into the `predict` body schema once a model is live, the resident versions into every
+bounds (or its named inputs) go into the `predict` body schema once a model is live, the resident versions into every
 version a request may name (`"version"`, `X-Model-Version`, OIP's version path), and a 405 lists every method the
 path supports in `Allow`, as documented (POST and DELETE `/pin` are two routes on one path). The
 model routes and each path's methods come from the route table."""
@@ -33,6 +33,34 @@ def _state_schema(runtime: Runtime, name: str | None) -> dict[str, Any] | None:
         return {"type": "array", "items": number_schema(None, None), "minItems": n, "maxItems": n}
     items = [number_schema(*bounds.at(i)) for i in range(n)]
     return {"type": "array", "prefixItems": items, "items": False, "minItems": n, "maxItems": n}
+
+
+def _named_inputs(runtime: Runtime, name: str | None) -> tuple[tuple[str, int], ...] | None:
+    handle = runtime.models.get(name or "")
+    live = handle.registry.current if handle is not None else None
+    return live.expect.inputs if live is not None else None
+
+
+def _with_named_inputs(schema: dict[str, Any], predict: str, infer: str | None,
+                       inputs: tuple[tuple[str, int], ...], max_batch: int) -> None:  # fmt: skip
+    """The predict body takes exactly these inputs (and OIP's infer, when `infer` is given)."""
+    body = schema["paths"][predict]["post"]["requestBody"]["content"]["application/json"]
+    named = body["schema"]["oneOf"][2]
+    properties = {}
+    for name, size in inputs:
+        row = {"type": "array", "items": number_schema(None, None), "minItems": size,
+               "maxItems": size}  # fmt: skip
+        rows = {"type": "array", "items": row, "minItems": 1, "maxItems": max_batch}
+        properties[name] = {"oneOf": [row, rows]}
+    named["properties"]["inputs"] = {"type": "object", "required": [n for n, _ in inputs],
+                                     "additionalProperties": False, "properties": properties}  # fmt: skip
+    body["schema"]["oneOf"] = [named]
+    if infer is None:
+        return
+    body = schema["paths"][infer]["post"]["requestBody"]["content"]["application/json"]
+    spec = body["schema"]["properties"]["inputs"]
+    spec["minItems"] = spec["maxItems"] = len(inputs)
+    spec["items"]["properties"]["name"]["enum"] = [n for n, _ in inputs]
 
 
 def _resident(runtime: Runtime, name: str | None) -> list[str]:
@@ -94,9 +122,13 @@ def install(app: FastAPI, runtime: Runtime, table: Sequence[Route]) -> None:
             return base
         shapes = [_state_schema(runtime, name) for name in names]
         refs = _resident(runtime, names[0])
-        if shapes[0] is None and not refs:
+        inputs = _named_inputs(runtime, names[0])
+        if shapes[0] is None and not refs and inputs is None:
             return base
         schema = copy.deepcopy(base)
+        if inputs is not None:  # the default model takes named inputs: only they are accepted
+            _with_named_inputs(schema, path, infer if len(names) == 1 else None, inputs,
+                               runtime.settings.max_batch)  # fmt: skip
         if refs:  # a named model's versions are exact when it is the only model
             _with_versions(schema, [path, *(versioned if len(names) == 1 else ())], refs)
         if shapes[0] is None:
@@ -106,6 +138,7 @@ def install(app: FastAPI, runtime: Runtime, table: Sequence[Route]) -> None:
             paths.append(named)
         for where in paths:
             body = schema["paths"][where]["post"]["requestBody"]["content"]["application/json"]
+            del body["schema"]["oneOf"][2:]  # a policy's: no named inputs
             one, batch = body["schema"]["oneOf"]
             one["properties"]["state"] = shapes[0]
             batch["properties"]["states"]["items"] = shapes[0]

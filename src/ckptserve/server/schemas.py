@@ -71,6 +71,27 @@ PREDICT_BODY: dict[str, Any] = {
                 "version": VERSION_REF,
             },
         },
+        {
+            "type": "object",
+            "title": "Named inputs (a model whose metadata names them, e.g. a critic)",
+            "required": ["inputs"],
+            "additionalProperties": False,
+            "properties": {
+                "inputs": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "description": "One row of numbers per input, or a list of rows per input "
+                    "(one batch size for all)",
+                    "additionalProperties": {
+                        "oneOf": [
+                            _number_list,
+                            {"type": "array", "items": _number_list, "minItems": 1},
+                        ],
+                    },
+                },
+                "version": VERSION_REF,
+            },
+        },
     ]
 }
 
@@ -204,10 +225,12 @@ class FeedbackResponse(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    """`action` for `{"state"}`, `actions` for `{"states"}`; the version fields always."""
+    """`action` for `{"state"}`, `actions` for `{"states"}`, `outputs` (a row, or a list of
+    rows, per name) for `{"inputs"}`; the version fields always."""
 
     action: list[float] | None = None
     actions: list[list[float]] | None = None
+    outputs: dict[str, list[float] | list[list[float]]] | None = None
     model_version: float = Field(
         description="mtime of the live checkpoint (the original API's field; OIP's `model_version` "
         "is the `version` tag)"

@@ -51,16 +51,22 @@ async def model_metadata(request: Request, name: str) -> Response:
     except Exception as exc:
         return to_response(error_reply(exc, "oip"))
     live = handle.registry.current
-    obs_dim = live.expect.obs_dim if live is not None else runtime.settings.registry.obs_dim
-    action_dim = (
-        live.expect.action_dim if live is not None else runtime.settings.registry.action_dim or 1
-    )
+    if live is not None and live.expect.inputs is not None:  # a model with named inputs
+        inputs, outputs = live.expect.inputs, live.expect.outputs or ()
+    else:
+        obs_dim = live.expect.obs_dim if live is not None else runtime.settings.registry.obs_dim
+        action_dim = (
+            live.expect.action_dim
+            if live is not None
+            else runtime.settings.registry.action_dim or 1
+        )
+        inputs, outputs = (("state", obs_dim or -1),), (("action", action_dim or 1),)
     return _json({
         "name": handle.name,
         "versions": [live.version.tag] if live is not None else [],
         "platform": "pytorch_" + (live.version.format if live is not None else "unknown"),
-        "inputs": [{"name": "state", "datatype": "FP32", "shape": [-1, obs_dim or -1]}],
-        "outputs": [{"name": "action", "datatype": "FP32", "shape": [-1, action_dim]}],
+        "inputs": [{"name": n, "datatype": "FP32", "shape": [-1, size]} for n, size in inputs],
+        "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, size]} for n, size in outputs],
     })  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""What a careless client can send: a large batch never runs its forward pass on the event loop,
-batched or not, and JSON nested to any depth, in any field, is a 4xx, never a 500."""
+"""What a careless client can send: a long forward pass never runs on the event loop, batched or
+not, and JSON nested to any depth, in any field, is a 4xx, never a 500."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from serverkit import OBS_DIM, InProcessServer, ThreadRecordingActor, seeded
 
 from ckptserve import publish
-from ckptserve.server.batching import OFF_LOOP_ROWS, Batcher
+from ckptserve.server.batching import FORWARD_COST, OFF_LOOP_ROWS, Batcher, ForwardCost
 
 MakeServer = Callable[..., InProcessServer]
 
@@ -31,12 +31,15 @@ def recording_server(tmp_path: Path, make_server: MakeServer) -> InProcessServer
 
 
 @pytest.mark.parametrize("route", ["/rl/predict", "/v2/models/actor/infer"])
-def test_a_large_batch_runs_its_forward_off_the_event_loop(
-    recording_server: InProcessServer, route: str
+def test_a_long_forward_pass_runs_off_the_event_loop(
+    recording_server: InProcessServer, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A few states run on the loop (no thread hop); OFF_LOOP_ROWS states in a worker thread."""
+    """A few states run on the loop (no thread hop); OFF_LOOP_ROWS states or more in a worker
+    thread while their pass is expected to take longer than the budget, and on the loop when the
+    model's timed passes say it is quick (here: a budget of 0 s, then of 10 s)."""
     loop_thread = recording_server.thread.ident
-    for n, on_loop in ((1, True), (OFF_LOOP_ROWS - 1, True), (OFF_LOOP_ROWS, False), (4096, False)):
+
+    def ran_on_loop(n: int) -> bool:
         states = [[0.01 * i] * OBS_DIM for i in range(n)]
         if route.startswith("/rl"):
             body: dict[str, Any] = {"states": states}
@@ -45,8 +48,24 @@ def test_a_large_batch_runs_its_forward_off_the_event_loop(
                                 "data": states}]}  # fmt: skip
         r = recording_server.client.post(route, json=body)
         assert r.status_code == 200, r.text
-        ran_in = ThreadRecordingActor.threads[-1]
-        assert (ran_in == loop_thread) is on_loop, (n, ran_in, loop_thread)
+        return ThreadRecordingActor.threads[-1] == loop_thread
+
+    monkeypatch.setattr(FORWARD_COST, "budget", 0.0)
+    seen = {n: ran_on_loop(n) for n in (1, OFF_LOOP_ROWS - 1, OFF_LOOP_ROWS, 4096)}
+    assert seen == {1: True, OFF_LOOP_ROWS - 1: True, OFF_LOOP_ROWS: False, 4096: False}, seen
+    monkeypatch.setattr(FORWARD_COST, "budget", 10.0)
+    assert ran_on_loop(4096), "a pass the timed ones say is quick stays on the loop"
+
+
+def test_the_forward_cost_sends_slow_and_untimed_passes_to_a_thread() -> None:
+    cost = ForwardCost(budget=0.001, min_rows=64)
+    quick, slow, new = object(), object(), object()
+    cost.record(quick, 64, 64 * 2e-6)  # 2 us a state: 64 states take 0.13 ms
+    cost.record(slow, 64, 64 * 1e-4)  # 100 us a state: 6.4 ms
+    cost.record(new, 8, 1.0)  # too few states to say anything
+    assert [cost.off_loop(quick, n) for n in (63, 64, 400, 600)] == [False, False, False, True]
+    assert [cost.off_loop(slow, n) for n in (63, 64)] == [False, True]
+    assert cost.off_loop(new, 64), "not timed yet: a first large pass goes to a thread"
 
 
 def test_a_gathered_batch_of_many_rows_runs_off_the_event_loop() -> None:
@@ -65,7 +84,7 @@ def test_a_gathered_batch_of_many_rows_runs_off_the_event_loop() -> None:
     firsts[2] = 5.0
 
     async def scenario() -> list[Any]:
-        batcher = Batcher(4 * OFF_LOOP_ROWS)
+        batcher = Batcher(4 * OFF_LOOP_ROWS, cost=ForwardCost(budget=0.0))
         live: Any = object()
         return await asyncio.gather(
             *(batcher.run(live, torch.full((per_request, 3), v), forward) for v in firsts),

@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent requests for one model answered by one forward pass.
 
-Off by default (`--batch-max-size 1`). With `--batch-max-size N` a validated request hands its
+On by default (`--batch-max-size 32`; 1 turns it off). A validated request hands its
 state tensor to the model's `Batcher` and awaits its rows of the result. The first request of a
 batch schedules a flush on the event loop (`call_soon`, or `call_later(max_wait)`): every request
 the loop has already read joins it, so the batch grows with the load by itself and a lone request
@@ -8,8 +8,9 @@ waits one loop turn, not a timer. Under light load (the last batch held one requ
 skip the queue and run at once, all but every `PROBE`-th, which queues to find out whether others
 join it: at concurrency 1 batching costs nothing. A batch reaching `max_size` rows flushes at
 once. The flush runs one forward pass per live version among the waiting requests (a swap in the
-middle of a batch never mixes versions), on the event loop as the unbatched path does, or, for
-`OFF_LOOP_ROWS` states or more, in a worker thread (both paths).
+middle of a batch never mixes versions), on the event loop as the unbatched path does, or in a
+worker thread when it is expected to take longer than `OFF_LOOP_SECONDS` (`ForwardCost`, both
+paths).
 
 A pass that fails (the model raises for one client's input) is tried again in two halves, and so
 on down to single requests: only the requests whose input fails get the error, and one bad
@@ -23,6 +24,7 @@ pass dominates and batching buys little; `benchmarks/bench_batching.py` measures
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -33,19 +35,77 @@ import torch
 if TYPE_CHECKING:
     from ..registry import LiveModel
 
-__all__ = ["OFF_LOOP_ROWS", "Batcher", "Forward"]
+__all__ = ["FORWARD_COST", "OFF_LOOP_ROWS", "OFF_LOOP_SECONDS", "Batcher", "Forward", "ForwardCost"]
 
 #: Under light load (a batch of one), this many requests run at once before one queues again.
 PROBE = 8
 
-#: A forward pass over this many states or more runs in a worker thread, not on the event loop,
-#: batched or not. Measured on the 2-core machine (torch threads 1, loaded): the benchmark actor
-#: (32-256-256-1) takes 0.1 ms for 64 states, about what a thread hop costs; the 12.7 MB actor
-#: (1024 x 4) 6 ms for 64 states and 0.6 s for 4096, which on the loop held every other request.
+#: A forward pass over fewer states than this always runs on the event loop. Measured on the
+#: 2-core machine (torch threads 1, loaded): the benchmark actor (32-256-256-1) takes 0.1 ms for
+#: 64 states, less than a thread hop costs it (64-state requests: 25-35 % fewer per second off
+#: the loop); the 12.7 MB actor (1024 x 4) 6 ms for 64 states and 0.6 s for 4096, which on the
+#: loop held every other request.
 OFF_LOOP_ROWS = 64
+#: A pass of OFF_LOOP_ROWS states or more runs in a worker thread unless the model's measured
+#: time per state says it takes less than this.
+OFF_LOOP_SECONDS = 0.001
+#: Passes of fewer states than this are not timed: their fixed cost hides the cost per state.
+_TIMED_ROWS = 16
+#: The models whose cost is remembered (the oldest is forgotten first).
+_REMEMBERED = 64
 
 #: `forward(live, x)` -> a `[len(x), action_dim]` tensor; raises for a bad input or output.
 Forward = Callable[["LiveModel", torch.Tensor], torch.Tensor]
+
+
+class ForwardCost:
+    """How long a model's forward pass takes per state, timed on the passes it runs, and from it
+    which passes leave the event loop: OFF_LOOP_ROWS states or more whose expected time is over
+    `budget` seconds, or whose model has not been timed yet (a first large pass goes to a thread).
+
+    Keyed by the model object's id (a model collected and another given its id inherits its
+    estimate until the next timed pass corrects it: the decision is only where a pass runs).
+    """
+
+    def __init__(self, budget: float = OFF_LOOP_SECONDS, min_rows: int = OFF_LOOP_ROWS) -> None:
+        self.budget = budget
+        self.min_rows = min_rows
+        self._per_row: dict[int, float] = {}
+
+    def off_loop(self, live: object, rows: int) -> bool:
+        if rows < self.min_rows:
+            return False
+        per_row = self._per_row.get(id(getattr(live, "model", live)))
+        return per_row is None or rows * per_row > self.budget
+
+    def timed(self, forward: Forward) -> Forward:
+        """`forward`, timing the passes of `_TIMED_ROWS` states or more."""
+
+        def run(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
+            rows = x.shape[0]
+            if rows < _TIMED_ROWS:
+                return forward(live, x)
+            started = time.perf_counter()
+            out = forward(live, x)
+            self.record(live, rows, time.perf_counter() - started)
+            return out
+
+        return run
+
+    def record(self, live: object, rows: int, seconds: float) -> None:
+        """One pass of `rows` states took `seconds` (passes of fewer than 16 are not counted)."""
+        if rows < _TIMED_ROWS:
+            return
+        key = id(getattr(live, "model", live))
+        per_row = seconds / rows
+        old = self._per_row.pop(key, None)  # re-inserted: the newest is forgotten last
+        self._per_row[key] = per_row if old is None else old + 0.25 * (per_row - old)
+        if len(self._per_row) > _REMEMBERED:
+            del self._per_row[next(iter(self._per_row))]
+
+
+#: The server's one cost table: a model's cost is the same in every handle and batcher.
+FORWARD_COST = ForwardCost()
 
 
 class _Item:
@@ -65,16 +125,16 @@ class Batcher:
     Args:
         max_size: most rows (states) in one forward pass; a request with more runs alone.
         max_wait: seconds the first request of a batch waits for others (0: one loop turn).
-        off_loop_rows: a pass over this many rows or more runs in a worker thread.
+        cost: decides which passes run in a worker thread (default: the server's FORWARD_COST).
     """
 
     def __init__(self, max_size: int, max_wait: float = 0.0, *,
-                 off_loop_rows: int = OFF_LOOP_ROWS) -> None:  # fmt: skip
-        if max_size < 1 or max_wait < 0 or off_loop_rows < 1:
-            raise ValueError("max_size and off_loop_rows must be >= 1 and max_wait >= 0")
+                 cost: ForwardCost | None = None) -> None:  # fmt: skip
+        if max_size < 1 or max_wait < 0:
+            raise ValueError("max_size must be >= 1 and max_wait >= 0")
         self.max_size = max_size
         self.max_wait = max_wait
-        self.off_loop_rows = off_loop_rows
+        self.cost = cost if cost is not None else FORWARD_COST
         self._off_loop: set[asyncio.Task[None]] = set()
         self._pending: list[_Item] = []
         self._rows = 0
@@ -93,7 +153,7 @@ class Batcher:
             self._inline -= 1
             self.batches += 1
             self.requests += 1
-            if n >= self.off_loop_rows:
+            if self.cost.off_loop(live, n):
                 return await anyio.to_thread.run_sync(forward, live, x)
             return forward(live, x)
         loop = asyncio.get_running_loop()
@@ -134,7 +194,7 @@ class Batcher:
             groups.setdefault(id(item.live), []).append(item)
         for items in groups.values():
             self.requests += len(items)
-            if sum(item.n for item in items) >= self.off_loop_rows:
+            if self.cost.off_loop(items[0].live, sum(item.n for item in items)):
                 task = asyncio.ensure_future(self._run_off_loop(items, forward))
                 self._off_loop.add(task)  # held until done: the loop keeps only weak references
                 task.add_done_callback(partial(self._done, items))

@@ -130,7 +130,7 @@ class ModelHandle:
                 continue
             is_live = live is not None and live.checkpoint == path.name
             out.append({
-                "checkpoint": path.name, "mtime": st.st_mtime, "size": st.st_size,
+                "checkpoint": path.name, "mtime": st.st_mtime_ns / 1e9, "size": st.st_size,
                 "live": is_live, "sha256": live.sha256 if is_live and live else None,
             })  # fmt: skip
         return out
@@ -164,10 +164,10 @@ class ModelHandle:
         with contextlib.suppress(OSError):
             found = list_checkpoints(self.directory, self.prefix)
             if found:
-                best = found[0].stat().st_mtime
-        if self.registry.source.kind != "manifest":
+                best = found[0].stat().st_mtime_ns / 1e9  # as the version's mtime is computed:
+        if self.registry.source.kind != "manifest":  # st_mtime may differ from it by an ulp
             with contextlib.suppress(OSError):
-                watched = self.watched.stat().st_mtime
+                watched = self.watched.stat().st_mtime_ns / 1e9
                 best = watched if best is None else max(best, watched)
         return best
 

@@ -17,7 +17,7 @@ import torch
 from ..inference import act
 from ..registry import LiveModel
 from ..validation import Bounds
-from .batching import OFF_LOOP_ROWS
+from .batching import FORWARD_COST
 from .errors import ApiError
 from .schemas import F32_MAX
 from .state import ModelHandle
@@ -152,12 +152,12 @@ async def _forward_maybe_batched(handle: ModelHandle, live: LiveModel,
     batcher = handle.batcher
     if batcher is not None:
         return _rows(await batcher.run(live, x, _run_model))
-    if x.shape[0] >= OFF_LOOP_ROWS:  # a large batch must not hold the event loop
+    if FORWARD_COST.off_loop(live, x.shape[0]):  # a long pass must not hold the event loop
         return _rows(await anyio.to_thread.run_sync(_run_model, live, x))
     return _rows(_run_model(live, x))
 
 
-def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
+def _forward(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
     """The model's actions for `x` as a `[batch, action_dim]` tensor (a 422/500 when not)."""
     try:
         action = act(live.model, x)
@@ -174,6 +174,10 @@ def _run_model(live: LiveModel, x: torch.Tensor) -> torch.Tensor:
             f"model returned an action of shape {list(action.shape)}, expected [{x.shape[0]}, {want}]",
         )
     return action
+
+
+#: Every policy pass, timed for FORWARD_COST (where it runs: on the loop or in a thread).
+_run_model = FORWARD_COST.timed(_forward)
 
 
 def _rows(action: torch.Tensor) -> list[list[float]]:

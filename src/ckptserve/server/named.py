@@ -7,12 +7,13 @@ The checkpoint's metadata names them (`"inputs": {"state": 8, "action": 1}`, `"o
 state is (finite float32 numbers, the sizes the metadata states, one batch size for all), the
 outputs must be finite and of the stated sizes. The rollout's policy machinery (shadow
 comparison on live states, rollback on non-finite actions, dynamic batching) is for policies:
-a named-input model is answered directly, off the event loop for large batches.
+a named-input model is answered directly, off the event loop for passes that take long.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import anyio.to_thread
@@ -22,7 +23,7 @@ import torch
 from ..inference import call_named
 from ..registry import LiveModel
 from ..validation import Expectations
-from .batching import OFF_LOOP_ROWS
+from .batching import FORWARD_COST
 from .errors import ApiError
 from .modelcall import check_row, json_type
 
@@ -73,13 +74,15 @@ def _names(inputs: dict[str, Any]) -> str:
 def _run(live: LiveModel, inputs: dict[str, torch.Tensor]) -> dict[str, list[list[float]]]:
     expect = live.expect
     outputs = expect.outputs or ()
+    batch = next(iter(inputs.values())).shape[0]
+    started = time.perf_counter()
     try:
         got = call_named(live.model, inputs, [name for name, _ in outputs])
     except Exception as exc:
         raise ApiError(
             422, f"the model cannot run on these inputs: {type(exc).__name__}: {exc}"
         ) from None
-    batch = next(iter(inputs.values())).shape[0]
+    FORWARD_COST.record(live, batch, time.perf_counter() - started)
     answer: dict[str, list[list[float]]] = {}
     for name, size in outputs:
         out = got[name]
@@ -100,6 +103,6 @@ async def forward_named(
     live: LiveModel, inputs: dict[str, torch.Tensor]
 ) -> dict[str, list[list[float]]]:
     """The outputs of `live` for `inputs`, by name, one list of rows each."""
-    if next(iter(inputs.values())).shape[0] >= OFF_LOOP_ROWS:  # must not hold the event loop
-        return await anyio.to_thread.run_sync(_run, live, inputs)
+    if FORWARD_COST.off_loop(live, next(iter(inputs.values())).shape[0]):  # a long pass
+        return await anyio.to_thread.run_sync(_run, live, inputs)  # must not hold the loop
     return _run(live, inputs)

@@ -99,10 +99,11 @@ def test_the_live_model_locks_its_inputs_and_outputs(tmp_path: Path) -> None:
     [
         ({"inputs": {"state": 8}}, "inputs or its outputs, not both"),
         ({"inputs": {}, "outputs": {"q": 1}}, "must map 1 to 16 names"),
-        ({"inputs": [8, 1], "outputs": {"q": 1}}, "must map 1 to 16 names"),
+        ({"inputs": [8, 1], "outputs": {"q": 1}}, "inputs or its outputs, not both"),
         ({"inputs": {"state\n": 8}, "outputs": {"q": 1}}, "is not a name"),
         ({"inputs": {"state": 0}, "outputs": {"q": 1}}, "must be at least 1"),
         ({"inputs": {"state": True}, "outputs": {"q": 1}}, "must be a whole number"),
+        ({"inputs": {"state": float("nan")}, "outputs": {"q": 1}}, "must be a whole number"),
         ({"inputs": {"state": 1 << 30}, "outputs": {"q": 1}}, "over the"),
         ({"inputs": {f"x{i}": 1 for i in range(17)}, "outputs": {"q": 1}}, "1 to 16"),
     ],
@@ -141,3 +142,29 @@ def test_a_critic_with_a_wrong_input_name_is_rejected_by_the_probe(tmp_path: Pat
         attempt = registry.check()
         assert attempt is not None and attempt.result == "rejected", attempt
         assert "probe with obs[1, 8], action[1, 1] failed" in str(attempt.reason), attempt.reason
+
+
+def test_a_policy_may_use_inputs_and_outputs_for_its_own_metadata(tmp_path: Path) -> None:
+    """Only objects of sizes name a model's tensors: a policy published with other values under
+    those keys is served as a policy; objects under them are refused at publish."""
+    from policies import seeded_actor
+
+    publish(seeded_actor(0), tmp_path, metadata={"inputs": "camera+lidar", "outputs": ["steer"]})
+    with ModelRegistry(tmp_path) as registry:
+        attempt = registry.check()
+        assert attempt is not None and attempt.result == "ok", registry.last_error
+        assert registry.current is not None and registry.current.expect.inputs is None
+    with pytest.raises(PublishError, match="publish it with example_inputs="):
+        publish(seeded_actor(0), tmp_path / "other", metadata={"inputs": {"state": 4}})
+
+
+def test_the_same_inputs_in_another_order_are_the_same_inputs(tmp_path: Path) -> None:
+    """Inputs are passed by name: a checkpoint listing them in another order is no change."""
+    path = written(tmp_path, {"inputs": {"state": OBS, "action": ACT}, "outputs": {"q": 1}})
+    with ModelRegistry(path) as registry:
+        registry.check()
+        first = registry.current
+        written(tmp_path, {"inputs": {"action": ACT, "state": OBS}, "outputs": {"q": 1}})
+        attempt = registry.check()
+        assert attempt is not None and attempt.result == "ok", registry.last_error
+        assert registry.current is not first

@@ -110,7 +110,7 @@ class Swapper:
         now = time.monotonic()
         watch = self.serving
         token = watch.token()
-        if token is None and watch is self._follow.watched:
+        if token is None and watch is self._follow.watched and not self.closed:
             found = self._follow.refind(now)
             if found is not None:  # e.g. a checkpoint copied in by hand (no manifest)
                 watch = self.serving = found

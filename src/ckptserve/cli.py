@@ -5,6 +5,7 @@ the settings, hand them to uvicorn. Every `serve` option can also come from the 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,6 +226,9 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     """
     from .server.listening import port_problem
 
+    # SIGHUP means "look at the sources again" once the server runs; while it starts (imports,
+    # the preflight loads) it must not end it. Workers start with it ignored too (serving.py).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = build_settings(models, options)
     _preflight(settings)
     problem = port_problem(settings.host, settings.port)
@@ -235,6 +239,7 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
             from .ray import run as run_on_ray
         except ImportError as exc:
             _fail(f"--ray needs Ray Serve: pip install 'ckptserve[ray]' ({exc})")
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # Ray's processes keep their own ways
         run_on_ray(settings, replicas=settings.replicas)
         return
     _run(settings)

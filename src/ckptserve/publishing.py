@@ -62,6 +62,11 @@ def _describe_policy(
     model: Any, meta: dict[str, Any], example: torch.Tensor | None
 ) -> torch.Tensor:
     """Fill in a policy's `obs_dim` and `action_dim`; return the state to export with."""
+    if any(isinstance(meta.get(key), Mapping) for key in ("inputs", "outputs")):
+        raise PublishError(
+            "metadata inputs/outputs objects describe a model with named inputs: publish it with "
+            "example_inputs= (or name these metadata keys otherwise)"
+        )
     if example is None:
         obs_dim = meta.get("obs_dim") or infer_obs_dim(model)
         if obs_dim is None:

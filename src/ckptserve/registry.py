@@ -279,10 +279,10 @@ class ModelRegistry:
         copies, after waiting (at most `timeout` s) for a load in another thread to end."""
         deadline = _monotonic() + timeout
         self._worker.close(timeout)
-        self._swap.close_sources()
         acquired = self._lock.acquire(timeout=max(0.0, deadline - _monotonic()))
         self._swap.closed = True  # a load that starts (or, not waited for, ends) now keeps nothing
         try:
+            self._swap.close_sources()
             self._copies.close()
         finally:
             if acquired:

@@ -162,7 +162,8 @@ _SETS = {"obs_dim": "--obs-dim", "action_dim": "--action-dim"}
 def _dimension(value: Any, key: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value != int(value)):  # fmt: skip
         raise ValidationError(f"{key} must be a whole number, not {value!r}")
     if value < 1:
         raise ValidationError(f"{key} must be at least 1, not {value!r}")
@@ -198,7 +199,7 @@ def expectations_for(
     inputs, outputs = _named(metadata, "inputs"), _named(metadata, "outputs")
     if (inputs is None) != (outputs is None):
         raise ValidationError("checkpoint metadata names its inputs or its outputs, not both")
-    if served is not None and (served.inputs, served.outputs) != (inputs, outputs):
+    if served is not None and not (_same(served.inputs, inputs) and _same(served.outputs, outputs)):
         have = Expectations(None, None, None, None, inputs, outputs)
         raise ValidationError(
             f"checkpoint takes {_kind(have)}, the live model serves {_kind(served)} (clients "
@@ -246,11 +247,12 @@ def expectations_for(
 
 
 def _named(metadata: Mapping[str, Any], key: str) -> Named | None:
-    """metadata[key] as (name, size) pairs: a JSON object of sizes, in the model's order."""
+    """metadata[key] as (name, size) pairs, from a JSON object of sizes; None when it is not an
+    object (a policy's own metadata may use the key for something else)."""
     value = metadata.get(key)
-    if value is None:
+    if not isinstance(value, Mapping):
         return None
-    if not isinstance(value, Mapping) or not 1 <= len(value) <= MAX_NAMED:
+    if not 1 <= len(value) <= MAX_NAMED:
         raise ValidationError(
             f"metadata {key} must map 1 to {MAX_NAMED} names to sizes, not {one_line(repr(value), 80)}"
         )
@@ -263,6 +265,11 @@ def _named(metadata: Mapping[str, Any], key: str) -> Named | None:
             )
         pairs.append((name, _dimension(size, f"{key}[{name!r}]") or 1))
     return tuple(pairs)
+
+
+def _same(a: Named | None, b: Named | None) -> bool:
+    """The same names and sizes, in any order (inputs are passed by name)."""
+    return (a is None) == (b is None) and dict(a or ()) == dict(b or ())
 
 
 def _probe_named(model: Any, expect: Expectations) -> Expectations:

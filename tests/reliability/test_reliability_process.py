@@ -145,15 +145,19 @@ def test_a_pin_reaches_every_worker(tmp_path: Path) -> None:
         wait_for(both_pinned, 60, "both workers to serve the pinned checkpoint")
 
 
-def test_every_worker_reads_the_request_ids_of_the_others(tmp_path: Path) -> None:
-    """With --workers 2 and no CKPTSERVE_FEEDBACK_SECRET the supervisor gives its workers one
-    random key: feedback for an answer is taken by whichever worker the report reaches."""
+@pytest.mark.parametrize("secret", [None, ""], ids=["unset", "empty"])
+def test_every_worker_reads_the_request_ids_of_the_others(
+    tmp_path: Path, secret: str | None
+) -> None:
+    """With --workers 2 and no CKPTSERVE_FEEDBACK_SECRET (or an empty one) the supervisor gives
+    its workers one random key: feedback for an answer is taken by whichever worker gets it."""
     import httpx
 
     models = tmp_path / "models"
     publish(torch_script(seeded(1)), models)
-    # ServerProcess passes on no CKPTSERVE_ variable of ours: the secret is unset.
-    with ServerProcess([str(models), "--workers", "2"], log=tmp_path / "log") as server:
+    # ServerProcess passes on no CKPTSERVE_ variable of ours but those given here.
+    env = {} if secret is None else {"CKPTSERVE_FEEDBACK_SECRET": secret}
+    with ServerProcess([str(models), "--workers", "2"], env=env, log=tmp_path / "log") as server:
         server.wait_ready(timeout=90)
         assert len(worker_states(server.url, 2, 60)) == 2, server.output()[-2000:]
         answers: dict[str, str] = {}  # request id -> the worker (replica) that answered
@@ -171,3 +175,29 @@ def test_every_worker_reads_the_request_ids_of_the_others(tmp_path: Path) -> Non
             if r.status_code != 200:
                 refused[rid] = (answers[rid], r.status_code, r.text)
         assert refused == {}, refused
+
+
+def test_a_sighup_while_the_server_starts_ends_nothing(tmp_path: Path) -> None:
+    """SIGHUPs from the server's first log line on (before it, Python itself is still starting
+    and a signal it cannot handle yet ends it, as for any program) while each of two workers
+    starts: no process ends, no worker is replaced, and both then serve."""
+    models = tmp_path / "models"
+    publish(torch_script(seeded(1)), models)
+    with ServerProcess([str(models), "--workers", "2"], log=tmp_path / "log") as server:
+        wait_for(lambda: "Started parent process" in server.output(), 60, "the supervisor")
+        ready = False
+        for _ in range(600):  # every 0.1 s until ready, for at most a minute
+            server.proc.send_signal(signal.SIGHUP)
+            if server.proc.poll() is not None:
+                break
+            try:
+                ready = server.client.get("/readyz").status_code == 200
+            except Exception:  # not listening yet
+                ready = False
+            if ready:
+                break
+            threading.Event().wait(0.1)
+        assert server.proc.poll() is None, server.output()[-3000:]
+        assert ready, server.output()[-3000:]
+        assert len(worker_states(server.url, 2, 60)) == 2, server.output()[-3000:]
+        assert "replaced by a new worker" not in server.output(), server.output()[-3000:]

@@ -227,6 +227,21 @@ def test_closing_the_registry_stops_the_poll_thread(tmp_path: Path) -> None:
     assert registry.current is not None  # held on purpose: collection would end it anyway
 
 
+def test_a_check_after_close_starts_no_poll_thread(tmp_path: Path) -> None:
+    """With the watched manifest gone, a check looks for another file to follow: after close()
+    it must not start a poll of its own."""
+    publish(seeded_actor(0), tmp_path, format="torchscript")
+    registry = ModelRegistry(tmp_path, nfs=True, check_interval=3600)
+    registry.check()
+    (tmp_path / "actor_latest.json").unlink()
+    registry.source.poll_now()  # type: ignore[attr-defined]
+    registry.close()
+    before = set(threading.enumerate())
+    registry.check()
+    started = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert started == [], started
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -119,9 +119,13 @@ def test_oip_infer_takes_one_tensor_per_name(
          "the inputs have different batch sizes: [2, 3]"),
         ([request["inputs"][0], {**request["inputs"][1], "shape": [2, 2], "data": [1, 2, 3, 4]}],
          'input "action" has shape [2, 2], expected [batch, 1]'),
+        ([request["inputs"][0], {**request["inputs"][1], "name": None}],
+         "every input needs a name, a string"),
     ]:  # fmt: skip
         r = server.client.post("/v2/models/actor/infer", json={"inputs": inputs})
         assert r.status_code in (400, 422) and message in r.json()["error"], r.text
+    r = server.client.post("/v2/models/actor/infer", json={**request, "outputs": []})
+    assert [o["name"] for o in r.json()["outputs"]] == ["q"], r.text  # none named: all
 
 
 def test_oip_binary_tensors_and_chosen_outputs(tmp_path: Path, make_server: MakeServer) -> None:

@@ -66,6 +66,10 @@ def test_the_forward_cost_sends_slow_and_untimed_passes_to_a_thread() -> None:
     assert [cost.off_loop(quick, n) for n in (63, 64, 400, 600)] == [False, False, False, True]
     assert [cost.off_loop(slow, n) for n in (63, 64)] == [False, True]
     assert cost.off_loop(new, 64), "not timed yet: a first large pass goes to a thread"
+    others = [object() for _ in range(64)]
+    for model in others:  # the 64 models timed since forget the oldest, `quick`
+        cost.record(model, 64, 64 * 2e-6)
+    assert cost.off_loop(quick, 64) and not cost.off_loop(others[-1], 64)
 
 
 def test_a_gathered_batch_of_many_rows_runs_off_the_event_loop() -> None:

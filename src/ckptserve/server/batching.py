@@ -24,6 +24,7 @@ pass dominates and batching buys little; `benchmarks/bench_batching.py` measures
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,7 +36,15 @@ import torch
 if TYPE_CHECKING:
     from ..registry import LiveModel
 
-__all__ = ["FORWARD_COST", "OFF_LOOP_ROWS", "OFF_LOOP_SECONDS", "Batcher", "Forward", "ForwardCost"]
+__all__ = [
+    "FORWARD_COST",
+    "OFF_LOOP_ROWS",
+    "OFF_LOOP_SECONDS",
+    "Batcher",
+    "Forward",
+    "ForwardCost",
+    "pass_clock",
+]
 
 #: Under light load (a batch of one), this many requests run at once before one queues again.
 PROBE = 8
@@ -71,6 +80,7 @@ class ForwardCost:
         self.budget = budget
         self.min_rows = min_rows
         self._per_row: dict[int, float] = {}
+        self._lock = threading.Lock()  # passes are timed on the loop and in worker threads
 
     def off_loop(self, live: object, rows: int) -> bool:
         if rows < self.min_rows:
@@ -85,9 +95,10 @@ class ForwardCost:
             rows = x.shape[0]
             if rows < _TIMED_ROWS:
                 return forward(live, x)
-            started = time.perf_counter()
+            clock = pass_clock()
+            started = clock()
             out = forward(live, x)
-            self.record(live, rows, time.perf_counter() - started)
+            self.record(live, rows, clock() - started)
             return out
 
         return run
@@ -98,10 +109,19 @@ class ForwardCost:
             return
         key = id(getattr(live, "model", live))
         per_row = seconds / rows
-        old = self._per_row.pop(key, None)  # re-inserted: the newest is forgotten last
-        self._per_row[key] = per_row if old is None else old + 0.25 * (per_row - old)
-        if len(self._per_row) > _REMEMBERED:
-            del self._per_row[next(iter(self._per_row))]
+        with self._lock:
+            old = self._per_row.pop(key, None)  # re-inserted: the newest is forgotten last
+            self._per_row[key] = per_row if old is None else old + 0.25 * (per_row - old)
+            if len(self._per_row) > _REMEMBERED:
+                del self._per_row[next(iter(self._per_row))]
+
+
+def pass_clock() -> Callable[[], float]:
+    """The clock a pass is timed with: this thread's CPU time when torch computes in the calling
+    thread alone (a pass in a worker thread then does not count the time it waited for the GIL
+    while the loop was busy, which would keep a quick model off the loop for as long as the load
+    lasts), else the wall clock."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
 #: The server's one cost table: a model's cost is the same in every handle and batcher.

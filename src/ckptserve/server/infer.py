@@ -125,7 +125,9 @@ def _named_inputs(request: dict[str, Any], binary: memoryview, expect: Expectati
     if type(specs) is not list or not all(type(spec) is dict for spec in specs):
         raise ApiError(400, f"the request needs one input per name: {expect.named()}")
     names = [spec.get("name") for spec in specs]
-    if sorted(map(str, names)) != sorted(declared) or len(set(map(str, names))) != len(names):
+    if any(type(name) is not str for name in names):
+        raise ApiError(400, f"every input needs a name, a string: the model takes {expect.named()}")
+    if sorted(names) != sorted(declared) or len(set(names)) != len(names):
         raise ApiError(
             400,
             f"inputs {', '.join(map(short, names)) or 'none'}: the model takes {expect.named()}",
@@ -156,17 +158,19 @@ def _wanted_outputs(request: dict[str, Any], expect: Expectations) -> list[tuple
     declared = [name for name, _ in expect.outputs or ()]
     default = bool(_parameters(request, "").get("binary_data_output"))
     asked = request.get("outputs")
-    if asked is None:
+    if asked is None or asked == []:  # none named: all of them, as Triton answers
         return [(name, default) for name in declared]
     if type(asked) is not list:
         raise ApiError(400, '"outputs" must be a list')
-    wanted = []
+    wanted: list[tuple[str, bool]] = []
     for o in asked:
         if type(o) is not dict or o.get("name") not in declared:
             name = o.get("name") if type(o) is dict else o
             raise ApiError(
                 400, f"unknown output {short(name)}: the outputs are {', '.join(declared)}"
             )
+        if any(name == o["name"] for name, _ in wanted):
+            raise ApiError(400, f"output {short(o['name'])} is asked for twice")
         wanted.append(
             (o["name"], bool(_parameters(o, f'output "{o["name"]}" ').get("binary_data")))
         )
@@ -207,11 +211,15 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_lengt
     if "id" in request and type(request["id"]) is not str:
         raise ApiError(400, f'the request "id" must be a string, not {json_type(request["id"])}')
     current = handle.registry.current
-    if current is None:  # what the model takes decides how the request is read
-        current = await handle.live()
-    if current.expect.inputs is not None:
+    if current is not None and current.expect.inputs is not None:
         return await _infer_named(runtime, handle, request, binary, version, session)
-    x = _oip_input(request, binary)
+    try:
+        x = _oip_input(request, binary)  # a policy's one input, checked before any load
+    except ApiError as refused:
+        if current is not None or not await _takes_named_inputs(handle):
+            raise refused from None
+        # nothing was live: the model now loaded takes named inputs
+        return await _infer_named(runtime, handle, request, binary, version, session)
     want_binary = _binary_output(request)
     live = await handle.live()
     meta = handle.meta(live)
@@ -240,6 +248,15 @@ async def infer(runtime: Runtime, handle: ModelHandle, body: bytes, header_lengt
         return error_reply(exc, "oip", [(VERSION_HEADER, meta.header), replica_header()])
     output, tail = _output("action", values, want_binary)
     return _respond(runtime, handle, meta, request, [output], tail)
+
+
+async def _takes_named_inputs(handle: ModelHandle) -> bool:
+    """Whether the model, loaded now if nothing was live, takes named inputs (False when none
+    can be loaded: the request's own error is the answer then)."""
+    try:
+        return (await handle.live()).expect.inputs is not None
+    except Exception:
+        return False
 
 
 async def _infer_named(runtime: Runtime, handle: ModelHandle, request: dict[str, Any],

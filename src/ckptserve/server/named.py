@@ -13,7 +13,6 @@ a named-input model is answered directly, off the event loop for passes that tak
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import anyio.to_thread
@@ -23,7 +22,7 @@ import torch
 from ..inference import call_named
 from ..registry import LiveModel
 from ..validation import Expectations
-from .batching import FORWARD_COST
+from .batching import FORWARD_COST, pass_clock
 from .errors import ApiError
 from .modelcall import check_row, json_type
 
@@ -75,14 +74,15 @@ def _run(live: LiveModel, inputs: dict[str, torch.Tensor]) -> dict[str, list[lis
     expect = live.expect
     outputs = expect.outputs or ()
     batch = next(iter(inputs.values())).shape[0]
-    started = time.perf_counter()
+    clock = pass_clock()
+    started = clock()
     try:
         got = call_named(live.model, inputs, [name for name, _ in outputs])
     except Exception as exc:
         raise ApiError(
             422, f"the model cannot run on these inputs: {type(exc).__name__}: {exc}"
         ) from None
-    FORWARD_COST.record(live, batch, time.perf_counter() - started)
+    FORWARD_COST.record(live, batch, clock() - started)
     answer: dict[str, list[list[float]]] = {}
     for name, size in outputs:
         out = got[name]

@@ -160,9 +160,36 @@ def exit_reason(exitcode: int | None, *, answered: bool, healthcheck: float) -> 
     return f"exited with status {exitcode}"
 
 
+class _Worker(Process):
+    """A uvicorn worker process that starts with SIGHUP ignored (the disposition survives the
+    spawn's exec): until its lifespan installs the handler that makes SIGHUP "look at the sources
+    again", a SIGHUP would end it, and a worker still starting reads its sources anyway."""
+
+    def start(self) -> None:
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+
 class _Supervisor(Multiprocess):
     """uvicorn's worker supervisor (its keep-alive loop, as in uvicorn 0.52+), which also logs
-    why it replaces a worker: uvicorn says only "Child process died"."""
+    why it replaces a worker: uvicorn says only "Child process died", and starts every worker
+    with SIGHUP ignored until it can handle it (`_Worker`)."""
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            process = _Worker(self.config, self.sockets)
+            process.start()
+            self.processes.append(process)
+
+    def handle_ttin(self) -> None:
+        log.info("SIGTTIN: one more worker")
+        self.processes_num += 1
+        process = _Worker(self.config, self.sockets)
+        process.start()
+        self.processes.append(process)
 
     def handle_hup(self) -> None:
         """SIGHUP means what it means to one worker, "look at the sources again now", in every
@@ -193,7 +220,7 @@ class _Supervisor(Multiprocess):
             reason = exit_reason(process.exitcode, answered=answered,
                                  healthcheck=self.config.timeout_worker_healthcheck)  # fmt: skip
             log.warning("worker [%s] %s: replaced by a new worker", process.pid, reason)
-            replacement = Process(self.config, self.sockets)
+            replacement = _Worker(self.config, self.sockets)
             replacement.start()
             self.processes[idx] = replacement
 
@@ -232,7 +259,8 @@ def run(settings: Settings) -> None:
         own_state = tempfile.mkdtemp(prefix="ckptserve-state-")
         registry = replace(settings.registry, state_dir=own_state)
         settings = settings.model_copy(update={"registry": registry})
-    if settings.feedback_secret is None:
+    secret = settings.feedback_secret
+    if secret is None or not secret.get_secret_value():
         # One random key for every worker (they read it from the environment): a request id
         # one worker issued is then good for feedback at any of them.
         os.environ[f"{ENV_PREFIX}FEEDBACK_SECRET"] = secrets.token_hex(32)

@@ -141,7 +141,7 @@ def test_statusz_describes_the_live_version_and_the_worker_that_answered(
     assert model["routes"] == {"status": "/rl/actor/status", "reload": "/rl/actor/reload",
                                "pin": "/rl/actor/pin"}  # fmt: skip
     assert model["versions"] == [
-        {"checkpoint": checkpoint.name, "mtime": checkpoint.stat().st_mtime, "live": True}
+        {"checkpoint": checkpoint.name, "mtime": checkpoint.stat().st_mtime_ns / 1e9, "live": True}
     ]
     assert [a["result"] for a in model["history"]] == ["ok"]
 

@@ -5,7 +5,6 @@ to 1e-5, loaded by the registry and served over HTTP; Box (PPO, SAC) and Discret
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,6 @@ TOLERANCE = 1e-5
 def small() -> dict[str, Any]:
     """Small networks (a fresh dict each time: SB3 adds keys to the one it is given)."""
     return {"net_arch": [32, 32]}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """SB3's updates on 2 shared cores are several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def observations(env_id: str, n: int = 64, seed: int = 0) -> np.ndarray:

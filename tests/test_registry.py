@@ -444,6 +444,37 @@ def test_missing_file_keeps_serving_and_reappearing_file_is_loaded(
     assert not registry.status()["file_missing"]
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript"])
+def test_a_latest_file_given_follows_the_same_models_latest_of_another_kind(
+    fmt, tmp_path, make_registry
+):
+    """`serve DIR/actor_latest.pt` while the trainer publishes safetensors (or with a manifest):
+    what is published is served, not the newest checkpoint found at start, forever."""
+    publish(seeded_actor(0), tmp_path, format=fmt)
+    (tmp_path / "actor_latest.json").unlink()  # only the link of the format is left
+    given = tmp_path / ("actor_latest.pt" if fmt == "safetensors" else "actor_latest.json")
+    registry = make_registry(given, loader=loader_for(fmt))
+    assert action_of(registry.get_model()) == pytest.approx(expected_action(0))
+
+    publish(seeded_actor(1), tmp_path, format=fmt)
+    assert action_of(refresh(registry).model) == pytest.approx(expected_action(1))
+    assert not registry.file_missing
+    assert registry.version is not None and registry.version.checkpoint.startswith("actor_")
+
+
+def test_a_latest_file_given_never_follows_another_models_latest(
+    tmp_path, checkpoint_bytes, make_registry
+):
+    """Another model's `critic_latest.pt` beside a missing `actor_latest.pt` is not the actor."""
+    (tmp_path / "critic_latest.pt").write_bytes(checkpoint_bytes("torchscript", 1))
+    registry = make_registry(tmp_path / "actor_latest.pt")
+    with pytest.raises(ModelNotAvailable):
+        registry.get_model()
+    assert registry.file_missing
+    (tmp_path / "actor_latest.pt").write_bytes(checkpoint_bytes("torchscript", 0))
+    assert action_of(refresh(registry).model) == pytest.approx(expected_action(0))
+
+
 def test_unreadable_path_is_a_missing_file_not_a_crash(ckpt_path, checkpoint_bytes, make_registry):
     """A path that cannot be stat'ed (here a symlink loop) reads as missing; the model stays."""
     ckpt_path.write_bytes(checkpoint_bytes("torchscript", 0))

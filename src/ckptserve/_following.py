@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ._watching import RESCAN_EVERY, DirectoryWatch, Timing, Watch
 from .manifest import Keyring, parse_keyring
-from .naming import DEFAULT_NAME, checkpoint_prefix
+from .naming import DEFAULT_NAME, checkpoint_prefix, is_object_url, latest_name
 from .nfs import PolledSource
 from .options import RegistryOptions
 from .sources import Snapshot, Source, checkpoint_source, make_source
@@ -47,6 +47,11 @@ class Following:
         self.directory: DirectoryWatch | None = None
         if os.path.isdir(path):
             self.directory = DirectoryWatch(Path(path), self._name, signed_only=self.signed)
+        elif not is_object_url(path) and (latest := latest_name(Path(path))) is not None:
+            # `actor_latest.pt` given, `actor_latest.safetensors` published (or the manifest):
+            # the same model's latest, followed once the given one is missing.
+            self.directory = DirectoryWatch(Path(path).parent, latest, signed_only=self.signed,
+                                            same_name=True)  # fmt: skip
         self.watched = self.watch(self._source(path))
         self._vouched: dict[str, str] = {}  # checkpoint name -> sha256 a manifest vouched for
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .naming import latest_in_directory
+from .naming import latest_in_directory, latest_name
 from .sources import Source
 from .versions import stat_key
 
@@ -164,15 +165,20 @@ class DirectoryWatch:
     `RESCAN_EVERY` seconds.
 
     Args:
-        directory: the directory given to the registry.
+        directory: the directory given to the registry, or the one holding the
+            `{name}_latest.*` file given to it.
         name: the `{name}` of `{name}_latest.*` looked for first.
         signed_only: follow manifests only (a plain checkpoint carries no signature).
+        same_name: offer only an existing `{name}_latest.*` (the registry was given one such
+            file: another of its kinds is the same model, another model's is not).
     """
 
-    def __init__(self, directory: Path, name: str, *, signed_only: bool) -> None:
+    def __init__(self, directory: Path, name: str, *, signed_only: bool,
+                 same_name: bool = False) -> None:  # fmt: skip
         self.directory = directory
         self._name = name
         self._signed_only = signed_only
+        self._same_name = same_name
         self._listed: object = _MUST_LIST  # the directory's stat key when it was last listed
         self._list_by = 0.0  # monotonic deadline for listing it again whatever its key
 
@@ -185,4 +191,8 @@ class DirectoryWatch:
         self._listed = key if settled else _MUST_LIST
         self._list_by = now + RESCAN_EVERY
         found = latest_in_directory(self.directory, self._name, signed_only=self._signed_only)
-        return None if found == following else found
+        if found == following:
+            return None
+        if self._same_name and (latest_name(found) != self._name or not os.path.lexists(found)):
+            return None
+        return found

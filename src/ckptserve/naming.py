@@ -27,15 +27,18 @@ __all__ = [
     "DEFAULT_NAME",
     "FORMAT_NAMES",
     "MANIFEST_SUFFIX",
+    "OBJECT_SCHEME",
     "STAMP_FORMAT",
     "SUFFIXES",
     "WEIGHTS_FORMATS",
     "Stamped",
     "checkpoint_name",
     "checkpoint_prefix",
+    "is_object_url",
     "latest_in_directory",
     "latest_link",
     "latest_manifest",
+    "latest_name",
     "list_checkpoints",
     "model_name",
     "name_in_directory",
@@ -64,6 +67,8 @@ SUFFIXES = {
 CHECKPOINT_SUFFIXES = tuple(dict.fromkeys(SUFFIXES.values()))
 #: The suffix of a manifest: `{name}_latest.json` and each checkpoint's record.
 MANIFEST_SUFFIX = ".json"
+#: How a path names object storage (objectstore.py): `s3://bucket/prefix/`.
+OBJECT_SCHEME = "s3://"
 #: `datetime.strftime` format of the timestamp in a checkpoint's name.
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 
@@ -86,6 +91,23 @@ def suffix_for(fmt: str) -> str:
 def latest_manifest(directory: Path, name: str) -> Path:
     """`{name}_latest.json` in `directory`: the manifest publish() rewrites each time."""
     return directory / f"{name}{_LATEST}{MANIFEST_SUFFIX}"
+
+
+def is_object_url(path: object) -> bool:
+    """Whether `path` names object storage (`s3://bucket/prefix/`), not a local path."""
+    return isinstance(path, str) and path.startswith(OBJECT_SCHEME)
+
+
+def latest_name(path: Path) -> str | None:
+    """The `{name}` of a `{name}_latest.json` / `.pt` / `.safetensors` path, else None.
+
+    Example:
+        latest_name(Path("models/actor_latest.pt"))  # "actor"
+    """
+    for suffix in (MANIFEST_SUFFIX, *CHECKPOINT_SUFFIXES):
+        if path.name.endswith(_LATEST + suffix) and len(path.name) > len(_LATEST + suffix):
+            return path.name[: -len(_LATEST + suffix)]
+    return None
 
 
 def latest_link(directory: Path, name: str, fmt: str) -> Path:

@@ -32,6 +32,7 @@ from ._copies import PrivateCopies
 from ._polling import Poll
 from .errors import CheckpointError, CkptServeError, IntegrityError
 from .manifest import MAX_MANIFEST_BYTES, Keyring, checked_manifest
+from .naming import OBJECT_SCHEME, is_object_url
 from .sources import CHUNK, DEFAULT_LIMIT, Snapshot
 from .versions import VersionKey
 
@@ -44,16 +45,15 @@ __all__ = [
     "is_url",
 ]
 
-SCHEME = "s3://"
+SCHEME = OBJECT_SCHEME
 #: Seconds between HEADs of the manifest object when `check_interval` is 0 (the local default).
 DEFAULT_CHECK_INTERVAL = 2.0
 #: The most checkpoint downloads whose object dates are remembered (for a copy not downloaded).
 _REMEMBERED = 8
 
 
-def is_url(path: object) -> bool:
-    """Whether `path` names object storage (`s3://...`) rather than a local path."""
-    return isinstance(path, str) and path.startswith(SCHEME)
+#: Whether a path names object storage (`s3://...`) rather than a local path.
+is_url = is_object_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from .naming import (
     MANIFEST_SUFFIX,
     STAMP_FORMAT,
     checkpoint_name,
+    is_object_url,
     latest_link,
     latest_manifest,
     list_checkpoints,
@@ -294,7 +295,7 @@ def publish(
     An `s3://bucket/prefix/` directory publishes to object storage (objectstore.py): the
     checkpoint object first, the manifest last; the path returned is then the new object's name.
     """
-    if isinstance(directory, str) and directory.startswith("s3://"):
+    if is_object_url(directory):
         # _s3publish.py builds on this module, so it is found by name, not imported above.
         store: Any = importlib.import_module("ckptserve._s3publish")
         url: str = store.publish_to_store(

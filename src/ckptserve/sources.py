@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ._copies import PrivateCopies
 from .errors import CheckpointError, IntegrityError, PathNotAllowed
 from .manifest import MAX_MANIFEST_BYTES, Keyring, checked_manifest
-from .naming import latest_in_directory, record_for
+from .naming import is_object_url, latest_in_directory, record_for
 from .versions import VersionKey, stat_key
 
 __all__ = [
@@ -307,7 +307,7 @@ def make_source(
     An `s3://bucket/prefix/` URL is followed by objectstore.S3Source (polled every
     `check_interval` seconds, 2 s when 0).
     """
-    if isinstance(path, str) and path.startswith("s3://"):
+    if is_object_url(path):
         # objectstore.py builds on this module, so it is found by name, not imported above.
         s3: Any = importlib.import_module("ckptserve.objectstore")
         source: Source = s3.S3Source(

@@ -1,5 +1,6 @@
-"""What dynamic batching on by default would cost (issue 16, item 1): the server's app driven
-in-process, no sockets, today's default (`batch_max_size=1`) against `--batch-max-size 32`.
+"""What dynamic batching on by default costs (issue 16, item 1): the server's app driven
+in-process, no sockets, unbatched (`--batch-max-size 1`, the default before 0.2.0) against the
+default since then, `--batch-max-size 32`.
 
     .venv/bin/python benchmarks/bench_batch_default.py [--requests 500] [--blocks 40] [--routes rl,oip]
 
@@ -45,8 +46,8 @@ from harness import (
 OBS = 32
 #: name -> (batch_max_size, the batcher's PROBE or None for the shipped value)
 CONFIGS: dict[str, tuple[int, int | None]] = {
-    "default (batch_max_size 1)": (1, None),
-    "--batch-max-size 32": (32, None),
+    "--batch-max-size 1 (unbatched)": (1, None),
+    "--batch-max-size 32 (the default)": (32, None),
 }
 
 
@@ -176,7 +177,7 @@ def main() -> None:
         sys.exit("--docs: a smoke run's figures do not go into the docs")
     os.environ.setdefault("CKPTSERVE_TORCH_THREADS", "1")
     for n in (int(x) for x in args.probes.split(",") if x):
-        CONFIGS[f"--batch-max-size 32, PROBE={n}"] = (32, n)
+        CONFIGS[f"--batch-max-size 32 (the default), PROBE={n}"] = (32, n)
     state = [0.1] * OBS
     all_routes = {
         "/rl/predict": ("/rl/predict", json.dumps({"state": state}).encode()),

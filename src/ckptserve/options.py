@@ -156,8 +156,8 @@ class RegistryOptions:
     """
 
     check_interval: float = _option(
-        0.0, "Seconds between checks of the file (0: one stat per request, so a new checkpoint "
-        "is served at once).", ge=0,
+        0.0, "Seconds between checks of the file (0: one stat per request, or in the server per "
+        "event-loop iteration, so a new checkpoint is served at once).", ge=0,
     )  # fmt: skip
     swap: SwapMode = _option(
         "sync", "sync: a request that sees a new checkpoint waits for it; background: the live "

@@ -57,16 +57,26 @@ class ModelHandle:
     _meta: _LiveMeta | None = field(default=None, repr=False)
     _metas: dict[int, _LiveMeta] = field(default_factory=dict, repr=False)
     _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
+    _looked: bool = field(default=False, repr=False)  # stale() said no in this loop iteration
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
         """The live handle. A check that is needed runs in a worker thread, never on the loop:
         the swap policy hands it to the registry's worker (background mode, timers), or the
         requests that find the source stale await one shared `to_thread(check)` (one thread,
-        not one thread hop per request: a sync swap under load stays short)."""
+        not one thread hop per request: a sync swap under load stays short).
+
+        The source is looked at (`stale()`, one `os.stat`) once per event-loop iteration: the
+        requests that iteration runs were all read before that look, so a request sent after
+        a publish returned still gets the new version (its bytes are read in a later one)."""
         registry = self.registry
         if force_reload:
             await anyio.to_thread.run_sync(partial(registry.check, reload=True))
-        elif registry.stale():
+        elif self._looked:
+            pass
+        elif not registry.stale():
+            self._looked = True
+            asyncio.get_running_loop().call_soon(self._look_again)
+        else:
             live = registry.policy.serve_stale(registry)
             if live is not None:
                 return live
@@ -77,6 +87,9 @@ class ModelHandle:
                 )
             await asyncio.shield(checking)
         return registry.require_live()
+
+    def _look_again(self) -> None:
+        self._looked = False
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""

@@ -37,8 +37,6 @@ __all__ = ["DEAD_BAND", "Divergence", "StateBuffer", "compare"]
 #: -0.01 is noise, not a policy that turned from long to short): `--sign-dead-band`'s default.
 DEAD_BAND = SIGN_DEAD_BAND
 
-_TENSOR = torch.Tensor  # looked up once: `record` runs on every request
-
 
 class StateBuffer:
     """A ring buffer of the last `size` request states; `record` is O(1) and never grows it.
@@ -69,14 +67,21 @@ class StateBuffer:
         size = self.size
         if not size:
             return
-        count = len(rows)
-        if not count:
-            return
-        n = self._count
-        self._count = n + 1
-        row: Any = rows[n % count]
-        if type(row) is _TENSOR:
-            row = row.tolist()  # a view would keep its whole batch alive
+        row: Any
+        if isinstance(rows, torch.Tensor):  # copied out as a list: a view would keep its batch
+            count = rows.shape[0]  # not len(): a tensor's is a Python call
+            if not count:
+                return
+            n = self._count
+            self._count = n + 1
+            row = rows.tolist()[0] if count == 1 else rows[n % count].tolist()
+        else:
+            count = len(rows)
+            if not count:
+                return
+            n = self._count
+            self._count = n + 1
+            row = rows[n % count]
         # Two threads may read the same n: one state is then lost, the size never exceeded.
         self._slots[n % size] = row
 

@@ -33,7 +33,7 @@ from harness import (
 
 PORT = 8011
 CONFIGS = {
-    "off": [],
+    "off": ["--batch-max-size", "1"],  # the default is batched (32) since 0.2.0
     "max 32, wait 0": ["--batch-max-size", "32"],
     "max 32, wait 2 ms": ["--batch-max-size", "32", "--batch-max-wait-ms", "2"],
 }

@@ -7,7 +7,8 @@
 
 Servers (each pinned to CPU 1, wrk on CPU 0, torch threads 1, the benchmark actor of
 `make_actor.py`): the model ceiling (`peers/model_ceiling.py`: bare ASGI + json + the same
-forward, no checks), ckptserve with its defaults, and ckptserve `--batch-max-size 32`.
+forward, no checks), ckptserve with its defaults (dynamic batching, 32) and unbatched
+(`--batch-max-size 1`, the default before 0.2.0).
 Concurrency curve: one state per request at each concurrency. Batch curve: B states per request
 (`{"states": [...]}` for ckptserve; `{"state": [...]}` of B rows for the ceiling, which runs the
 same forward on them) at each of `--batch-concurrency`. Rounds interleave the servers; cells are
@@ -57,8 +58,8 @@ def servers(actor: Path, port: int) -> dict[str, tuple[list[str], dict[str, str]
     return {
         CEILING: (uvicorn_cmd("model_ceiling:app", port), {"MODEL": str(actor)}),
         "ckptserve defaults": (ckptserve_cmd(str(actor), "--port", str(port)), {}),
-        "ckptserve --batch-max-size 32": (
-            ckptserve_cmd(str(actor), "--port", str(port), "--batch-max-size", "32"), {}),
+        "ckptserve --batch-max-size 1": (
+            ckptserve_cmd(str(actor), "--port", str(port), "--batch-max-size", "1"), {}),
     }  # fmt: skip
 
 

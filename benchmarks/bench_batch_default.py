@@ -33,15 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import (
-    machine,
-    make_actor,
-    now_utc,
-    results_path,
-    table,
-    versions,
-    write_doc_block,
-)
+from harness import machine, make_actor, now_utc, save_results, table, versions
 
 OBS = 32
 #: name -> (batch_max_size, the batcher's PROBE or None for the shipped value)
@@ -228,13 +220,8 @@ def main() -> None:
         "does not inflate); wall: elapsed time per request. Medians over the blocks; the "
         "differences are medians of the ratios of adjacent blocks.", ""])  # fmt: skip
     print(text)
-    out = results_path("batch_default", args.out, args.requests < 200 or args.blocks < 10)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:],
-                                                    "machine": machine(), "pairs": pairs}, indent=1))  # fmt: skip
-    if args.docs:
-        write_doc_block("bench-batch-default", text)
+    save_results("batch_default", args.out, smoke, text, {"pairs": pairs}, docs=args.docs,
+                 block="bench-batch-default")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_batch_default import OBS, _client, run_loop
-from harness import machine, make_actor, now_utc, results_path, table, versions, write_doc_block
+from harness import machine, make_actor, now_utc, save_results, table, versions
 
 
 def _patch(owner: Any, name: str, value: Any) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -139,13 +139,7 @@ def main() -> None:
         "A ratio under 1 is what the piece switched off costs (0.95: 5 % of the app's work per "
         "request); over 1, the piece saves more than it costs.", ""])  # fmt: skip
     print(text)
-    out = results_path("parts", args.out, smoke)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"when": now_utc(), "argv": sys.argv[1:],
-                                                    "machine": machine(), "cpu_us": raw}, indent=1))  # fmt: skip
-    if args.docs:
-        write_doc_block("bench-parts", text)
+    save_results("parts", args.out, smoke, text, {"cpu_us": raw}, docs=args.docs)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -366,6 +367,20 @@ def results_path(name: str, given: str | None, smoke: bool) -> Path:
     if smoke:
         return Path(tempfile.gettempdir()) / "ckptserve-smoke" / name
     return ROOT / "benchmarks" / "results" / name
+
+
+def save_results(name: str, given: str | None, smoke: bool, text: str, raw: dict[str, Any], *,
+                 docs: bool = False, block: str | None = None) -> Path:  # fmt: skip
+    """Write NAME.md (`text`) and NAME.json (`raw`, after when / argv / machine) where
+    `results_path` says, and with `docs` the text into the marked block `block` of the docs."""
+    out = results_path(name, given, smoke)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    record = {"when": now_utc(), "argv": sys.argv[1:], "machine": machine(), **raw}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    if docs:
+        write_doc_block(block or f"bench-{name}", text)
+    return out
 
 
 def plot_path(name: str, given: str | None, docs: bool, results: Path) -> Path:

@@ -4,6 +4,7 @@ starts after a publish returned is still answered by what was published."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,24 @@ def test_a_request_after_a_publish_in_the_same_iteration_gets_the_new_version(tm
     finally:
         handle.registry.close()
     assert before != after
+
+
+def test_another_event_loop_looks_for_itself(tmp_path: Path, stale_calls: list[int]):
+    """A look is one loop's: a handle used from a second loop (a lifespan run again, a thread of
+    its own) looks at its source there, even while the first loop's iteration is not over."""
+    publish(torch_script(seeded(0)), tmp_path)
+    handle = handle_for(tmp_path)
+
+    async def look_then_use_from_another_loop() -> None:
+        await handle.live()  # the first load
+        await handle.live()  # a look that finds nothing new
+        stale_calls.clear()
+        other = threading.Thread(target=asyncio.run, args=(handle.live(),))
+        other.start()
+        other.join()  # this loop's iteration is not over: its own look stands
+
+    try:
+        asyncio.run(look_then_use_from_another_loop())
+    finally:
+        handle.registry.close()
+    assert len(stale_calls) == 1, f"stale() ran {len(stale_calls)} times in the second loop"

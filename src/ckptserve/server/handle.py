@@ -57,7 +57,9 @@ class ModelHandle:
     _meta: _LiveMeta | None = field(default=None, repr=False)
     _metas: dict[int, _LiveMeta] = field(default_factory=dict, repr=False)
     _checking: asyncio.Future[Any] | None = field(default=None, repr=False)
-    _looked: bool = field(default=False, repr=False)  # stale() said no in this loop iteration
+    # The loop in whose current iteration stale() said no (a loop, not True: a loop that ends
+    # before its next iteration never resets it, and another loop must look again).
+    _looked: object = field(default=None, repr=False)
 
     async def live(self, *, force_reload: bool = False) -> LiveModel:
         """The live handle. A check that is needed runs in a worker thread, never on the loop:
@@ -71,11 +73,11 @@ class ModelHandle:
         registry = self.registry
         if force_reload:
             await anyio.to_thread.run_sync(partial(registry.check, reload=True))
-        elif self._looked:
+        elif self._looked is (loop := asyncio.get_running_loop()):
             pass
         elif not registry.stale():
-            self._looked = True
-            asyncio.get_running_loop().call_soon(self._look_again)
+            self._looked = loop
+            loop.call_soon(self._look_again)
         else:
             live = registry.policy.serve_stale(registry)
             if live is not None:
@@ -89,7 +91,7 @@ class ModelHandle:
         return registry.require_live()
 
     def _look_again(self) -> None:
-        self._looked = False
+        self._looked = None
 
     def meta(self, live: LiveModel) -> _LiveMeta:
         """Header and response fields of a live version, computed once per version."""

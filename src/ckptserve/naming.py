@@ -73,6 +73,8 @@ OBJECT_SCHEME = "s3://"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 
 _LATEST = "_latest"
+#: The suffixes of a `{name}_latest` file, in the order a reader prefers them.
+_LATEST_SUFFIXES = (MANIFEST_SUFFIX, *CHECKPOINT_SUFFIXES)
 _STAMP = r"(?P<stamp>\d{8}_\d{6})(?:_(?P<n>\d+))?"  # the one timestamp pattern
 # `_latest` or a timestamp that ends the name, before any extensions.
 _MARKER = re.compile(rf"_(?:latest|{_STAMP})(?=\.|$)")
@@ -104,7 +106,7 @@ def latest_name(path: Path) -> str | None:
     Example:
         latest_name(Path("models/actor_latest.pt"))  # "actor"
     """
-    for suffix in (MANIFEST_SUFFIX, *CHECKPOINT_SUFFIXES):
+    for suffix in _LATEST_SUFFIXES:
         if path.name.endswith(_LATEST + suffix) and len(path.name) > len(_LATEST + suffix):
             return path.name[: -len(_LATEST + suffix)]
     return None
@@ -204,7 +206,7 @@ def latest_in_directory(directory: Path, name: str, *, signed_only: bool = False
     manifests only (a plain checkpoint carries no signature). With nothing published yet (or an
     unreadable directory), the manifest path publish() will write first.
     """
-    suffixes = (MANIFEST_SUFFIX,) if signed_only else (MANIFEST_SUFFIX, *CHECKPOINT_SUFFIXES)
+    suffixes = (MANIFEST_SUFFIX,) if signed_only else _LATEST_SUFFIXES
     for suffix in suffixes:
         candidate = directory / f"{name}{_LATEST}{suffix}"
         if os.path.lexists(candidate):

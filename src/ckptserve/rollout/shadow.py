@@ -67,20 +67,16 @@ class StateBuffer:
         size = self.size
         if not size:
             return
+        # A tensor's len() is a Python call: its shape is read instead.
+        count = rows.shape[0] if isinstance(rows, torch.Tensor) else len(rows)
+        if not count:
+            return
+        n = self._count
+        self._count = n + 1
         row: Any
         if isinstance(rows, torch.Tensor):  # copied out as a list: a view would keep its batch
-            count = rows.shape[0]  # not len(): a tensor's is a Python call
-            if not count:
-                return
-            n = self._count
-            self._count = n + 1
             row = rows.tolist()[0] if count == 1 else rows[n % count].tolist()
         else:
-            count = len(rows)
-            if not count:
-                return
-            n = self._count
-            self._count = n + 1
             row = rows[n % count]
         # Two threads may read the same n: one state is then lost, the size never exceeded.
         self._slots[n % size] = row

@@ -178,18 +178,19 @@ class _Supervisor(Multiprocess):
     why it replaces a worker: uvicorn says only "Child process died", and starts every worker
     with SIGHUP ignored until it can handle it (`_Worker`)."""
 
+    def _started(self) -> Process:
+        process = _Worker(self.config, self.sockets)
+        process.start()
+        return process
+
     def init_processes(self) -> None:
         for _ in range(self.processes_num):
-            process = _Worker(self.config, self.sockets)
-            process.start()
-            self.processes.append(process)
+            self.processes.append(self._started())
 
     def handle_ttin(self) -> None:
         log.info("SIGTTIN: one more worker")
         self.processes_num += 1
-        process = _Worker(self.config, self.sockets)
-        process.start()
-        self.processes.append(process)
+        self.processes.append(self._started())
 
     def handle_hup(self) -> None:
         """SIGHUP means what it means to one worker, "look at the sources again now", in every
@@ -220,9 +221,7 @@ class _Supervisor(Multiprocess):
             reason = exit_reason(process.exitcode, answered=answered,
                                  healthcheck=self.config.timeout_worker_healthcheck)  # fmt: skip
             log.warning("worker [%s] %s: replaced by a new worker", process.pid, reason)
-            replacement = _Worker(self.config, self.sockets)
-            replacement.start()
-            self.processes[idx] = replacement
+            self.processes[idx] = self._started()
 
 
 def run(settings: Settings) -> None:

@@ -67,3 +67,14 @@ def test_nice_zero_keeps_the_process_priority():
     worker.submit(run)
     worker.close()
     assert seen["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_run_submitted_after_close_never_starts() -> None:
+    """A request that finds a stale model while the registry closes submits a check: after
+    close() it is dropped, not raised (the executor would say it cannot schedule after shutdown)."""
+    worker = BackgroundWorker("test")
+    worker.submit(lambda: None)
+    worker.close()
+    ran = threading.Event()
+    worker.submit(ran.set)
+    assert not ran.wait(0.2) and not worker.busy

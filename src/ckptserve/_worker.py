@@ -27,6 +27,7 @@ class BackgroundWorker:
         self._nice = nice
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
+        self._closed = False
 
     @property
     def busy(self) -> bool:
@@ -35,12 +36,18 @@ class BackgroundWorker:
         return pending is not None and not pending.done()
 
     def submit(self, run: Callable[[], None]) -> None:
-        """Start `run` on the worker thread. Callers check `busy` first (under their own lock)."""
+        """Start `run` on the worker thread. Callers check `busy` first (under their own lock).
+        After `close` (or at interpreter exit) nothing starts: what it would load, nobody keeps."""
+        if self._closed:
+            return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 1, thread_name_prefix=self._name, initializer=_yield_cpu, initargs=(self._nice,)
             )
-        self._pending = self._executor.submit(run)
+        try:
+            self._pending = self._executor.submit(run)
+        except RuntimeError:  # shut down meanwhile: by close() in another thread, or at exit
+            return
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no run is in flight; True if idle within `timeout`."""
@@ -55,6 +62,7 @@ class BackgroundWorker:
 
     def close(self, timeout: float | None = None) -> None:
         """Cancel what has not started and wait (at most `timeout` s) for what has."""
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             if self._pending is not None:

@@ -71,6 +71,26 @@ def test_app_builder_takes_the_settings_of_a_config_file(tmp_path: Path) -> None
     assert 0 < DEFAULT_NUM_CPUS < 1
 
 
+def test_the_fleet_expects_replicas_still_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`expected` counts a replica that is STARTING (so `ckptserve wait` right after start-up
+    waits for it) and not one that is STOPPING or STOPPED; None when Serve cannot say."""
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import ReplicaState
+
+    import ckptserve.ray as on_ray
+
+    states = {ReplicaState.RUNNING: 1, ReplicaState.STARTING: 1, ReplicaState.STOPPING: 1,
+              ReplicaState.STOPPED: 2}  # fmt: skip
+    deployment = SimpleNamespace(replica_states=states)
+    status = SimpleNamespace(applications={
+        "ckptserve": SimpleNamespace(deployments={on_ray.DEPLOYMENT: deployment})
+    })  # fmt: skip
+    monkeypatch.setattr(on_ray.serve, "status", lambda: status)
+    assert on_ray._expected_replicas("ckptserve") == 2
+    assert on_ray._expected_replicas("another") is None
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A local Ray (2 CPUs, no dashboard, its own temp dir, auth off) with Serve on a free

@@ -73,7 +73,7 @@ class _RayFleet:
     def view(self, runtime: Runtime) -> FleetView:
         reports = self._board.read.remote().result(timeout_s=10)
         replicas = tuple(sorted((_replica(r) for r in reports), key=lambda r: r.name))
-        expected = _running_replicas(self._app)
+        expected = _expected_replicas(self._app)
         note = f"replicas of the Ray Serve deployment {self._app}/{DEPLOYMENT}"
         return FleetView("ray", expected, runtime.default, replicas, note)
 
@@ -86,11 +86,17 @@ def _replica(report: dict[str, Any]) -> Replica:
     return Replica(str(report["replica"]), models)
 
 
-def _running_replicas(app_name: str) -> int | None:
+_GOING = frozenset({"STOPPING", "STOPPED"})
+
+
+def _expected_replicas(app_name: str) -> int | None:
+    """The replicas the deployment has or is bringing up: all but those stopping or stopped.
+    One still STARTING counts, so `ckptserve wait` right after start-up (or an upscale) waits for
+    it too, and one that cannot start (no CPU left) shows as "1 of 2 replicas seen", not done."""
     try:
         deployments = serve.status().applications[app_name].deployments
         states = deployments[DEPLOYMENT].replica_states
-        return sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
+        return sum(n for state, n in states.items() if getattr(state, "value", state) not in _GOING)
     except Exception:  # the controller is away, or the names differ: unknown
         return None
 

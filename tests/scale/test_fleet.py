@@ -142,3 +142,22 @@ def test_fleet_of_workers_agrees_after_a_publish(tmp_path: Path) -> None:
         assert fleet["scope"] == "workers" and fleet["expected"] == 2, fleet
         shas = {r["models"]["actor"]["sha256"] for r in fleet["replicas"]}
         assert len(fleet["replicas"]) == 2 and shas == {sha_of(directory)}, fleet
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_names_itself_by_its_own_pid() -> None:
+    """The replica name is computed once per process: a forked child computes its own."""
+    from ckptserve.server.fleet import replica_name
+
+    parent = replica_name()
+    assert parent.endswith(f":{os.getpid()}"), parent
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and leaves
+        os.write(write, replica_name().encode())
+        os._exit(0)
+    os.close(write)
+    named = os.read(read, 1024).decode()
+    os.close(read)
+    os.waitpid(child, 0)
+    assert named.endswith(f":{child}") and named != parent, (named, parent)

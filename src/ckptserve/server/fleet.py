@@ -92,27 +92,33 @@ class FleetSource(Protocol):
         """The fleet as seen from this replica (may block: the route runs it in a thread)."""
 
 
-_NAME: tuple[int, str, tuple[bytes, bytes]] | None = None  # per pid: a forked child has its own
+_NAME: tuple[str, tuple[bytes, bytes]] | None = None  # a forked child forgets it (below)
 
 
 def replica_name() -> str:
     """This process's name in the fleet: the Ray Serve replica id inside a replica, else
     `<hostname>:<pid>`. Computed once per process."""
-    return _named()[1]
+    return (_NAME or _named())[0]
 
 
 def replica_header() -> tuple[bytes, bytes]:
     """`(b"x-replica", name)`, the header every model response carries."""
-    return _named()[2]
+    return (_NAME or _named())[1]
 
 
-def _named() -> tuple[int, str, tuple[bytes, bytes]]:
+def _named() -> tuple[str, tuple[bytes, bytes]]:
     global _NAME
-    pid = os.getpid()
-    if _NAME is None or _NAME[0] != pid:
-        name = _ray_replica_id() or f"{socket.gethostname()}:{pid}"
-        _NAME = (pid, name, (b"x-replica", name.encode()))
+    name = _ray_replica_id() or f"{socket.gethostname()}:{os.getpid()}"
+    _NAME = (name, (b"x-replica", name.encode()))
     return _NAME
+
+
+def _forget() -> None:
+    global _NAME
+    _NAME = None
+
+
+os.register_at_fork(after_in_child=_forget)  # not os.getpid() per request: a syscall each
 
 
 def _ray_replica_id() -> str | None:

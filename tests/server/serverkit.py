@@ -151,17 +151,21 @@ def state(value: float = 0.1, n: int = OBS_DIM) -> dict[str, list[float]]:
 
 
 class InProcessServer:
-    """The app from `create_app` under uvicorn in a thread of this process: fast to start, and
-    its runtime (registries, metrics) is reachable from the test."""
+    """The app from `create_app` under uvicorn in a thread of this process, on the connections
+    `ckptserve serve` uses (`http`: another uvicorn protocol): fast to start, and its runtime
+    (registries, metrics) is reachable from the test."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, http: Any = None, **config_options: Any) -> None:
         import uvicorn
+
+        from ckptserve.server.connection import http_protocol
 
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on")  # fmt: skip
+                                access_log=False, lifespan="on",
+                                http=http or http_protocol(0), **config_options)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -6,12 +6,16 @@ It matches the exact paths of the route table's lane routes (`{prefix}/predict`,
 the versioned ones (`/v2/models/{name}/versions/{version}/infer`) by prefix and suffix when that
 misses, and calls the same `handle_model_request` the FastAPI routes call, so the behaviour is one
 implementation whichever way a request arrives. Everything else goes to the app it wraps.
+
+Under `ckptserve serve` (uvicorn with httptools) the server's connections answer the model routes
+themselves, through `route_for` and `answer` here (connection.py): the lane puts itself in the
+lifespan state for them. This ASGI path answers them elsewhere (Ray Serve, h11, any ASGI server).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError, Reply, Style, error_reply
@@ -24,13 +28,18 @@ if TYPE_CHECKING:
 
     from .routing import Lane
 
-__all__ = ["FastLane", "read_body"]
+__all__ = ["CLOSE", "LANE_STATE", "FastLane", "read_body", "read_headers", "too_big"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The key under which the lane puts itself in the lifespan state, for the server's connections.
+LANE_STATE = "ckptserve.lane"
+#: The header of a reply after which the connection closes.
+CLOSE = (b"connection", b"close")
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The request headers the lane reads, each to its slot.
@@ -44,14 +53,9 @@ class ClientGone(Exception):
 
 async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` (never read to the end)."""
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(
-                    413, f"request body of {int(declared)} bytes is over the {limit}-byte limit"
-                )
-        except ValueError:
-            raise ApiError(400, "Content-Length is not an integer") from None
+    refused = too_big(declared, limit)
+    if refused is not None:
+        raise refused
     message = await receive()
     if message["type"] != "http.request":
         raise ClientGone
@@ -114,61 +118,97 @@ class FastLane:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan" and "state" in scope:
+                scope["state"][LANE_STATE] = self  # for the server's connections (connection.py)
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        version: bytes | str | None = None
-        route = self.routes.get(scope["path"]) if method == "POST" else None
-        if route is None and method == "POST" and self.templates:
-            route, version = self._versioned(scope["path"])
-        if route is None and method in _NO_BODY:
+        found = self.route_for(scope["path"]) if method == "POST" else None
+        if found is None and method in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        found: list[bytes | None] = [None, None, None, None, None]  # one slot per _READ entry
-        read = _READ.get
-        for key, value in scope["headers"]:  # one dict lookup a header, the cheapest scan
-            slot = read(key)
-            if slot is not None:
-                found[slot] = value
-        length, authorization, header_length, header_version, session = found
-        version = version or header_version  # the path's version wins
-        style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
+        route, version = found or (None, None)
+        headers = read_headers(scope["headers"])
         started = time.perf_counter()
         try:
-            body = await read_body(receive, self.limit, length)
+            body = await read_body(receive, self.limit, headers[0])
         except ClientGone:
             return
         except ApiError as exc:
-            reply = error_reply(exc, style, [(b"connection", b"close")])
-            if route is not None:
-                self.runtime.metrics.observe(route[1] or self.runtime.default or "", reply.status,
-                                             time.perf_counter() - started)  # fmt: skip
-            await send_reply(send, reply)
+            await send_reply(send, self.refuse(route, exc, started))
             return
         if route is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        reply = await handle_model_request(
-            self.runtime,
-            route[0],
-            route[1],
-            body,
-            scope["query_string"],
-            authorization,
-            header_length,
-            version,
-            session,
-        )
+        reply = await self.answer(route, version, body, scope["query_string"], headers)
         await send_reply(send, reply)
 
-    def _versioned(self, path: str) -> tuple[tuple[Lane, str | None] | None, str | None]:
+    def route_for(self, path: str) -> tuple[tuple[Lane, str | None], str | None] | None:
+        """The model route at `path` (for a POST) and the version its path names, or None."""
+        route = self.routes.get(path)
+        if route is not None:
+            return route, None
         for prefix, suffix, lane, name in self.templates:
             if path.startswith(prefix) and path.endswith(suffix):
                 segment = path[len(prefix) : len(path) - len(suffix)]
                 if segment and "/" not in segment:
                     return (lane, name), segment
-        return None, None
+        return None
+
+    async def answer(self, route: tuple[Lane, str | None], version: str | None, body: bytes,
+                     query: bytes, headers: list[bytes | None]) -> Reply:  # fmt: skip
+        """Answer a model request: `headers` from `read_headers`, `version` from the path."""
+        _, authorization, header_length, header_version, session = headers
+        return await handle_model_request(
+            self.runtime,
+            route[0],
+            route[1],
+            body,
+            query,
+            authorization,
+            header_length,
+            version or header_version,  # the path's version wins
+            session,
+        )
+
+    def refuse(self, route: tuple[Lane, str | None] | None, exc: ApiError,
+               started: float) -> Reply:  # fmt: skip
+        """The reply to a body that is refused before it is read (too big, a bad length): it
+        closes the connection, and counts in the model's metrics."""
+        style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
+        reply = error_reply(exc, style, [CLOSE])
+        if route is not None:
+            self.runtime.metrics.observe(route[1] or self.runtime.default or "", reply.status,
+                                         time.perf_counter() - started)  # fmt: skip
+        return reply
+
+
+def read_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes | None]:
+    """The request headers a model route reads, by slot: content-length, authorization,
+    inference-header-content-length, x-model-version, x-session-id (lower-case names, as ASGI
+    servers give them)."""
+    found: list[bytes | None] = [None, None, None, None, None]
+    read = _READ.get
+    for key, value in headers:  # one dict lookup a header, the cheapest scan
+        slot = read(key)
+        if slot is not None:
+            found[slot] = value
+    return found
+
+
+def too_big(declared: bytes | None, limit: int) -> ApiError | None:
+    """Why a body of the declared Content-Length is refused before it is read, or None."""
+    if declared is None:
+        return None
+    try:
+        size = int(declared)
+    except ValueError:
+        return ApiError(400, "Content-Length is not an integer")
+    if size > limit:
+        return ApiError(413, f"request body of {size} bytes is over the {limit}-byte limit")
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -1,19 +1,12 @@
 """Running the server under uvicorn, with the limits a load balancer expects: a deadline for a
-request's headers, the open-file limit raised at start, a connection limit below it, and with
-`--workers N` the time a worker needs to start and a log line saying why one is replaced.
-
-uvicorn has no deadline for receiving headers: its keep-alive timer restarts on every byte and is
-not armed before a first request, and `limit_concurrency` acts only once headers are parsed, so
-clients that trickle header bytes hold their descriptors forever. The protocol classes here close
-a connection whose request headers are not complete `timeout_headers` seconds after it opened (or
-after the first byte of a later request on it); uvicorn accepts a protocol class for that.
+request's headers (connection.py), the open-file limit raised at start, a connection limit below
+it, and with `--workers N` the time a worker needs to start and a log line saying why one is
+replaced.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
 import logging.config
 import os
@@ -27,17 +20,16 @@ from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
+from .connection import http_protocol
 from .settings import ENV_PREFIX, Settings
 
 __all__ = [
     "RESERVED_FILES",
     "connection_limit",
     "exit_reason",
-    "http_protocol",
     "raise_open_file_limit",
     "run",
 ]
@@ -47,62 +39,6 @@ log = logging.getLogger("ckptserve.server")
 #: Descriptors kept free for what is not a connection: checkpoints, private copies, lock and
 #: metrics files, logs, the listening sockets.
 RESERVED_FILES = 128
-
-
-class _HeaderDeadline:
-    """Mixed in before a uvicorn HTTP protocol class. Cheap on the hot path: a request whose
-    headers arrive in one read costs one attribute comparison."""
-
-    # From the protocol class this is mixed into.
-    loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport
-    cycle: Any
-
-    def __init__(self, *args: Any, timeout_headers: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._timeout_headers = timeout_headers
-        self._deadline: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        before = self.cycle
-        super().data_received(data)  # type: ignore[misc]
-        if self.cycle is not before:  # a request's headers are complete
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-        elif self._deadline is None and (before is None or before.response_complete):
-            self._arm()  # the first bytes of the next request on a kept-alive connection
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        super().connection_lost(exc)  # type: ignore[misc]
-
-    def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self._timeout_headers, self._headers_late)
-
-    def _headers_late(self) -> None:
-        self._deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
-
-def http_protocol(timeout_headers: float) -> Any:
-    """The `http=` argument for uvicorn: its httptools protocol (h11 where httptools is not
-    installed, as uvicorn's "auto") with a header deadline; "auto" when `timeout_headers` is 0.
-    A partial of a module-level class, so it pickles into `--workers` processes."""
-    if not timeout_headers:
-        return "auto"
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return functools.partial(H11WithHeaderDeadline, timeout_headers=timeout_headers)
-    return functools.partial(HttpToolsWithHeaderDeadline, timeout_headers=timeout_headers)
 
 
 def raise_open_file_limit() -> int:
@@ -129,20 +65,6 @@ def connection_limit(given: int | None, open_files: int) -> int | None:
     if open_files == resource.RLIM_INFINITY:
         return None
     return max(1, open_files - RESERVED_FILES)
-
-
-class H11WithHeaderDeadline(_HeaderDeadline, H11Protocol):
-    """uvicorn's h11 protocol with a deadline for a request's headers."""
-
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # httptools is not installed: http_protocol() picks h11
-    pass
-else:
-
-    class HttpToolsWithHeaderDeadline(_HeaderDeadline, HttpToolsProtocol):
-        """uvicorn's httptools protocol with a deadline for a request's headers."""
 
 
 def exit_reason(exitcode: int | None, *, answered: bool, healthcheck: float) -> str:

@@ -163,9 +163,10 @@ class InProcessServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        config_options.setdefault("access_log", False)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on",
-                                http=http or http_protocol(0), **config_options)  # fmt: skip
+                                lifespan="on", http=http or http_protocol(0),
+                                **config_options)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

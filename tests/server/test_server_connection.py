@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -253,5 +254,27 @@ def test_past_the_concurrency_limit_uvicorn_answers_503(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", live.port), timeout=30) as s:
             status, _, body = read_response_after(s, bytearray(), post("/rl/predict", BODY))
         assert status == 503 and body == b"Service Unavailable", body
+    finally:
+        live.stop()
+
+
+def test_the_access_log_names_requests_answered_on_the_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With uvicorn's access log on, a model request is logged as uvicorn logs the others."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    app = create_app(Settings(models=[ModelSpec(name="actor", path=str(directory))]))
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
+    live = InProcessServer(app, access_log=True)
+    try:
+        wait_for(lambda: live.client.get("/readyz").status_code == 200, 30, "readiness")
+        with socket.create_connection(("127.0.0.1", live.port), timeout=30) as s:
+            status = read_response_after(s, bytearray(), post("/rl/predict?x=1", BODY,
+                                                               version=b"1.0"))[0]  # fmt: skip
+        assert status == 200
+        wait_for(lambda: any("/rl/predict" in r.getMessage() for r in caplog.records), 10, "log")
+        line = next(r.getMessage() for r in caplog.records if "/rl/predict" in r.getMessage())
+        assert '"POST /rl/predict?x=1 HTTP/1.0" 200' in line, line
     finally:
         live.stop()

@@ -94,17 +94,18 @@ class _Answered:
     the fields of a cycle that uvicorn's protocol reads and sets (`response_complete`,
     `keep_alive`, `disconnected`, `message_event`), and the request."""
 
-    __slots__ = ("body", "disconnected", "headers", "keep_alive", "query", "response_complete",
-                 "route", "started", "version")  # fmt: skip
+    __slots__ = ("body", "disconnected", "headers", "http_version", "keep_alive", "query",
+                 "response_complete", "route", "started", "version")  # fmt: skip
     message_event = _NoEvent()
 
     def __init__(self, route: Any, version: str | None, query: bytes,
-                 headers: list[bytes | None], keep_alive: bool) -> None:  # fmt: skip
+                 headers: list[bytes | None], http_version: str) -> None:  # fmt: skip
         self.route = route
         self.version = version
         self.query = query
         self.headers = headers
-        self.keep_alive = keep_alive
+        self.http_version = http_version
+        self.keep_alive = False  # set by the connection (uvicorn's shutdown clears it too)
         self.body = bytearray()
         self.disconnected = False
         self.response_complete = False
@@ -152,8 +153,9 @@ class HttpToolsConnection(_HeaderDeadline, HttpToolsProtocol):
             super().on_headers_complete()
             return
         headers = read_headers(self.headers)
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        cycle = _Answered(found[0], found[1], url.query or b"", headers, keep_alive)
+        version = self.parser.get_http_version()
+        cycle = _Answered(found[0], found[1], url.query or b"", headers, version)
+        cycle.keep_alive = version != "1.0" and self.parser.should_keep_alive()  # as uvicorn
         self.cycle = cycle
         refused = too_big(headers[0], lane.limit)
         if refused is not None:
@@ -216,7 +218,8 @@ class HttpToolsConnection(_HeaderDeadline, HttpToolsProtocol):
         if self.access_log:
             client = "%s:%d - " % self.client if self.client else ""  # noqa: UP031 (uvicorn's form)
             path = self.url.decode("ascii", "replace")
-            self.access_logger.info('%s"POST %s HTTP/1.1" %d', client, path, reply.status)
+            self.access_logger.info('%s"POST %s HTTP/%s" %d', client, path, cycle.http_version,
+                                    reply.status)  # fmt: skip
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()

@@ -23,19 +23,16 @@ import asyncio
 import contextvars
 import functools
 import http
-import logging
 import time
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ApiError, Reply, error_reply
-from .fastlane import CLOSE, LANE_STATE, FastLane, read_headers, too_big
+from .errors import Reply, error_reply
+from .fastlane import CLOSE, LANE_STATE, FastLane, over_limit, read_headers, style_of, too_big
 
 __all__ = ["HttpToolsConnection", "http_protocol"]
-
-log = logging.getLogger("ckptserve.server")
 
 
 class _HeaderDeadline:
@@ -172,8 +169,7 @@ class HttpToolsConnection(_HeaderDeadline, HttpToolsProtocol):
         lane = self._lane
         assert lane is not None
         if len(cycle.body) > lane.limit:
-            refused = ApiError(413, f"request body is over the {lane.limit}-byte limit")
-            self._reply(cycle, lane.refuse(cycle.route, refused, cycle.started))
+            self._reply(cycle, lane.refuse(cycle.route, over_limit(lane.limit), cycle.started))
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
@@ -197,7 +193,7 @@ class HttpToolsConnection(_HeaderDeadline, HttpToolsProtocol):
             reply = await lane.answer(cycle.route, cycle.version, bytes(cycle.body), cycle.query,
                                       cycle.headers)  # fmt: skip
         except Exception as exc:  # handle_model_request answers every error: a bug if here
-            reply = error_reply(exc, "oip" if cycle.route[0] == "oip" else "detail", [CLOSE])
+            reply = error_reply(exc, style_of(cycle.route), [CLOSE])
         self._reply(cycle, reply)
 
     def _reply(self, cycle: _Answered, reply: Reply) -> None:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from .routing import Lane
 
-__all__ = ["CLOSE", "LANE_STATE", "FastLane", "read_body", "read_headers", "too_big"]
+__all__ = ["CLOSE", "LANE_STATE", "FastLane", "over_limit", "read_body", "read_headers",
+           "style_of", "too_big"]  # fmt: skip
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,13 +63,13 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise ApiError(413, f"request body is over the {limit}-byte limit")
+            raise over_limit(limit)
         return body
     chunks = [body]
     total = len(body)
     while True:
         if total > limit:
-            raise ApiError(413, f"request body is over the {limit}-byte limit")
+            raise over_limit(limit)
         message = await receive()
         if message["type"] != "http.request":
             raise ClientGone
@@ -78,7 +79,7 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
         if not message.get("more_body", False):
             break
     if total > limit:
-        raise ApiError(413, f"request body is over the {limit}-byte limit")
+        raise over_limit(limit)
     return b"".join(chunks)
 
 
@@ -177,12 +178,16 @@ class FastLane:
                started: float) -> Reply:  # fmt: skip
         """The reply to a body that is refused before it is read (too big, a bad length): it
         closes the connection, and counts in the model's metrics."""
-        style: Style = "oip" if route is not None and route[0] == "oip" else "detail"
-        reply = error_reply(exc, style, [CLOSE])
+        reply = error_reply(exc, style_of(route), [CLOSE])
         if route is not None:
             self.runtime.metrics.observe(route[1] or self.runtime.default or "", reply.status,
                                          time.perf_counter() - started)  # fmt: skip
         return reply
+
+
+def style_of(route: tuple[Lane, str | None] | None) -> Style:
+    """How a route's errors are written: OIP's `{"error": ...}`, else `{"detail": ...}`."""
+    return "oip" if route is not None and route[0] == "oip" else "detail"
 
 
 def read_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes | None]:
@@ -196,6 +201,11 @@ def read_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes | None]:
         if slot is not None:
             found[slot] = value
     return found
+
+
+def over_limit(limit: int) -> ApiError:
+    """The 413 for a body that passed `limit` while it was read."""
+    return ApiError(413, f"request body is over the {limit}-byte limit")
 
 
 def too_big(declared: bytes | None, limit: int) -> ApiError | None:

@@ -226,18 +226,29 @@ def test_a_client_gone_before_the_answer_leaves_the_server_serving(server: InPro
     assert server.client.post("/rl/predict", json=state()).status_code == 200
 
 
-def test_metrics_count_requests_answered_on_the_connection(server: InProcessServer,
-                                                           sock: socket.socket) -> None:  # fmt: skip
+def test_metrics_count_requests_answered_on_the_connection(tmp_path: Path) -> None:
+    """Each model request answered on the connection counts once in `/metrics` (a server of
+    its own: the shared one may still be answering an earlier test's clients)."""
+    directory = tmp_path / "models"
+    publish(torch_script(seeded(0)), directory)
+    live = InProcessServer(create_app(Settings(models=[ModelSpec(name="actor",
+                                                                 path=str(directory))])))  # fmt: skip
+
     def count() -> float:
-        text = server.client.get("/metrics").text
+        text = live.client.get("/metrics").text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ckptserve_requests_total{") and 'code="200"' in line)  # fmt: skip
 
-    before = count()
-    buffer = bytearray()
-    for _ in range(3):
-        assert read_response_after(sock, buffer, post("/rl/predict", BODY))[0] == 200
-    assert count() - before == 3
+    try:
+        wait_for(lambda: live.client.get("/readyz").status_code == 200, 30, "readiness")
+        before = count()
+        buffer = bytearray()
+        with socket.create_connection(("127.0.0.1", live.port), timeout=30) as sock:
+            for _ in range(3):
+                assert read_response_after(sock, buffer, post("/rl/predict", BODY))[0] == 200
+        assert count() - before == 3
+    finally:
+        live.stop()
 
 
 def test_past_the_concurrency_limit_uvicorn_answers_503(tmp_path: Path) -> None:

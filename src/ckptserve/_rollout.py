@@ -1,22 +1,46 @@
-"""What the server reaches of a registry's rollout (docs/rollout.md), on top of the swapper:
-the shadow buffer requests record into, the canary that answers a share of them, the versions a
-request may name, and what becomes of a version that misbehaves on live traffic."""
+"""SWAP, on live traffic: what the server reaches of a registry's rollout (docs/rollout.md), on top
+of the swapper: the shadow buffer requests record into, the canary that answers a share of them,
+the versions a request may name, and what becomes of a version that misbehaves on live traffic.
+
+It asks the swapper for what `Swap` declares (the registry passes its `_swapping.Swapper`), so the
+two sit side by side in the import contract."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from ._swapping import Swapper
 from .loading import LiveModel
-from .rollout.canary import CanaryDecision
+from .rollout.canary import Canary, CanaryDecision
 from .rollout.feedback import FeedbackStore
-from .rollout.resident import matching
+from .rollout.judging import Judge
+from .rollout.resident import ResidentVersions, matching
 
-__all__ = ["Rollout"]
+__all__ = ["Rollout", "Swap"]
 
 log = logging.getLogger("ckptserve.registry")
+
+
+class Swap(Protocol):
+    """What the rollout host may ask of the swapper (`_swapping.Swapper`)."""
+
+    live: LiveModel | None
+    resident: ResidentVersions[LiveModel]
+    judge: Judge
+    canary: Canary[LiveModel] | None
+
+    def roll_back(self, sha256: str, reason: str) -> LiveModel | None:
+        """Serve the previous resident version instead of `sha256`, marked bad; the one now live."""
+
+    def promote(self, canary: LiveModel) -> None:
+        """`canary` (its window ended cleanly) goes live, the newest resident version."""
+
+    def mark_bad(self, bad: LiveModel, reason: str) -> None:
+        """Remember in the judge's marks (if kept) that `bad` misbehaved: it is not loaded again."""
+
+    def ended(self, decision: CanaryDecision | None) -> None:
+        """Log what became of a canary."""
 
 
 class Rollout:
@@ -27,7 +51,7 @@ class Rollout:
     `listeners` are called as `listener(event, tag)` for "rolled_back" (the live version, by a
     rollback), "promote" and "roll_back" (a canary's end, judged)."""
 
-    def __init__(self, swap: Swapper) -> None:
+    def __init__(self, swap: Swap) -> None:
         self._swap = swap
         self.buffer = swap.judge.buffer  # None: --shadow-states 0
         self.canary = swap.canary  # None: --canary-fraction 0

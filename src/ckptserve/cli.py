@@ -224,7 +224,7 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
     (otherwise: the file name's first part, actor_latest.pt -> actor). A checkpoint that does not
     exist yet is not an error: the server starts not ready and loads it when it appears.
     """
-    from .server.listening import port_problem
+    from ._listening import port_problem
 
     # SIGHUP means "look at the sources again" once the server runs; while it starts (imports,
     # the preflight loads) it must not end it. Workers start with it ignored too (serving.py).
@@ -236,7 +236,7 @@ def serve(models: tuple[str, ...], **options: Any) -> None:
         _fail(problem)
     if settings.ray:
         try:
-            from .ray import run as run_on_ray
+            from .server.rayserve import run as run_on_ray
         except ImportError as exc:
             _fail(f"--ray needs Ray Serve: pip install 'ckptserve[ray]' ({exc})")
         signal.signal(signal.SIGHUP, signal.SIG_DFL)  # Ray's processes keep their own ways

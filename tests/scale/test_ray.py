@@ -78,7 +78,7 @@ def test_the_fleet_expects_replicas_still_starting(monkeypatch: pytest.MonkeyPat
 
     from ray.serve._private.common import ReplicaState
 
-    import ckptserve.ray as on_ray
+    import ckptserve.server.rayserve as on_ray
 
     states = {ReplicaState.RUNNING: 1, ReplicaState.STARTING: 1, ReplicaState.STOPPING: 1,
               ReplicaState.STOPPED: 2}  # fmt: skip

@@ -178,7 +178,7 @@ def run_demo(
     def write(line: str) -> None:
         print(line, file=out, flush=True)
 
-    from ..server.listening import port_problem
+    from .._listening import port_problem
 
     problem = port_problem(host, port)
     if problem:

@@ -17,9 +17,13 @@ two models of the size resident). Per publish:
 
 - load time: the duration the server's `/rl/status` history gives the load of that checkpoint;
 - freshness: `publish()` returned -> the first response carrying the new sha256 (loadgen rows);
-- stall: the highest `ckptserve_event_loop_lag_seconds` bucket that gained a tick from just
-  before the publish until 0.5 s after the first answer (exact where the
-  `ckptserve_event_loop_lag_max_seconds` gauge moved), and the slowest request in that window;
+- stall: the highest `ckptserve_event_loop_lag_seconds` bucket that gained a tick (exact where
+  the `ckptserve_event_loop_lag_max_seconds` gauge moved), in two parts: while `publish()` runs
+  (the publisher serialises, hashes, writes and fsyncs on CPU 0; the server has nothing to load
+  until its last step, the latest link) and from `publish()` returned until 0.5 s after the first
+  answer (the server's load and swap), with the slowest request of the whole window. On a virtual
+  machine the first part can read tens of ms: the host takes CPU 1's time (steal) while CPU 0 is
+  busy, with the loop runnable and doing nothing;
 - peak RSS: the server's VmHWM, reset (`/proc/PID/clear_refs`) just before the publish;
   "beyond the weights" = peak - RSS serving the tiny checkpoint - the weights that must be
   resident (one model for "first", old and new for "swap"), also as a multiple of one model.
@@ -163,6 +167,15 @@ def wait_live(status_url: str, sha256: str, timeout: float) -> None:
     raise RuntimeError(f"{sha256[:12]} was not live within {timeout:g} s")
 
 
+def stall(before: dict[str, float], after: dict[str, float], part: str = "") -> dict[str, Any]:
+    """The worst loop lag between two scrapes: its bucket, and its exact value where the max
+    gauge moved."""
+    gauge = "ckptserve_event_loop_lag_max_seconds"
+    moved = after.get(gauge, 0.0) > before.get(gauge, 0.0)
+    return {f"{part}stall_bucket_s": worst_lag(lag_buckets(before), lag_buckets(after)),
+            f"{part}stall_exact_s": after[gauge] if moved else None}  # fmt: skip
+
+
 def one(
     work: Path, fmt: str, mb: float, args: argparse.Namespace, pub: Publisher
 ) -> dict[str, Any]:
@@ -211,16 +224,14 @@ def one(
                     for pid in group_pids(pgid):
                         reset_peak_rss(pid)
                     event = pub.call(op="publish", directory=str(directory))
+                    published = scrape(url + "/metrics")
                     wait_live(url + "/rl/status", event["sha256"], timeout=args.timeout)
                     time.sleep(SETTLE)
                     peak = group_memory(pgid, "VmHWM")
                     after = scrape(url + "/metrics")
-                    gauge = "ckptserve_event_loop_lag_max_seconds"
-                    moved = after.get(gauge, 0.0) > before.get(gauge, 0.0)
                     events.append({
                         **event, **prepared, "label": label, "window": [window_start, time.monotonic_ns()],
-                        "stall_bucket_s": worst_lag(lag_buckets(before), lag_buckets(after)),
-                        "stall_exact_s": after[gauge] if moved else None,
+                        **stall(before, published, "publish_"), **stall(published, after),
                         "peak_rss": peak, "rss_after": group_memory(pgid, "VmRSS"),
                     })  # fmt: skip
             finally:
@@ -254,6 +265,8 @@ def one(
             "publish_s": e["publish_s"], "load_s": loads.get(e["sha256"], math.nan),
             "fresh_s": (seen - e["returned_ns"]) / 1e9 if seen is not None else math.nan,
             "stall_bucket_s": e["stall_bucket_s"], "stall_exact_s": e["stall_exact_s"],
+            "publish_stall_bucket_s": e["publish_stall_bucket_s"],
+            "publish_stall_exact_s": e["publish_stall_exact_s"],
             "request_max_s": max(lat, default=math.nan), "peak_rss_mb": e["peak_rss"] / MB,
             "beyond_weights_mb": extra / MB, "beyond_ratio": extra / e["weight_bytes"],
             "rss_after_mb": e["rss_after"] / MB,
@@ -270,10 +283,16 @@ def _ms(s: float | None) -> str:
     return f"{s * 1e3:,.1f}"
 
 
-def stall_text(e: dict[str, Any]) -> str:
-    if e["stall_exact_s"] is not None:
-        return f"{e['stall_exact_s'] * 1e3:.1f}"
-    return f"≤ {e['stall_bucket_s'] * 1e3:g}" if e["stall_bucket_s"] else "< 1"
+def stall_s(e: dict[str, Any], part: str = "") -> float:
+    exact = e[f"{part}stall_exact_s"]
+    return float(exact if exact is not None else e[f"{part}stall_bucket_s"])
+
+
+def stall_text(e: dict[str, Any], part: str = "") -> str:
+    if e[f"{part}stall_exact_s"] is not None:
+        return f"{e[f'{part}stall_exact_s'] * 1e3:.1f}"
+    bucket = e[f"{part}stall_bucket_s"]
+    return f"≤ {bucket * 1e3:g}" if bucket else "< 1"
 
 
 def render(results: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> str:
@@ -284,13 +303,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, seconds: flo
              f"{args.concurrency} connections on /rl/predict throughout. Each size: a first publish (tiny "
              "-> A: one model resident) and a swap (A -> B: two).", ""]  # fmt: skip
     head = ["format", "size", "publish", "load ms", "publish → first answer ms", "answer - load ms",
-            "loop stall ms (window)", "slowest request ms", "peak RSS MB", "beyond the weights MB",
+            "loop stall ms, load + swap", "loop stall ms, during publish()", "slowest request ms", "peak RSS MB", "beyond the weights MB",
             "÷ one model"]  # fmt: skip
     rows = []
     for r in results:
         for e in r["events"]:
             rows.append([r["format"], f"{e['file_mb']:,.1f} MB", e["label"], _ms(e["load_s"]),
                          _ms(e["fresh_s"]), _ms(e["fresh_s"] - e["load_s"]), stall_text(e),
+                         stall_text(e, "publish_"),
                          _ms(e["request_max_s"]), f"{e['peak_rss_mb']:,.0f}",
                          f"{e['beyond_weights_mb']:,.0f}", f"{e['beyond_ratio']:.2f}"])  # fmt: skip
     lines += [table(head, rows), ""]
@@ -313,9 +333,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, seconds: flo
             if r["size_mb"] != top:
                 continue
             e = next(x for x in r["events"] if x["label"] == "swap")
-            stall = e["stall_exact_s"] if e["stall_exact_s"] is not None else e["stall_bucket_s"]
-            ok = [stall <= 0.010, e["beyond_ratio"] <= 0.3, e["fresh_s"] <= e["load_s"] + 0.005]
-            lines.append(f"- {r['format']}: stall {stall_text(e)} ms (≤ 10: {'met' if ok[0] else 'missed'}), "
+            worst = max(r["events"], key=stall_s)  # the first publish or the swap
+            ok = [stall_s(worst) <= 0.010, e["beyond_ratio"] <= 0.3,
+                  e["fresh_s"] <= e["load_s"] + 0.005]  # fmt: skip
+            lines.append(f"- {r['format']}: stall in the load and swap {stall_text(worst)} ms at worst "
+                         f"(≤ 10: {'met' if ok[0] else 'missed'}; during publish() "
+                         f"{stall_text(max(r['events'], key=lambda x: stall_s(x, 'publish_')), 'publish_')} ms), "
                          f"beyond the weights {e['beyond_ratio']:.2f}x one model (≤ 0.3: "
                          f"{'met' if ok[1] else 'missed'}), freshness {_ms(e['fresh_s'])} ms against a "
                          f"{_ms(e['load_s'])} ms load (≤ load + 5: {'met' if ok[2] else 'missed'})")  # fmt: skip
@@ -333,8 +356,7 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     panels = [
         (axes[0][0], "load time (ms)", lambda e: e["load_s"] * 1e3, None),
         (axes[0][1], "publish() returned → first new answer (ms)", lambda e: e["fresh_s"] * 1e3, None),
-        (axes[1][0], "largest event-loop stall in the swap window (ms)",
-         lambda e: (e["stall_exact_s"] if e["stall_exact_s"] is not None else e["stall_bucket_s"]) * 1e3, 10.0),
+        (axes[1][0], "largest event-loop stall in the load and swap (ms)", lambda e: stall_s(e) * 1e3, 10.0),
         (axes[1][1], "peak RSS beyond old + new weights (÷ one model)", lambda e: e["beyond_ratio"], 0.3),
     ]  # fmt: skip
     for ax, title, value, goal in panels:
